@@ -24,12 +24,27 @@ enum Color {
     Black,
 }
 
+/// Index of a child in [`Links::child`]; `1 - dir` is the mirror side.
+type Dir = usize;
+const LEFT: Dir = 0;
+const RIGHT: Dir = 1;
+
 struct Links<N> {
     parent: Link<N>,
-    left: Link<N>,
-    right: Link<N>,
+    /// `[left, right]`, indexed by [`Dir`] so that each rebalancing case is
+    /// written once for both mirror images.
+    child: [Link<N>; 2],
     color: Color,
     subtree_last: usize,
+}
+
+impl<N> Links<N> {
+    const UNLINKED: Self = Self {
+        parent: None,
+        child: [None, None],
+        color: Color::Black,
+        subtree_last: 0,
+    };
 }
 
 /// The tree links embedded in a node. Only the tree touches them.
@@ -37,13 +52,7 @@ pub(crate) struct TreeLinks<N>(UnsafeCell<Links<N>>);
 
 impl<N> TreeLinks<N> {
     pub(crate) const fn new() -> Self {
-        Self(UnsafeCell::new(Links {
-            parent: None,
-            left: None,
-            right: None,
-            color: Color::Black,
-            subtree_last: 0,
-        }))
+        Self(UnsafeCell::new(Links::UNLINKED))
     }
 }
 
@@ -96,10 +105,43 @@ macro_rules! accessors {
 
 accessors! {
     parent, set_parent, parent: Link<N>;
-    left, set_left, left: Link<N>;
-    right, set_right, right: Link<N>;
     color, set_color, color: Color;
     subtree_last, set_subtree_last, subtree_last: usize;
+}
+
+#[inline]
+unsafe fn child<N: IntervalNode>(n: NonNull<N>, dir: Dir) -> Link<N> {
+    // SAFETY: see `links`; the caller holds the needed tree borrow.
+    unsafe { (*links(n)).child[dir] }
+}
+
+#[inline]
+unsafe fn set_child<N: IntervalNode>(n: NonNull<N>, dir: Dir, value: Link<N>) {
+    // SAFETY: see `links`; the caller holds the tree exclusively.
+    unsafe { (*links(n)).child[dir] = value }
+}
+
+#[inline]
+unsafe fn left<N: IntervalNode>(n: NonNull<N>) -> Link<N> {
+    // SAFETY: contract of `child`.
+    unsafe { child(n, LEFT) }
+}
+
+#[inline]
+unsafe fn right<N: IntervalNode>(n: NonNull<N>) -> Link<N> {
+    // SAFETY: contract of `child`.
+    unsafe { child(n, RIGHT) }
+}
+
+/// Which side of its parent `n` hangs on.
+#[inline]
+unsafe fn side_of<N: IntervalNode>(parent: NonNull<N>, n: Link<N>) -> Dir {
+    // SAFETY: contract of `child`.
+    if unsafe { left(parent) } == n {
+        LEFT
+    } else {
+        RIGHT
+    }
 }
 
 /// # Safety
@@ -202,15 +244,13 @@ impl<N: IntervalNode> IntervalTree<N> {
             }
             *links(node) = Links {
                 parent,
-                left: None,
-                right: None,
+                child: [None, None],
                 color: Color::Red,
                 subtree_last: node_last,
             };
             match parent {
                 None => self.root = Some(node),
-                Some(p) if go_left => set_left(p, Some(node)),
-                Some(p) => set_right(p, Some(node)),
+                Some(p) => set_child(p, if go_left { LEFT } else { RIGHT }, Some(node)),
             }
             self.insert_fixup(node);
         }
@@ -227,41 +267,24 @@ impl<N: IntervalNode> IntervalTree<N> {
                 }
                 // A red node is never the root, so `p` has a parent.
                 let Some(g) = parent(p) else { break };
-                if left(g) == Some(p) {
-                    let uncle = right(g);
-                    if let Some(u) = uncle.filter(|&u| color(u) == Color::Red) {
-                        set_color(p, Color::Black);
-                        set_color(u, Color::Black);
-                        set_color(g, Color::Red);
-                        z = g;
-                        continue;
-                    }
-                    if right(p) == Some(z) {
-                        z = p;
-                        self.rotate_left(z);
-                        p = parent(z).expect("rotated node has a parent");
-                    }
+                let dir = side_of(g, Some(p));
+                if let Some(uncle) = child(g, 1 - dir).filter(|&u| color(u) == Color::Red) {
+                    // Red uncle: push the blackness down from `g`, go up.
                     set_color(p, Color::Black);
+                    set_color(uncle, Color::Black);
                     set_color(g, Color::Red);
-                    self.rotate_right(g);
-                } else {
-                    let uncle = left(g);
-                    if let Some(u) = uncle.filter(|&u| color(u) == Color::Red) {
-                        set_color(p, Color::Black);
-                        set_color(u, Color::Black);
-                        set_color(g, Color::Red);
-                        z = g;
-                        continue;
-                    }
-                    if left(p) == Some(z) {
-                        z = p;
-                        self.rotate_right(z);
-                        p = parent(z).expect("rotated node has a parent");
-                    }
-                    set_color(p, Color::Black);
-                    set_color(g, Color::Red);
-                    self.rotate_left(g);
+                    z = g;
+                    continue;
                 }
+                if child(p, 1 - dir) == Some(z) {
+                    // Inner grandchild: rotate it to the outside first.
+                    z = p;
+                    self.rotate(z, dir);
+                    p = parent(z).expect("rotated node has a parent");
+                }
+                set_color(p, Color::Black);
+                set_color(g, Color::Red);
+                self.rotate(g, 1 - dir);
             }
             if let Some(root) = self.root {
                 set_color(root, Color::Black);
@@ -301,11 +324,11 @@ impl<N: IntervalNode> IntervalTree<N> {
                     } else {
                         x_parent = parent(y);
                         self.transplant(y, x);
-                        set_right(y, Some(zr));
+                        set_child(y, RIGHT, Some(zr));
                         set_parent(zr, Some(y));
                     }
                     self.transplant(z, Some(y));
-                    set_left(y, Some(zl));
+                    set_child(y, LEFT, Some(zl));
                     set_parent(zl, Some(y));
                     set_color(y, color(z));
                 }
@@ -319,13 +342,7 @@ impl<N: IntervalNode> IntervalTree<N> {
             if removed_color == Color::Black {
                 self.remove_fixup(x, x_parent);
             }
-            *links(z) = Links {
-                parent: None,
-                left: None,
-                right: None,
-                color: Color::Black,
-                subtree_last: 0,
-            };
+            *links(z) = Links::UNLINKED;
         }
         self.len -= 1;
     }
@@ -335,71 +352,44 @@ impl<N: IntervalNode> IntervalTree<N> {
     unsafe fn remove_fixup(&mut self, mut x: Link<N>, mut x_parent: Link<N>) {
         // SAFETY: all nodes touched are in this tree; `&mut self` is exclusive.
         // The sibling `w` exists whenever `x` is doubly black: its side has a
-        // black height of at least one.
+        // black height of at least one. When `x` is nil, it is the nil child
+        // of `x_parent` (the other child is that sibling).
         unsafe {
             while x != self.root && !is_red(x) {
                 let Some(p) = x_parent else { break };
-                if x == left(p) {
-                    let mut w = right(p).expect("doubly black node has a sibling");
-                    if color(w) == Color::Red {
-                        set_color(w, Color::Black);
-                        set_color(p, Color::Red);
-                        self.rotate_left(p);
-                        w = right(p).expect("doubly black node has a sibling");
-                    }
-                    if !is_red(left(w)) && !is_red(right(w)) {
-                        set_color(w, Color::Red);
-                        x = Some(p);
-                        x_parent = parent(p);
-                    } else {
-                        if !is_red(right(w)) {
-                            if let Some(wl) = left(w) {
-                                set_color(wl, Color::Black);
-                            }
-                            set_color(w, Color::Red);
-                            self.rotate_right(w);
-                            w = right(p).expect("doubly black node has a sibling");
-                        }
-                        set_color(w, color(p));
-                        set_color(p, Color::Black);
-                        if let Some(wr) = right(w) {
-                            set_color(wr, Color::Black);
-                        }
-                        self.rotate_left(p);
-                        x = self.root;
-                        break;
-                    }
-                } else {
-                    let mut w = left(p).expect("doubly black node has a sibling");
-                    if color(w) == Color::Red {
-                        set_color(w, Color::Black);
-                        set_color(p, Color::Red);
-                        self.rotate_right(p);
-                        w = left(p).expect("doubly black node has a sibling");
-                    }
-                    if !is_red(right(w)) && !is_red(left(w)) {
-                        set_color(w, Color::Red);
-                        x = Some(p);
-                        x_parent = parent(p);
-                    } else {
-                        if !is_red(left(w)) {
-                            if let Some(wr) = right(w) {
-                                set_color(wr, Color::Black);
-                            }
-                            set_color(w, Color::Red);
-                            self.rotate_left(w);
-                            w = left(p).expect("doubly black node has a sibling");
-                        }
-                        set_color(w, color(p));
-                        set_color(p, Color::Black);
-                        if let Some(wl) = left(w) {
-                            set_color(wl, Color::Black);
-                        }
-                        self.rotate_right(p);
-                        x = self.root;
-                        break;
-                    }
+                let dir = side_of(p, x);
+                let other = 1 - dir;
+                let mut w = child(p, other).expect("doubly black node has a sibling");
+                if color(w) == Color::Red {
+                    set_color(w, Color::Black);
+                    set_color(p, Color::Red);
+                    self.rotate(p, dir);
+                    w = child(p, other).expect("doubly black node has a sibling");
                 }
+                if !is_red(child(w, dir)) && !is_red(child(w, other)) {
+                    // Both nephews black: move the extra black up.
+                    set_color(w, Color::Red);
+                    x = Some(p);
+                    x_parent = parent(p);
+                    continue;
+                }
+                if !is_red(child(w, other)) {
+                    // Only the near nephew is red: rotate it outside.
+                    if let Some(near) = child(w, dir) {
+                        set_color(near, Color::Black);
+                    }
+                    set_color(w, Color::Red);
+                    self.rotate(w, other);
+                    w = child(p, other).expect("doubly black node has a sibling");
+                }
+                set_color(w, color(p));
+                set_color(p, Color::Black);
+                if let Some(far) = child(w, other) {
+                    set_color(far, Color::Black);
+                }
+                self.rotate(p, dir);
+                x = self.root;
+                break;
             }
             if let Some(x) = x {
                 set_color(x, Color::Black);
@@ -424,48 +414,29 @@ impl<N: IntervalNode> IntervalTree<N> {
         unsafe {
             match parent {
                 None => self.root = new,
-                Some(p) if left(p) == Some(old) => set_left(p, new),
-                Some(p) => set_right(p, new),
+                Some(p) => set_child(p, side_of(p, Some(old)), new),
             }
         }
     }
 
-    /// Left rotation at `x`. The rotated pair covers the same set of nodes as
-    /// before, so the new top inherits `x`'s old `subtree_last` and only `x`
-    /// is recomputed (the kernel's `augment_rotate`).
-    unsafe fn rotate_left(&mut self, x: NonNull<N>) {
-        // SAFETY: `x` and its right child are in this tree; exclusive access.
+    /// Rotation at `x` that moves `x` down to side `dir` and its child on
+    /// the other side up into its place. The rotated pair covers the same set
+    /// of nodes as before, so the new top inherits `x`'s old `subtree_last`
+    /// and only `x` is recomputed (the kernel's `augment_rotate`).
+    unsafe fn rotate(&mut self, x: NonNull<N>, dir: Dir) {
+        // SAFETY: `x` and its child on the other side are in this tree;
+        // exclusive access.
         unsafe {
-            let y = right(x).expect("rotate_left needs a right child");
-            let y_left = left(y);
-            set_right(x, y_left);
-            if let Some(yl) = y_left {
-                set_parent(yl, Some(x));
+            let y = child(x, 1 - dir).expect("rotation needs the rising child");
+            let inner = child(y, dir);
+            set_child(x, 1 - dir, inner);
+            if let Some(i) = inner {
+                set_parent(i, Some(x));
             }
             let xp = parent(x);
             set_parent(y, xp);
             self.replace_child(xp, x, Some(y));
-            set_left(y, Some(x));
-            set_parent(x, Some(y));
-            set_subtree_last(y, subtree_last(x));
-            set_subtree_last(x, compute_subtree_last(x));
-        }
-    }
-
-    /// Mirror image of [`Self::rotate_left`].
-    unsafe fn rotate_right(&mut self, x: NonNull<N>) {
-        // SAFETY: `x` and its left child are in this tree; exclusive access.
-        unsafe {
-            let y = left(x).expect("rotate_right needs a left child");
-            let y_right = right(y);
-            set_left(x, y_right);
-            if let Some(yr) = y_right {
-                set_parent(yr, Some(x));
-            }
-            let xp = parent(x);
-            set_parent(y, xp);
-            self.replace_child(xp, x, Some(y));
-            set_right(y, Some(x));
+            set_child(y, dir, Some(x));
             set_parent(x, Some(y));
             set_subtree_last(y, subtree_last(x));
             set_subtree_last(x, compute_subtree_last(x));
@@ -626,233 +597,4 @@ unsafe fn subtree_search<N: IntervalNode>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use rand::rngs::StdRng;
-    use rand::{Rng, SeedableRng};
-
-    struct TestNode {
-        start: usize,
-        last: usize,
-        id: usize,
-        links: TreeLinks<TestNode>,
-    }
-
-    // SAFETY: `links` is a field of the node; `start`/`last` are never changed.
-    unsafe impl IntervalNode for TestNode {
-        fn start(&self) -> usize {
-            self.start
-        }
-        fn last(&self) -> usize {
-            self.last
-        }
-        fn tree_links(&self) -> &TreeLinks<Self> {
-            &self.links
-        }
-    }
-
-    /// A tree plus the boxed nodes it links, and the brute-force model: the
-    /// list of linked `(start, last, id)`.
-    struct Harness {
-        tree: IntervalTree<TestNode>,
-        nodes: Vec<Option<Box<TestNode>>>,
-        linked: Vec<usize>,
-    }
-
-    impl Harness {
-        fn new() -> Self {
-            Self {
-                tree: IntervalTree::new(),
-                nodes: Vec::new(),
-                linked: Vec::new(),
-            }
-        }
-
-        fn insert(&mut self, start: usize, last: usize) {
-            let id = self.nodes.len();
-            let node = Box::new(TestNode {
-                start,
-                last,
-                id,
-                links: TreeLinks::new(),
-            });
-            let ptr = NonNull::from(&*node);
-            self.nodes.push(Some(node));
-            // SAFETY: the box stays in `nodes` until after it is removed.
-            unsafe { self.tree.insert(ptr) };
-            self.linked.push(id);
-        }
-
-        fn remove_at(&mut self, index: usize) {
-            let id = self.linked.swap_remove(index);
-            let node = self.nodes[id].take().expect("linked node is present");
-            // SAFETY: the node is linked into `tree`.
-            unsafe { self.tree.remove(NonNull::from(&*node)) };
-        }
-
-        fn query(&self, start: usize, last: usize) -> Vec<usize> {
-            let mut hits = Vec::new();
-            let mut cur = self.tree.iter_first(start, last);
-            while let Some(n) = cur {
-                // SAFETY: `n` came from this tree, which `self` borrows.
-                let node = unsafe { n.as_ref() };
-                hits.push(node.id);
-                // SAFETY: `n` is in the tree and overlaps the query.
-                cur = unsafe { self.tree.iter_next(n, start, last) };
-            }
-            hits
-        }
-
-        fn model_query(&self, start: usize, last: usize) -> Vec<usize> {
-            let mut hits: Vec<(usize, usize)> = self
-                .linked
-                .iter()
-                .map(|&id| self.nodes[id].as_ref().expect("linked node is present"))
-                .filter(|n| n.start <= last && start <= n.last)
-                .map(|n| (n.start, n.id))
-                .collect();
-            hits.sort_unstable();
-            hits.into_iter().map(|(_, id)| id).collect()
-        }
-    }
-
-    fn random_interval(rng: &mut StdRng, space: usize, max_len: usize) -> (usize, usize) {
-        let start = rng.random_range(0..space);
-        let len = rng.random_range(0..max_len);
-        (start, start.saturating_add(len))
-    }
-
-    /// Random inserts, removes and overlap queries, checked against the
-    /// brute-force model after every step.
-    fn run_seed(seed: u64, steps: usize, space: usize, max_len: usize) {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let mut h = Harness::new();
-        for step in 0..steps {
-            let op = rng.random_range(0..10);
-            if op < 4 || h.linked.is_empty() {
-                let (s, l) = random_interval(&mut rng, space, max_len);
-                h.insert(s, l);
-            } else if op < 7 {
-                let i = rng.random_range(0..h.linked.len());
-                h.remove_at(i);
-            } else {
-                let (s, l) = random_interval(&mut rng, space, max_len);
-                let mut got = h.query(s, l);
-                // Order among equal starts is unspecified: compare as sets,
-                // after checking that hits come in non-decreasing start order.
-                let starts: Vec<usize> = got
-                    .iter()
-                    .map(|&id| h.nodes[id].as_ref().expect("hit is linked").start)
-                    .collect();
-                assert!(
-                    starts.windows(2).all(|w| w[0] <= w[1]),
-                    "seed {seed} step {step}: hits out of order"
-                );
-                let mut want = h.model_query(s, l);
-                got.sort_unstable();
-                want.sort_unstable();
-                assert_eq!(got, want, "seed {seed} step {step}: query [{s:#x}, {l:#x}]");
-            }
-            if let Err(e) = h.tree.check() {
-                panic!("seed {seed} step {step}: {e}");
-            }
-        }
-        while !h.linked.is_empty() {
-            let i = rng.random_range(0..h.linked.len());
-            h.remove_at(i);
-            h.tree.check().expect("invariants hold while draining");
-        }
-        assert_eq!(h.tree.len(), 0);
-        assert!(h.tree.iter_first(0, usize::MAX).is_none());
-    }
-
-    #[test]
-    fn randomized_against_brute_force_many_seeds() {
-        for seed in 0..200 {
-            // Small spaces force heavy overlap and many equal starts.
-            run_seed(seed, 400, 64, 8);
-            run_seed(seed + 10_000, 400, 1 << 20, 1 << 16);
-        }
-    }
-
-    #[test]
-    fn large_tree_against_brute_force() {
-        run_seed(424242, 20_000, 1 << 30, 1 << 20);
-    }
-
-    #[test]
-    fn inclusive_last_and_extreme_bounds() {
-        let mut h = Harness::new();
-        h.insert(0x1000, 0x1fff);
-        h.insert(usize::MAX - 1, usize::MAX);
-        h.insert(0, 0);
-        assert_eq!(h.query(0x1fff, 0x1fff), vec![0]);
-        assert!(h.query(0x2000, 0x2fff).is_empty());
-        assert!(h.query(0x1, 0xfff).is_empty());
-        assert_eq!(h.query(0xfff, 0x1000), vec![0]);
-        assert_eq!(h.query(usize::MAX, usize::MAX), vec![1]);
-        assert_eq!(h.query(0, usize::MAX), vec![2, 0, 1]);
-    }
-
-    #[test]
-    fn ascending_and_descending_inserts_stay_balanced() {
-        for descending in [false, true] {
-            let mut h = Harness::new();
-            let n = 1 << 12;
-            for i in 0..n {
-                let s = if descending { n - i } else { i } * 16;
-                h.insert(s, s + 15);
-            }
-            h.tree.check().expect("balanced");
-            // A red-black tree's height is at most 2 log2(n + 1).
-            let height = tree_height(h.tree.root);
-            assert!(height <= 2 * 13, "height {height} for {n} nodes");
-        }
-    }
-
-    /// Overlap queries look at O(log n + k) nodes: for trees from 2^8 to 2^18
-    /// nodes, no single-hit query looks at more than 4 log2(n) nodes, and the
-    /// full walk of a k-hit query at most 4 log2(n) + 3k.
-    #[test]
-    fn queries_visit_logarithmically_many_nodes() {
-        let mut rng = StdRng::seed_from_u64(7);
-        for bits in [8u32, 12, 16, 18] {
-            let n = 1usize << bits;
-            let mut h = Harness::new();
-            // Disjoint 16-byte intervals, 32 bytes apart, inserted in random order.
-            let mut order: Vec<usize> = (0..n).collect();
-            for i in (1..n).rev() {
-                order.swap(i, rng.random_range(0..=i));
-            }
-            for &i in &order {
-                h.insert(i * 32, i * 32 + 15);
-            }
-            let log = u64::from(bits);
-            for _ in 0..1000 {
-                let i = rng.random_range(0..n);
-                let k = rng.random_range(1..=8).min(n - i);
-                QUERY_VISITS.with(|v| v.set(0));
-                let hits = h.query(i * 32 + 8, (i + k - 1) * 32 + 8);
-                let visits = QUERY_VISITS.with(|v| v.get());
-                assert_eq!(hits.len(), k);
-                let k = k as u64;
-                assert!(
-                    visits <= 4 * log + 3 * k,
-                    "n = 2^{bits}, k = {k}: {visits} visits"
-                );
-            }
-            // Misses (a query in a gap) are bounded the same way.
-            QUERY_VISITS.with(|v| v.set(0));
-            assert!(h.query(16, 31).is_empty());
-            assert!(QUERY_VISITS.with(|v| v.get()) <= 4 * log);
-        }
-    }
-
-    fn tree_height(n: Link<TestNode>) -> usize {
-        match n {
-            None => 0,
-            // SAFETY: `n` is in a tree the test owns and does not change here.
-            Some(n) => unsafe { 1 + tree_height(left(n)).max(tree_height(right(n))) },
-        }
-    }
-}
+mod tests;

@@ -171,25 +171,56 @@ fn model(expect: &'static [&'static str], f: impl Fn() + Sync + Send + 'static) 
     }
 }
 
-fn fault_vs_invalidate(driver: Driver) {
-    model(&["fault retried", "read_begin slept"], move || {
+/// When the single subscription of [`one_page_model`] is inserted.
+#[derive(Clone, Copy)]
+enum Insert {
+    /// Before the faulting thread starts.
+    Before,
+    /// By the faulting thread, racing the change.
+    Concurrently,
+}
+
+/// One page: a second thread faults it while this thread changes it with
+/// `change_page`; afterwards the mirror must be coherent and the notifier
+/// idle.
+fn one_page_model(
+    expect: &'static [&'static str],
+    driver: Driver,
+    insert: Insert,
+    change_page: fn(&Subscriptions, &Mirror),
+) {
+    model(expect, move || {
         let mm = Subscriptions::new();
         let mirror = Mirror::new(driver);
-        let sub = subscribe(&mm, 0, &mirror);
+        let early = matches!(insert, Insert::Before).then(|| subscribe(&mm, 0, &mirror));
         let faulter = {
-            let mirror = Arc::clone(&mirror);
+            let (mm, mirror) = (StdArc::clone(&mm), Arc::clone(&mirror));
             thread::spawn(move || {
+                let sub = early.unwrap_or_else(|| subscribe(&mm, 0, &mirror));
                 fault(&sub, &mirror);
                 sub
             })
         };
-        change(&mm, 0, &[&mirror]);
+        change_page(&mm, &mirror);
         let sub = faulter.join().unwrap();
         mirror.check_coherent();
         note_stats(&mm);
         assert_idle(&mm);
         drop(sub);
     });
+}
+
+fn change_page(mm: &Subscriptions, mirror: &Mirror) {
+    change(mm, 0, &[mirror]);
+}
+
+fn fault_vs_invalidate(driver: Driver) {
+    one_page_model(
+        &["fault retried", "read_begin slept"],
+        driver,
+        Insert::Before,
+        change_page,
+    );
 }
 
 #[test]
@@ -248,24 +279,12 @@ fn insert_during_invalidation_is_deferred_and_waits() {
 /// which may be changing the interval's pages.
 #[test]
 fn insert_during_a_missed_invalidation_waits_for_it() {
-    model(&["read_begin slept"], || {
-        let mm = Subscriptions::new();
-        let mirror = Mirror::new(Driver::Correct);
-        let inserter = {
-            let (mm, mirror) = (StdArc::clone(&mm), Arc::clone(&mirror));
-            thread::spawn(move || {
-                let sub = subscribe(&mm, 0, &mirror);
-                fault(&sub, &mirror);
-                sub
-            })
-        };
-        change(&mm, 0, &[&mirror]);
-        let sub = inserter.join().unwrap();
-        mirror.check_coherent();
-        note_stats(&mm);
-        assert_idle(&mm);
-        drop(sub);
-    });
+    one_page_model(
+        &["read_begin slept"],
+        Driver::Correct,
+        Insert::Concurrently,
+        change_page,
+    );
 }
 
 /// Removal while an invalidation walks the tree is deferred and waits; once
@@ -355,32 +374,20 @@ fn nested_and_parallel_invalidations_hold_the_sequence_together() {
 /// change the PTE) retries blockably.
 #[test]
 fn nonblocking_invalidation_backs_out_cleanly() {
-    model(&["would block", "fault retried"], || {
-        let mm = Subscriptions::new();
-        let mirror = Mirror::new(Driver::Correct);
-        let sub = subscribe(&mm, 0, &mirror);
-        let faulter = {
-            let mirror = Arc::clone(&mirror);
-            thread::spawn(move || {
-                fault(&sub, &mirror);
-                sub
-            })
-        };
-        match mm.invalidate_range_start(&range(0, 1).nonblocking()) {
+    one_page_model(
+        &["would block", "fault retried"],
+        Driver::Correct,
+        Insert::Before,
+        |mm, mirror| match mm.invalidate_range_start(&range(0, 1).nonblocking()) {
             Ok(inv) => {
                 mirror.pte.fetch_add(1, SeqCst);
                 inv.end();
             }
             Err(NotifierError::WouldBlock) => {
                 reached("would block");
-                change(&mm, 0, &[&mirror]);
+                change_page(mm, mirror);
             }
             Err(e) => panic!("unexpected {e}"),
-        }
-        let sub = faulter.join().unwrap();
-        mirror.check_coherent();
-        note_stats(&mm);
-        assert_idle(&mm);
-        drop(sub);
-    });
+        },
+    );
 }
