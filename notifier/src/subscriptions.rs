@@ -318,8 +318,8 @@ impl Subscriptions {
         //   last end: lock; global += 1
         //                                  driver lock; read_retry(seq)
         //
-        // The driver lock orders set_seq against read_retry, so the sequence
-        // itself needs no barriers.
+        // The driver lock orders set_seq against read_retry, so that check
+        // needs no barriers. The wait below does: see `inv_end`.
         let (seq, is_invalidating) = {
             let mut state = self.lock.lock();
             let seq = sub.seq();
