@@ -1,0 +1,176 @@
+//! The fault path (the kernel's `ib_umem_odp_map_dma_and_lock` with
+//! `hmm_range_fault`) and prefetch (`ibv_advise_mr`).
+//!
+//! Collision-retry: take the sequence with `read_begin`, make the pages
+//! present with no lock held, take the driver lock, and commit the entries
+//! only if `read_retry` says no invalidation hit the umem meanwhile;
+//! otherwise start over. A commit therefore never records a page that an
+//! invalidation has already torn down.
+
+use crate::OdpError;
+use crate::sys::{self, PopulateError};
+use crate::umem::Umem;
+
+/// Pages faulted per collision-retry round: bounds the lock hold time of
+/// one commit and the frame buffer, and lets invalidations in between.
+const FAULT_CHUNK_PAGES: usize = 512;
+
+/// What [`Umem::advise`] should do (`ibv_advise_mr`'s advice).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Advice {
+    /// Make the pages present for reading.
+    Prefetch,
+    /// Make the pages present for writing (the umem must be writable).
+    PrefetchWrite,
+    /// Record the pages that are already present in the CPU page table,
+    /// without faulting anything in.
+    PrefetchNoFault,
+}
+
+impl Umem {
+    /// Makes `[va, va + len)` present for the device, for writing if
+    /// `write`.
+    ///
+    /// # Errors
+    /// [`OdpError::OutOfRange`], [`OdpError::AccessDenied`] (write to a
+    /// read-only umem or mapping, `PROT_NONE`, an I/O mapping),
+    /// [`OdpError::Unmapped`], [`OdpError::Released`], [`OdpError::Pin`].
+    pub fn fault(&self, va: usize, len: usize, write: bool) -> Result<(), OdpError> {
+        let (first, last) = self.inner.pages_of(va, len)?;
+        self.check_write(va, len, write)?;
+        self.fault_pages(first, last, write)?;
+        Ok(())
+    }
+
+    /// Prefetches `[va, va + len)` (`ibv_advise_mr`).
+    ///
+    /// # Errors
+    /// As [`Self::fault`]; [`Advice::PrefetchNoFault`] fails only on a bad
+    /// range.
+    pub fn advise(&self, va: usize, len: usize, advice: Advice) -> Result<(), OdpError> {
+        let (first, last) = self.inner.pages_of(va, len)?;
+        let new = match advice {
+            Advice::Prefetch => self.fault_pages(first, last, false)?,
+            Advice::PrefetchWrite => {
+                self.check_write(va, len, true)?;
+                self.fault_pages(first, last, true)?
+            }
+            Advice::PrefetchNoFault => self.snapshot_pages(first, last)?,
+        };
+        self.inner.counters.prefetch(new);
+        Ok(())
+    }
+
+    pub(crate) fn check_write(&self, va: usize, len: usize, write: bool) -> Result<(), OdpError> {
+        if write && !self.inner.options.writable {
+            return Err(OdpError::AccessDenied { va, len, write });
+        }
+        Ok(())
+    }
+
+    /// Faults `[first, last]` in chunks; returns how many pages became
+    /// present.
+    pub(crate) fn fault_pages(
+        &self,
+        first: usize,
+        last: usize,
+        write: bool,
+    ) -> Result<usize, OdpError> {
+        let mut new = 0;
+        let mut frames = Vec::new();
+        let mut chunk_first = first;
+        while chunk_first <= last {
+            let chunk_last = last.min(chunk_first + FAULT_CHUNK_PAGES - 1);
+            new += self.fault_chunk(chunk_first, chunk_last, write, &mut frames)?;
+            chunk_first = chunk_last + 1;
+        }
+        Ok(new)
+    }
+
+    fn fault_chunk(
+        &self,
+        first: usize,
+        last: usize,
+        write: bool,
+        frames: &mut Vec<u64>,
+    ) -> Result<usize, OdpError> {
+        let inner = &self.inner;
+        let addr = inner.page_addr(first);
+        let len = (last - first + 1) << inner.page_shift;
+        let pin = inner.options.pin;
+        frames.clear();
+        frames.resize(last - first + 1, 0);
+        loop {
+            let seq = self.sub.read_begin();
+            // After read_begin, as the kernel checks mmget_not_zero.
+            if inner.aspace.subscriptions().is_released() {
+                return Err(OdpError::Released);
+            }
+            sys::populate(addr, len, write).map_err(|e| populate_error(e, addr, len, write))?;
+            if pin {
+                // Not undone on a retry: mlock does not nest, so unlocking
+                // could unpin pages a concurrent fault has committed. The
+                // next round commits them, or an invalidation unlocks them.
+                sys::mlock(addr, len).map_err(|e| OdpError::Pin {
+                    va: addr,
+                    len,
+                    errno: e.raw_os_error().unwrap_or(0),
+                })?;
+            }
+            if inner.options.record_frames && !inner.aspace.pagemap().read(addr, frames) {
+                frames.fill(0);
+            }
+            let mut table = inner.lock();
+            if self.sub.read_retry(seq) {
+                drop(table);
+                inner.counters.retry();
+                continue;
+            }
+            let mut new = 0;
+            for (i, page) in (first..=last).enumerate() {
+                new += usize::from(table.commit(page, write, pin, frames[i]));
+            }
+            drop(table);
+            inner.counters.fault(new);
+            return Ok(new);
+        }
+    }
+
+    /// Commits the pages of `[first, last]` that the CPU page table already
+    /// maps, read-only, faulting nothing (`PREFETCH_NO_FAULT`, and rxe's
+    /// registration snapshot).
+    fn snapshot_pages(&self, first: usize, last: usize) -> Result<usize, OdpError> {
+        let inner = &self.inner;
+        let mut present = vec![0u64; last - first + 1];
+        loop {
+            let seq = self.sub.read_begin();
+            if inner.aspace.subscriptions().is_released() {
+                return Err(OdpError::Released);
+            }
+            let addr = inner.page_addr(first);
+            if !inner.aspace.pagemap().present(addr, &mut present) {
+                return Ok(0);
+            }
+            let mut table = inner.lock();
+            if self.sub.read_retry(seq) {
+                drop(table);
+                inner.counters.retry();
+                continue;
+            }
+            let mut new = 0;
+            for (i, page) in (first..=last).enumerate() {
+                if present[i] != 0 {
+                    new += usize::from(table.commit(page, false, false, 0));
+                }
+            }
+            return Ok(new);
+        }
+    }
+}
+
+fn populate_error(e: PopulateError, va: usize, len: usize, write: bool) -> OdpError {
+    match e {
+        PopulateError::Unmapped => OdpError::Unmapped { va, len },
+        PopulateError::Denied => OdpError::AccessDenied { va, len, write },
+    }
+}

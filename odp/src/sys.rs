@@ -1,0 +1,147 @@
+//! The system calls the ODP layer needs, with errors as values.
+//!
+//! Making pages present uses `madvise(MADV_POPULATE_READ/WRITE)` (Linux
+//! 5.14+): it faults pages in exactly as a CPU access would, but reports
+//! unmapped or protected memory as an error instead of a signal.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::OnceLock;
+
+/// The base page size of the system.
+pub fn page_size() -> usize {
+    static PAGE_SIZE: OnceLock<usize> = OnceLock::new();
+    *PAGE_SIZE.get_or_init(|| {
+        // SAFETY: sysconf has no memory-safety preconditions.
+        let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        usize::try_from(size).unwrap_or(4096)
+    })
+}
+
+/// Why pages could not be made present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PopulateError {
+    /// Part of the range is not mapped (`ENOMEM`).
+    Unmapped,
+    /// The mapping forbids the access or cannot be faulted in: `EFAULT`
+    /// (the access would raise SIGSEGV or SIGBUS, e.g. a write to a
+    /// read-only mapping), `EINVAL` (incompatible permissions such as
+    /// `PROT_NONE`, or a `VM_IO`/`VM_PFNMAP` mapping), `EPERM`, `EHWPOISON`.
+    Denied,
+}
+
+/// Makes `[addr, addr + len)` present, for writing if `write` (which also
+/// breaks copy-on-write sharing, like a CPU write fault).
+pub(crate) fn populate(addr: usize, len: usize, write: bool) -> Result<(), PopulateError> {
+    let advice = if write {
+        libc::MADV_POPULATE_WRITE
+    } else {
+        libc::MADV_POPULATE_READ
+    };
+    loop {
+        // SAFETY: MADV_POPULATE_* only faults pages in; it never changes the
+        // contents or the layout of the address space.
+        let rc = unsafe { libc::madvise(addr as *mut libc::c_void, len, advice) };
+        if rc == 0 {
+            return Ok(());
+        }
+        match io::Error::last_os_error().raw_os_error() {
+            Some(libc::EINTR | libc::EAGAIN) => continue,
+            Some(libc::ENOMEM) => return Err(PopulateError::Unmapped),
+            _ => return Err(PopulateError::Denied),
+        }
+    }
+}
+
+/// Locks `[addr, addr + len)` in memory (the userspace stand-in for pinning).
+pub(crate) fn mlock(addr: usize, len: usize) -> io::Result<()> {
+    // SAFETY: mlock changes residency, not contents or layout.
+    let rc = unsafe { libc::mlock(addr as *const libc::c_void, len) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Unlocks `[addr, addr + len)`. Errors are ignored: the range may already
+/// be unmapped (an invalidation reported after the fact), which unlocks it.
+pub(crate) fn munlock(addr: usize, len: usize) {
+    // SAFETY: munlock changes residency, not contents or layout.
+    unsafe { libc::munlock(addr as *const libc::c_void, len) };
+}
+
+/// Reader of `/proc/self/pagemap`: the page frame behind each virtual page.
+///
+/// Frame numbers read as zero without `CAP_SYS_ADMIN`; the reader reports
+/// whether they are real.
+#[derive(Debug)]
+pub(crate) struct Pagemap {
+    file: Option<File>,
+    frames_visible: bool,
+}
+
+/// One pagemap entry: bit 63 present, bits 0-54 the frame number.
+const PAGEMAP_PRESENT: u64 = 1 << 63;
+const PAGEMAP_PFN_MASK: u64 = (1 << 55) - 1;
+
+impl Pagemap {
+    pub(crate) fn open() -> Self {
+        let file = File::open("/proc/self/pagemap").ok();
+        let mut pagemap = Self {
+            file,
+            frames_visible: false,
+        };
+        // Probe with a page we know is present: our own stack.
+        let probe = 0u64;
+        let addr = &probe as *const u64 as usize;
+        let mut frame = [0u64];
+        pagemap.frames_visible =
+            pagemap.read(addr & !(page_size() - 1), &mut frame) && frame[0] != 0;
+        pagemap
+    }
+
+    /// Whether frame numbers are real (not hidden as zero).
+    pub(crate) fn frames_visible(&self) -> bool {
+        self.frames_visible
+    }
+
+    /// Fills `frames` with the frame numbers of the pages from `addr` on
+    /// (0 where a page is not present or frames are hidden). Returns false
+    /// if pagemap is unreadable.
+    pub(crate) fn read(&self, addr: usize, frames: &mut [u64]) -> bool {
+        self.read_raw(addr, frames, |entry| {
+            if entry & PAGEMAP_PRESENT != 0 {
+                entry & PAGEMAP_PFN_MASK
+            } else {
+                0
+            }
+        })
+    }
+
+    /// Fills `present` with 1 for each page from `addr` on that the CPU
+    /// page table maps (visible without privileges), else 0. Returns false
+    /// if pagemap is unreadable.
+    pub(crate) fn present(&self, addr: usize, present: &mut [u64]) -> bool {
+        self.read_raw(addr, present, |entry| {
+            u64::from(entry & PAGEMAP_PRESENT != 0)
+        })
+    }
+
+    fn read_raw(&self, addr: usize, out: &mut [u64], decode: impl Fn(u64) -> u64) -> bool {
+        let Some(file) = &self.file else { return false };
+        let offset = (addr / page_size() * 8) as u64;
+        // SAFETY: u64 has no invalid bit patterns and the slice is exactly
+        // 8 * len bytes of initialised memory we own exclusively.
+        let bytes =
+            unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), out.len() * 8) };
+        if file.read_exact_at(bytes, offset).is_err() {
+            return false;
+        }
+        for entry in out.iter_mut() {
+            *entry = decode(*entry);
+        }
+        true
+    }
+}

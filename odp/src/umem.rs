@@ -1,0 +1,230 @@
+//! One registered range of user memory (the kernel's `ib_umem_odp`): a
+//! notifier subscription, a device page table and the driver lock that
+//! device accesses, faults and invalidations all take.
+//!
+//! Registration pins nothing and faults nothing in. Pages become present
+//! on first device access ([`crate::access`]) or by prefetch
+//! ([`crate::fault`]), and invalidations clear them again.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
+
+use notifier::{IntervalNotifier, IntervalSubscription, NotifierRange};
+
+use crate::OdpError;
+use crate::address_space::{AddressSpace, page_span};
+use crate::counters::{Counters, OdpCounters};
+use crate::page_table::{PageEntry, PageTable};
+use crate::sys::{self, page_size};
+
+/// How a umem is registered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UmemOptions {
+    /// The device may write (the MR has local or remote write access).
+    pub writable: bool,
+    /// Lock faulted pages in memory (`mlock`) until they are invalidated:
+    /// the userspace stand-in for pinning. Locked ranges refuse
+    /// `MADV_DONTNEED` from anyone but the wrappers, which unlock first by
+    /// invalidating.
+    pub pin: bool,
+    /// Record page frame numbers from `/proc/self/pagemap` (real ones need
+    /// `CAP_SYS_ADMIN`; without it they read as zero).
+    pub record_frames: bool,
+}
+
+impl Default for UmemOptions {
+    fn default() -> Self {
+        Self {
+            writable: true,
+            pin: false,
+            record_frames: false,
+        }
+    }
+}
+
+/// A registered range of user memory with on-demand paging.
+///
+/// Dropping it clears the page table (unlocking pinned pages) and removes
+/// the subscription; once the drop returns, no invalidation callback of
+/// this umem runs any more.
+pub struct Umem {
+    // Declared first so it is dropped before `inner`: removal waits for any
+    // running callback, which uses `inner` through its own reference.
+    pub(crate) sub: IntervalSubscription,
+    pub(crate) inner: Arc<UmemInner>,
+}
+
+/// The state the invalidation callback shares with the umem.
+pub(crate) struct UmemInner {
+    pub(crate) aspace: Arc<AddressSpace>,
+    /// Page-aligned bounds of the registration.
+    pub(crate) start: usize,
+    pub(crate) len: usize,
+    pub(crate) page_shift: u32,
+    pub(crate) options: UmemOptions,
+    /// The driver lock (`umem_mutex`) and what it guards.
+    table: Mutex<PageTable>,
+    pub(crate) counters: Counters,
+}
+
+impl std::fmt::Debug for Umem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Umem")
+            .field("start", &format_args!("{:#x}", self.inner.start))
+            .field("len", &format_args!("{:#x}", self.inner.len))
+            .field("options", &self.inner.options)
+            .finish()
+    }
+}
+
+impl Umem {
+    /// Registers `[addr, addr + len)` of `aspace` (widened to whole pages).
+    ///
+    /// Nothing is faulted or pinned; the memory need not even be mapped
+    /// yet (an access to a hole fails with [`OdpError::Unmapped`]).
+    ///
+    /// # Errors
+    /// [`OdpError::InvalidRange`] for an empty or wrapping range;
+    /// [`OdpError::Notifier`] if the address space was released.
+    pub fn new(
+        aspace: &Arc<AddressSpace>,
+        addr: usize,
+        len: usize,
+        options: UmemOptions,
+    ) -> Result<Umem, OdpError> {
+        let (start, end) = page_span(addr, len).ok_or(OdpError::InvalidRange { addr, len })?;
+        let page_shift = page_size().trailing_zeros();
+        let pages = (end - start) >> page_shift;
+        let inner = Arc::new(UmemInner {
+            aspace: Arc::clone(aspace),
+            start,
+            len: end - start,
+            page_shift,
+            options,
+            table: Mutex::new(PageTable::new(pages)),
+            counters: Counters::default(),
+        });
+        let callback_inner = Arc::clone(&inner);
+        let sub = aspace.subscriptions().insert(
+            start,
+            end - start,
+            move |sub: &IntervalNotifier, range: &NotifierRange, cur_seq| {
+                callback_inner.invalidate(sub, range, cur_seq)
+            },
+        )?;
+        Ok(Umem { sub, inner })
+    }
+
+    /// First address (page-aligned).
+    pub fn start(&self) -> usize {
+        self.inner.start
+    }
+
+    /// Length in bytes (whole pages).
+    pub fn len(&self) -> usize {
+        self.inner.len
+    }
+
+    /// Always false: registration rejects empty ranges.
+    pub fn is_empty(&self) -> bool {
+        self.inner.len == 0
+    }
+
+    /// The page size the table is kept at.
+    pub fn page_size(&self) -> usize {
+        1 << self.inner.page_shift
+    }
+
+    /// The registration options.
+    pub fn options(&self) -> UmemOptions {
+        self.inner.options
+    }
+
+    /// The address space the umem belongs to.
+    pub fn address_space(&self) -> &Arc<AddressSpace> {
+        &self.inner.aspace
+    }
+
+    /// A snapshot of the counters.
+    pub fn counters(&self) -> OdpCounters {
+        self.inner.counters.snapshot()
+    }
+
+    /// Number of pages currently present in the device page table.
+    pub fn present_pages(&self) -> usize {
+        self.inner.lock().present()
+    }
+
+    /// The device page-table entry of the page holding `va`.
+    ///
+    /// # Errors
+    /// [`OdpError::OutOfRange`] if `va` is outside the umem.
+    pub fn entry(&self, va: usize) -> Result<PageEntry, OdpError> {
+        let (first, _) = self.inner.pages_of(va, 1)?;
+        Ok(self.inner.lock().entry(first))
+    }
+}
+
+impl Drop for Umem {
+    fn drop(&mut self) {
+        // Tear down the device's view first (ib_umem_odp_release); the
+        // subscription is removed when `sub` drops right after.
+        let mut table = self.inner.lock();
+        let last = table.len() - 1;
+        table.clear(0, last, |p, n| self.inner.unpin(p, n));
+    }
+}
+
+impl UmemInner {
+    /// The driver lock. A panic while it was held (in a device closure)
+    /// leaves the table consistent, so poisoning is ignored.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, PageTable> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn page_addr(&self, page: usize) -> usize {
+        self.start + (page << self.page_shift)
+    }
+
+    /// The pages `[first, last]` covering `[va, va + len)`.
+    pub(crate) fn pages_of(&self, va: usize, len: usize) -> Result<(usize, usize), OdpError> {
+        let end = va.checked_add(len);
+        match end {
+            Some(end) if len > 0 && va >= self.start && end <= self.start + self.len => Ok((
+                (va - self.start) >> self.page_shift,
+                (end - 1 - self.start) >> self.page_shift,
+            )),
+            _ => Err(OdpError::OutOfRange {
+                va,
+                len,
+                start: self.start,
+                end: self.start + self.len,
+            }),
+        }
+    }
+
+    fn unpin(&self, first_page: usize, pages: usize) {
+        sys::munlock(self.page_addr(first_page), pages << self.page_shift);
+    }
+
+    /// The invalidation callback (rxe's `rxe_ib_invalidate_range`): under the
+    /// driver lock, record the collision and clear the overlap. Every event
+    /// kind drops the pages; a device access after it faults them back with
+    /// whatever the address space holds then.
+    fn invalidate(&self, sub: &IntervalNotifier, range: &NotifierRange, cur_seq: u64) -> bool {
+        let mut table = if range.is_blockable() {
+            self.lock()
+        } else {
+            match self.table.try_lock() {
+                Ok(guard) => guard,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(TryLockError::WouldBlock) => return false,
+            }
+        };
+        sub.set_seq(cur_seq);
+        let first = (range.start().max(self.start) - self.start) >> self.page_shift;
+        let last = (range.last().min(self.start + self.len - 1) - self.start) >> self.page_shift;
+        let cleared = table.clear(first, last, |p, n| self.unpin(p, n));
+        self.counters.invalidation(cleared.pages, cleared.dirty);
+        true
+    }
+}
