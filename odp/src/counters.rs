@@ -20,7 +20,9 @@ pub(crate) struct Counters {
 pub struct OdpCounters {
     /// Fault operations that committed (each may cover many pages).
     pub faults: u64,
-    /// Pages that became present through faults or prefetches.
+    /// Pages that became present: through faults, prefetches and no-fault
+    /// snapshots. `pages_faulted - pages_invalidated` is the number of
+    /// present pages.
     pub pages_faulted: u64,
     /// Fault attempts thrown away because an invalidation collided.
     pub retries: u64,
@@ -32,13 +34,18 @@ pub struct OdpCounters {
     pub dirty_pages_invalidated: u64,
     /// Prefetch (advise) calls.
     pub prefetches: u64,
-    /// Pages that became present through prefetches.
+    /// Of `pages_faulted`, the pages prefetches made present.
     pub pages_prefetched: u64,
 }
 
 impl Counters {
     pub(crate) fn fault(&self, new_pages: usize) {
         self.faults.fetch_add(1, Relaxed);
+        self.pages_faulted.fetch_add(new_pages as u64, Relaxed);
+    }
+
+    /// Pages made present without a fault (a no-fault prefetch snapshot).
+    pub(crate) fn snapshot(&self, new_pages: usize) {
         self.pages_faulted.fetch_add(new_pages as u64, Relaxed);
     }
 
@@ -58,7 +65,7 @@ impl Counters {
         self.pages_prefetched.fetch_add(new_pages as u64, Relaxed);
     }
 
-    pub(crate) fn snapshot(&self) -> OdpCounters {
+    pub(crate) fn read(&self) -> OdpCounters {
         OdpCounters {
             faults: self.faults.load(Relaxed),
             pages_faulted: self.pages_faulted.load(Relaxed),

@@ -163,6 +163,8 @@ impl Umem {
                     new += usize::from(table.commit(page, false, false, 0));
                 }
             }
+            drop(table);
+            inner.counters.snapshot(new);
             return Ok(new);
         }
     }

@@ -54,6 +54,26 @@ pub(crate) fn populate(addr: usize, len: usize, write: bool) -> Result<(), Popul
     }
 }
 
+/// Whether every page of `[addr, addr + len)` is mapped (`mincore` fails
+/// with `ENOMEM` on a hole).
+pub(crate) fn is_mapped(addr: usize, len: usize) -> bool {
+    let mut vec = [0u8; 64];
+    let ps = page_size();
+    let mut at = addr;
+    let end = addr + len;
+    while at < end {
+        let chunk = (end - at).min(vec.len() * ps);
+        // SAFETY: `vec` has room for one byte per page of `chunk`; mincore
+        // only reads the page tables.
+        let rc = unsafe { libc::mincore(at as *mut libc::c_void, chunk, vec.as_mut_ptr()) };
+        if rc != 0 {
+            return false;
+        }
+        at += chunk;
+    }
+    true
+}
+
 /// Locks `[addr, addr + len)` in memory (the userspace stand-in for pinning).
 pub(crate) fn mlock(addr: usize, len: usize) -> io::Result<()> {
     // SAFETY: mlock changes residency, not contents or layout.

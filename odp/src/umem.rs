@@ -6,6 +6,7 @@
 //! on first device access ([`crate::access`]) or by prefetch
 //! ([`crate::fault`]), and invalidations clear them again.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 
 use notifier::{IntervalNotifier, IntervalSubscription, NotifierRange};
@@ -63,6 +64,11 @@ pub(crate) struct UmemInner {
     pub(crate) options: UmemOptions,
     /// The driver lock (`umem_mutex`) and what it guards.
     table: Mutex<PageTable>,
+    /// Invalidations waiting for the driver lock. Device accesses and
+    /// faults let them in first: the lock is not fair, and a device that
+    /// accesses memory back to back would otherwise hold off an unmap
+    /// indefinitely.
+    invalidations_waiting: AtomicUsize,
     pub(crate) counters: Counters,
 }
 
@@ -101,6 +107,7 @@ impl Umem {
             page_shift,
             options,
             table: Mutex::new(PageTable::new(pages)),
+            invalidations_waiting: AtomicUsize::new(0),
             counters: Counters::default(),
         });
         let callback_inner = Arc::clone(&inner);
@@ -146,7 +153,7 @@ impl Umem {
 
     /// A snapshot of the counters.
     pub fn counters(&self) -> OdpCounters {
-        self.inner.counters.snapshot()
+        self.inner.counters.read()
     }
 
     /// Number of pages currently present in the device page table.
@@ -164,6 +171,36 @@ impl Umem {
     }
 }
 
+impl Umem {
+    /// Checks, under the driver lock, that every present page is still
+    /// mapped: a debugging aid in the manner of UCX's PFN check. A failure
+    /// means an address-space change was not reported to the notifier (for
+    /// example a raw `munmap` with no event source watching).
+    ///
+    /// # Errors
+    /// [`OdpError::Unmapped`] with the first present run that is unmapped.
+    pub fn verify_mapped(&self) -> Result<(), OdpError> {
+        let table = self.inner.lock();
+        let mut page = 0;
+        while page < table.len() {
+            if !table.entry(page).is_present() {
+                page += 1;
+                continue;
+            }
+            let run_start = page;
+            while page < table.len() && table.entry(page).is_present() {
+                page += 1;
+            }
+            let va = self.inner.page_addr(run_start);
+            let len = (page - run_start) << self.inner.page_shift;
+            if !sys::is_mapped(va, len) {
+                return Err(OdpError::Unmapped { va, len });
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Drop for Umem {
     fn drop(&mut self) {
         // Tear down the device's view first (ib_umem_odp_release); the
@@ -178,6 +215,13 @@ impl UmemInner {
     /// The driver lock. A panic while it was held (in a device closure)
     /// leaves the table consistent, so poisoning is ignored.
     pub(crate) fn lock(&self) -> MutexGuard<'_, PageTable> {
+        while self.invalidations_waiting.load(Ordering::Acquire) > 0 {
+            std::thread::yield_now();
+        }
+        self.lock_for_invalidation()
+    }
+
+    fn lock_for_invalidation(&self) -> MutexGuard<'_, PageTable> {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -212,7 +256,10 @@ impl UmemInner {
     /// whatever the address space holds then.
     fn invalidate(&self, sub: &IntervalNotifier, range: &NotifierRange, cur_seq: u64) -> bool {
         let mut table = if range.is_blockable() {
-            self.lock()
+            self.invalidations_waiting.fetch_add(1, Ordering::AcqRel);
+            let table = self.lock_for_invalidation();
+            self.invalidations_waiting.fetch_sub(1, Ordering::AcqRel);
+            table
         } else {
             match self.table.try_lock() {
                 Ok(guard) => guard,
