@@ -56,10 +56,17 @@ pub(crate) struct Cleared {
     pub(crate) pinned: usize,
 }
 
+/// Entries per occupancy chunk: one 4 KiB page of the entry array.
+const CHUNK: usize = 512;
+
 /// The per-page state of one umem.
 #[derive(Debug)]
 pub(crate) struct PageTable {
     entries: Vec<u64>,
+    /// Present entries per chunk of [`CHUNK`] entries. Clearing skips empty
+    /// chunks, so tearing down a large, sparsely used table never touches
+    /// the (lazily allocated) entry pages nobody used.
+    chunk_present: Vec<u16>,
     present: usize,
 }
 
@@ -69,6 +76,7 @@ impl PageTable {
     pub(crate) fn new(pages: usize) -> Self {
         Self {
             entries: vec![0; pages],
+            chunk_present: vec![0; pages.div_ceil(CHUNK)],
             present: 0,
         }
     }
@@ -110,16 +118,18 @@ impl PageTable {
         if pinned || old & PINNED != 0 {
             new |= PINNED;
         }
-        if old & PRESENT != 0 {
+        let was_absent = old & PRESENT == 0;
+        if was_absent {
+            self.present += 1;
+            self.chunk_present[index / CHUNK] += 1;
+        } else {
             new |= old & DIRTY;
             if frame == 0 {
                 new |= old & !(PRESENT | WRITABLE | DIRTY | PINNED);
             }
-        } else {
-            self.present += 1;
         }
         self.entries[index] = new;
-        old & PRESENT == 0
+        was_absent
     }
 
     /// Marks the present pages of `[first, last]` dirty (the device wrote).
@@ -132,7 +142,8 @@ impl PageTable {
     }
 
     /// Clears `[first, last]`, calling `unpin(first_page, pages)` for every
-    /// run of pinned pages.
+    /// run of pinned pages. Costs O((last - first) / 512 + present pages in
+    /// the range).
     pub(crate) fn clear(
         &mut self,
         first: usize,
@@ -141,27 +152,39 @@ impl PageTable {
     ) -> Cleared {
         let mut cleared = Cleared::default();
         let mut pinned_run: Option<(usize, usize)> = None;
-        for index in first..=last {
-            let e = self.entries[index];
-            if e & PINNED != 0 {
-                pinned_run = match pinned_run {
-                    Some((start, n)) if start + n == index => Some((start, n + 1)),
-                    run => {
-                        if let Some((start, n)) = run {
-                            unpin(start, n);
-                        }
-                        Some((index, 1))
-                    }
-                };
-                cleared.pinned += 1;
+        let mut chunk = first / CHUNK;
+        while chunk <= last / CHUNK && self.present > cleared.pages {
+            if self.chunk_present[chunk] == 0 {
+                chunk += 1;
+                continue;
             }
-            if e & PRESENT != 0 {
+            let lo = first.max(chunk * CHUNK);
+            let hi = last.min(chunk * CHUNK + CHUNK - 1);
+            for index in lo..=hi {
+                let e = self.entries[index];
+                if e & PRESENT == 0 {
+                    continue;
+                }
+                if e & PINNED != 0 {
+                    pinned_run = match pinned_run {
+                        Some((start, n)) if start + n == index => Some((start, n + 1)),
+                        run => {
+                            if let Some((start, n)) = run {
+                                unpin(start, n);
+                            }
+                            Some((index, 1))
+                        }
+                    };
+                    cleared.pinned += 1;
+                }
                 cleared.pages += 1;
                 if e & DIRTY != 0 {
                     cleared.dirty += 1;
                 }
+                self.chunk_present[chunk] -= 1;
+                self.entries[index] = 0;
             }
-            self.entries[index] = 0;
+            chunk += 1;
         }
         if let Some((start, n)) = pinned_run {
             unpin(start, n);
@@ -206,6 +229,26 @@ mod tests {
         let mut runs = Vec::new();
         t.clear(0, 9, |s, n| runs.push((s, n)));
         assert_eq!(runs, vec![(0, 3), (5, 2), (9, 1)]);
+    }
+
+    #[test]
+    fn clearing_skips_empty_chunks_and_counts_exactly() {
+        let mut t = PageTable::new(10 * CHUNK + 3);
+        for i in [0, CHUNK - 1, CHUNK, 5 * CHUNK + 7, 10 * CHUNK + 2] {
+            t.commit(i, true, false, 0);
+        }
+        let c = t.clear(1, 10 * CHUNK + 1, |_, _| ());
+        assert_eq!(c.pages, 3);
+        assert_eq!(t.present(), 2);
+        assert!(t.entry(0).is_present() && t.entry(10 * CHUNK + 2).is_present());
+        assert_eq!(t.clear(0, 10 * CHUNK + 2, |_, _| ()).pages, 2);
+        assert_eq!(
+            t.chunk_present
+                .iter()
+                .map(|&c| usize::from(c))
+                .sum::<usize>(),
+            0
+        );
     }
 
     #[test]

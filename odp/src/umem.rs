@@ -69,6 +69,9 @@ pub(crate) struct UmemInner {
     /// accesses memory back to back would otherwise hold off an unmap
     /// indefinitely.
     invalidations_waiting: AtomicUsize,
+    /// Incremented when an invalidation empties the table (implicit
+    /// children only: the parent frees idle children).
+    emptied: Option<Arc<AtomicUsize>>,
     pub(crate) counters: Counters,
 }
 
@@ -97,6 +100,18 @@ impl Umem {
         len: usize,
         options: UmemOptions,
     ) -> Result<Umem, OdpError> {
+        Self::register(aspace, addr, len, options, None)
+    }
+
+    /// [`Self::new`] for a child of an implicit umem: `emptied` counts the
+    /// invalidations that leave this umem with no present page.
+    pub(crate) fn register(
+        aspace: &Arc<AddressSpace>,
+        addr: usize,
+        len: usize,
+        options: UmemOptions,
+        emptied: Option<Arc<AtomicUsize>>,
+    ) -> Result<Umem, OdpError> {
         let (start, end) = page_span(addr, len).ok_or(OdpError::InvalidRange { addr, len })?;
         let page_shift = page_size().trailing_zeros();
         let pages = (end - start) >> page_shift;
@@ -108,6 +123,7 @@ impl Umem {
             options,
             table: Mutex::new(PageTable::new(pages)),
             invalidations_waiting: AtomicUsize::new(0),
+            emptied,
             counters: Counters::default(),
         });
         let callback_inner = Arc::clone(&inner);
@@ -203,11 +219,14 @@ impl Umem {
 
 impl Drop for Umem {
     fn drop(&mut self) {
-        // Tear down the device's view first (ib_umem_odp_release); the
-        // subscription is removed when `sub` drops right after.
-        let mut table = self.inner.lock();
-        let last = table.len() - 1;
-        table.clear(0, last, |p, n| self.inner.unpin(p, n));
+        // Tear down the device's view first (ib_umem_odp_release): only
+        // pinned pages need work. The subscription is removed when `sub`
+        // drops right after.
+        if self.inner.options.pin {
+            let mut table = self.inner.lock();
+            let last = table.len() - 1;
+            table.clear(0, last, |p, n| self.inner.unpin(p, n));
+        }
     }
 }
 
@@ -272,6 +291,12 @@ impl UmemInner {
         let last = (range.last().min(self.start + self.len - 1) - self.start) >> self.page_shift;
         let cleared = table.clear(first, last, |p, n| self.unpin(p, n));
         self.counters.invalidation(cleared.pages, cleared.dirty);
+        if let Some(emptied) = &self.emptied
+            && cleared.pages > 0
+            && table.present() == 0
+        {
+            emptied.fetch_add(1, Ordering::Relaxed);
+        }
         true
     }
 }
