@@ -10,7 +10,12 @@
 //! Copies are byte-exact: they start at the in-page offset of `va` and
 //! advance both sides by exactly what was copied, across page boundaries.
 
+use std::sync::MutexGuard;
+
 use crate::OdpError;
+use crate::page_table::PageTable;
+use crate::safe_copy::{CopyFault, copy_nofault};
+use crate::sys;
 use crate::umem::Umem;
 
 /// The direction of a device access.
@@ -23,10 +28,34 @@ pub enum Access {
 }
 
 impl Umem {
+    /// Takes the driver lock with every page of `[first, last]` present
+    /// (and writable for `write`), faulting with the lock dropped as often
+    /// as needed (rxe's `rxe_odp_map_range_and_lock`).
+    fn lock_present(
+        &self,
+        first: usize,
+        last: usize,
+        write: bool,
+    ) -> Result<MutexGuard<'_, PageTable>, OdpError> {
+        loop {
+            let table = self.inner.lock();
+            if table.all_present(first, last, write) {
+                return Ok(table);
+            }
+            drop(table);
+            self.fault_pages(first, last, write)?;
+        }
+    }
+
     /// Runs `f(ptr, len)` for `[va, va + len)` under the driver lock, with
     /// every page present for `access`. `ptr` is `va` as a pointer; `f` may
     /// read (and, for [`Access::Write`], write) `len` bytes from it, and
     /// must not fault pages of this umem or block on another umem's lock.
+    ///
+    /// `f` touches the memory directly, so it is only safe against changes
+    /// that are reported before they happen (the wrappers, interposition,
+    /// userfaultfd's discard); handing the range to the kernel (`sendmsg`,
+    /// `writev`) is safe in any case, since the kernel reports `EFAULT`.
     ///
     /// # Errors
     /// [`OdpError::OutOfRange`] outside the umem; otherwise the errors of
@@ -42,31 +71,27 @@ impl Umem {
         let (first, last) = self.inner.pages_of(va, len)?;
         let write = access == Access::Write;
         self.check_write(va, len, write)?;
-        loop {
-            let mut table = self.inner.lock();
-            if table.all_present(first, last, write) {
-                let result = f(va as *mut u8, len);
-                if write {
-                    table.mark_dirty(first, last);
-                }
-                return Ok(result);
-            }
-            drop(table);
-            self.fault_pages(first, last, write)?;
+        let mut table = self.lock_present(first, last, write)?;
+        let result = f(va as *mut u8, len);
+        if write {
+            table.mark_dirty(first, last);
         }
+        Ok(result)
     }
 
     /// Copies `dst.len()` bytes of the umem at `va` into `dst` (the device
     /// reads memory: an RDMA READ response, a SEND payload).
     ///
     /// # Errors
-    /// As [`Self::with_range`].
+    /// As [`Self::with_range`], and [`OdpError::Unmapped`] or
+    /// [`OdpError::AccessDenied`] if the memory went away during the copy
+    /// without an invalidation first.
     pub fn read(&self, va: usize, dst: &mut [u8]) -> Result<(), OdpError> {
-        self.with_range(va, dst.len(), Access::Read, |src, len| {
-            // SAFETY: `with_range` holds the driver lock with every page of
-            // `[va, va + len)` present, and `dst` is a distinct buffer of
-            // `len` bytes owned by the caller.
-            unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), len) }
+        let dst_ptr = dst.as_mut_ptr();
+        self.copy(va, dst.len(), Access::Read, |mr, len| {
+            // SAFETY: `dst` is a distinct buffer of `len` bytes owned by the
+            // caller; the umem side may fault, which copy_nofault reports.
+            unsafe { copy_nofault(dst_ptr, mr, len) }
         })
     }
 
@@ -74,13 +99,49 @@ impl Umem {
     /// RDMA WRITE, a received SEND).
     ///
     /// # Errors
-    /// As [`Self::with_range`].
+    /// As [`Self::read`].
     pub fn write(&self, va: usize, src: &[u8]) -> Result<(), OdpError> {
-        self.with_range(va, src.len(), Access::Write, |dst, len| {
-            // SAFETY: `with_range` holds the driver lock with every page of
-            // `[va, va + len)` present and writable, and `src` is a distinct
-            // buffer of `len` bytes.
-            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, len) }
+        self.copy(va, src.len(), Access::Write, |mr, len| {
+            // SAFETY: `src` is a distinct buffer of `len` bytes; the umem side
+            // may fault, which copy_nofault reports.
+            unsafe { copy_nofault(mr, src.as_ptr(), len) }
+        })
+    }
+
+    /// A device copy under the driver lock with every page present. A fault
+    /// there means the address space changed without an invalidation
+    /// first: an event source that reports after the fact (userfaultfd's
+    /// unmap), or none at all. The copy then fails instead of crashing, and
+    /// the stale entries are dropped so that the next access faults afresh.
+    fn copy(
+        &self,
+        va: usize,
+        len: usize,
+        access: Access,
+        copy: impl FnOnce(*mut u8, usize) -> Result<(), CopyFault>,
+    ) -> Result<(), OdpError> {
+        let (first, last) = self.inner.pages_of(va, len)?;
+        let write = access == Access::Write;
+        self.check_write(va, len, write)?;
+        let mut table = self.lock_present(first, last, write)?;
+        let Err(fault) = copy(va as *mut u8, len) else {
+            if write {
+                table.mark_dirty(first, last);
+            }
+            return Ok(());
+        };
+        self.inner.drop_stale(&mut table, first, last);
+        drop(table);
+        let at = va + fault.copied;
+        let rest = len - fault.copied;
+        Err(if sys::is_mapped(at & !(self.page_size() - 1), 1) {
+            OdpError::AccessDenied {
+                va: at,
+                len: rest,
+                write,
+            }
+        } else {
+            OdpError::Unmapped { va: at, len: rest }
         })
     }
 }

@@ -13,6 +13,7 @@ pub(crate) struct Counters {
     dirty_pages_invalidated: AtomicU64,
     prefetches: AtomicU64,
     pages_prefetched: AtomicU64,
+    stale_pages: AtomicU64,
 }
 
 /// A snapshot of a umem's counters.
@@ -21,8 +22,8 @@ pub struct OdpCounters {
     /// Fault operations that committed (each may cover many pages).
     pub faults: u64,
     /// Pages that became present: through faults, prefetches and no-fault
-    /// snapshots. `pages_faulted - pages_invalidated` is the number of
-    /// present pages.
+    /// snapshots. `pages_faulted - pages_invalidated - stale_pages` is the
+    /// number of present pages.
     pub pages_faulted: u64,
     /// Fault attempts thrown away because an invalidation collided.
     pub retries: u64,
@@ -36,6 +37,10 @@ pub struct OdpCounters {
     pub prefetches: u64,
     /// Of `pages_faulted`, the pages prefetches made present.
     pub pages_prefetched: u64,
+    /// Present pages a device copy found gone (the change was reported
+    /// after the fact, or not at all) and dropped. Not counted in
+    /// `pages_invalidated`.
+    pub stale_pages: u64,
 }
 
 impl Counters {
@@ -47,6 +52,10 @@ impl Counters {
     /// Pages made present without a fault (a no-fault prefetch snapshot).
     pub(crate) fn snapshot(&self, new_pages: usize) {
         self.pages_faulted.fetch_add(new_pages as u64, Relaxed);
+    }
+
+    pub(crate) fn stale(&self, pages: usize) {
+        self.stale_pages.fetch_add(pages as u64, Relaxed);
     }
 
     pub(crate) fn retry(&self) {
@@ -75,6 +84,7 @@ impl Counters {
             dirty_pages_invalidated: self.dirty_pages_invalidated.load(Relaxed),
             prefetches: self.prefetches.load(Relaxed),
             pages_prefetched: self.pages_prefetched.load(Relaxed),
+            stale_pages: self.stale_pages.load(Relaxed),
         }
     }
 }
@@ -91,6 +101,7 @@ impl std::ops::Add for OdpCounters {
             dirty_pages_invalidated: self.dirty_pages_invalidated + o.dirty_pages_invalidated,
             prefetches: self.prefetches + o.prefetches,
             pages_prefetched: self.pages_prefetched + o.pages_prefetched,
+            stale_pages: self.stale_pages + o.stale_pages,
         }
     }
 }

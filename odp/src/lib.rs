@@ -37,6 +37,7 @@ mod counters;
 mod fault;
 mod implicit;
 mod page_table;
+mod safe_copy;
 mod sys;
 mod umem;
 

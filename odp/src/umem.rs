@@ -265,6 +265,13 @@ impl UmemInner {
         }
     }
 
+    /// Clears entries a device access found stale (its copy faulted on a
+    /// present page), under the driver lock the caller holds.
+    pub(crate) fn drop_stale(&self, table: &mut PageTable, first: usize, last: usize) {
+        let cleared = table.clear(first, last, |p, n| self.unpin(p, n));
+        self.counters.stale(cleared.pages);
+    }
+
     fn unpin(&self, first_page: usize, pages: usize) {
         sys::munlock(self.page_addr(first_page), pages << self.page_shift);
     }

@@ -422,7 +422,7 @@ fn run(source_of: impl FnOnce(Arc<AddressSpace>) -> Box<dyn Source>, seed: u64, 
         "seed {seed}"
     );
     assert_eq!(
-        c.pages_faulted - c.pages_invalidated,
+        c.pages_faulted - c.pages_invalidated - c.stale_pages,
         world.umem.present_pages() as u64,
         "seed {seed}: every page made present is present or was invalidated"
     );

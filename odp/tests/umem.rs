@@ -370,3 +370,60 @@ fn pinned_pages_are_locked_until_invalidated() {
     assert!(locked_kib() < pinned);
     assert_eq!(umem.present_pages(), 0);
 }
+
+#[test]
+fn an_unreported_unmap_makes_device_copies_fail_instead_of_crashing() {
+    let aspace = AddressSpace::process();
+    let ps = page_size();
+    // Owned by hand: once the hole exists, another test's mapping may land
+    // in it, so only our own pages are unmapped at the end.
+    let (base, len) = aspace.map_anonymous(4 * ps, 0).unwrap().into_raw();
+    let umem = Umem::new(&aspace, base, len, UmemOptions::default()).unwrap();
+    umem.write(base, &vec![5u8; 4 * ps]).unwrap();
+    let hole = base + ps;
+    // A raw munmap that no event source sees: the page table still says
+    // present.
+    // SAFETY: page 1 of our mapping, not used by anything else.
+    assert_eq!(unsafe { libc::munmap(hole as *mut libc::c_void, ps) }, 0);
+    assert!(umem.entry(hole).unwrap().is_present());
+    assert!(
+        umem.verify_mapped().is_err(),
+        "the auditor sees the stale entry"
+    );
+    let mut buf = vec![0u8; 2 * ps];
+    let err = umem.read(base, &mut buf).unwrap_err();
+    assert_eq!(err, OdpError::Unmapped { va: hole, len: ps });
+    assert_eq!(
+        &buf[..ps],
+        &vec![5u8; ps][..],
+        "the part before the hole was copied"
+    );
+    assert_eq!(
+        umem.counters().stale_pages,
+        2,
+        "the access's stale entries were dropped"
+    );
+    umem.verify_mapped().unwrap();
+    // The next access faults afresh and finds the hole.
+    assert!(matches!(
+        umem.write(hole, &[1]),
+        Err(OdpError::Unmapped { .. })
+    ));
+    // A protection change nobody reported fails the same way, as a denial.
+    let last = base + 3 * ps;
+    // SAFETY: our own last page.
+    assert_eq!(
+        unsafe { libc::mprotect(last as *mut libc::c_void, ps, libc::PROT_NONE) },
+        0
+    );
+    let err = umem.read(last, &mut buf[..8]).unwrap_err();
+    assert!(
+        matches!(err, OdpError::AccessDenied { write: false, .. }),
+        "{err}"
+    );
+    drop(umem);
+    for page in [0, 2, 3] {
+        // SAFETY: our own pages; the hole is left alone.
+        unsafe { libc::munmap((base + page * ps) as *mut libc::c_void, ps) };
+    }
+}
