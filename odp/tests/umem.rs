@@ -412,10 +412,8 @@ fn an_unreported_unmap_makes_device_copies_fail_instead_of_crashing() {
     // A protection change nobody reported fails the same way, as a denial.
     let last = base + 3 * ps;
     // SAFETY: our own last page.
-    assert_eq!(
-        unsafe { libc::mprotect(last as *mut libc::c_void, ps, libc::PROT_NONE) },
-        0
-    );
+    let rc = unsafe { libc::mprotect(last as *mut libc::c_void, ps, libc::PROT_NONE) };
+    assert_eq!(rc, 0);
     let err = umem.read(last, &mut buf[..8]).unwrap_err();
     assert!(
         matches!(err, OdpError::AccessDenied { write: false, .. }),
