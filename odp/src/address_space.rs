@@ -1,11 +1,6 @@
 //! One process address space as the ODP layer sees it: the notifier
-//! subscriptions of every umem in it, and the explicit wrappers that change
-//! the address space with an invalidation around the change.
-//!
-//! Every change to memory a umem covers must be reported to the notifier
-//! *before* it happens, so that device translations are gone before the
-//! pages are. The wrappers here do that for callers that use them; the
-//! interposition hooks and the userfaultfd monitor cover callers that do not.
+//! subscriptions of every umem in it. The event sources in
+//! [`crate::events`] report its changes.
 
 use std::io;
 use std::sync::{Arc, OnceLock};
@@ -26,7 +21,11 @@ impl AddressSpace {
     /// to. Created on first use and never freed.
     pub fn process() -> Arc<AddressSpace> {
         static PROCESS: OnceLock<Arc<AddressSpace>> = OnceLock::new();
-        Arc::clone(PROCESS.get_or_init(|| Arc::new(AddressSpace::new_private())))
+        Arc::clone(PROCESS.get_or_init(|| {
+            let aspace = Arc::new(AddressSpace::new_private());
+            crate::events::interpose::attach(&aspace);
+            aspace
+        }))
     }
 
     /// A private address space that no event source reports to: changes are
@@ -68,100 +67,6 @@ impl AddressSpace {
         self.subscriptions.invalidate_range_start(&range).ok()
     }
 
-    /// `munmap` with the invalidation around it.
-    ///
-    /// # Safety
-    /// As `munmap(2)`: nothing may use the range afterwards.
-    ///
-    /// # Errors
-    /// The `munmap` error.
-    pub unsafe fn munmap(&self, addr: *mut libc::c_void, len: usize) -> io::Result<()> {
-        let _inv = self.invalidate(addr as usize, len, Event::Unmap);
-        // SAFETY: the caller's contract.
-        check(unsafe { libc::munmap(addr, len) })
-    }
-
-    /// `mremap` with invalidations of what moves or disappears: the whole
-    /// old range when the kernel may move it, else the part cut off; and
-    /// the destination of `MREMAP_FIXED`, whose old contents are replaced.
-    ///
-    /// # Safety
-    /// As `mremap(2)`.
-    ///
-    /// # Errors
-    /// The `mremap` error.
-    pub unsafe fn mremap(
-        &self,
-        old: *mut libc::c_void,
-        old_len: usize,
-        new_len: usize,
-        flags: libc::c_int,
-        new_addr: *mut libc::c_void,
-    ) -> io::Result<*mut libc::c_void> {
-        let old = old as usize;
-        let _moved = if flags & libc::MREMAP_MAYMOVE != 0 {
-            self.invalidate(old, old_len, Event::Remap)
-        } else if new_len < old_len {
-            self.invalidate(old + new_len, old_len - new_len, Event::Remap)
-        } else {
-            None
-        };
-        let _replaced = if flags & libc::MREMAP_FIXED != 0 {
-            self.invalidate(new_addr as usize, new_len, Event::Unmap)
-        } else {
-            None
-        };
-        // SAFETY: the caller's contract.
-        let ptr =
-            unsafe { libc::mremap(old as *mut libc::c_void, old_len, new_len, flags, new_addr) };
-        if ptr == libc::MAP_FAILED {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(ptr)
-        }
-    }
-
-    /// `madvise`, with an invalidation when the advice discards or replaces
-    /// contents (`MADV_DONTNEED`, `MADV_DONTNEED_LOCKED`, `MADV_FREE`,
-    /// `MADV_REMOVE`). Other advice changes no contents a device could see.
-    ///
-    /// # Safety
-    /// As `madvise(2)`: discarding advice zeroes or drops the contents.
-    ///
-    /// # Errors
-    /// The `madvise` error.
-    pub unsafe fn madvise(
-        &self,
-        addr: *mut libc::c_void,
-        len: usize,
-        advice: libc::c_int,
-    ) -> io::Result<()> {
-        let _inv = discards_contents(advice)
-            .then(|| self.invalidate(addr as usize, len, Event::Clear))
-            .flatten();
-        // SAFETY: the caller's contract.
-        check(unsafe { libc::madvise(addr, len, advice) })
-    }
-
-    /// `mprotect`, with an invalidation (device translations are rebuilt
-    /// with the new permissions on the next access).
-    ///
-    /// # Safety
-    /// As `mprotect(2)`.
-    ///
-    /// # Errors
-    /// The `mprotect` error.
-    pub unsafe fn mprotect(
-        &self,
-        addr: *mut libc::c_void,
-        len: usize,
-        prot: libc::c_int,
-    ) -> io::Result<()> {
-        let _inv = self.invalidate(addr as usize, len, Event::ProtectionVma);
-        // SAFETY: the caller's contract.
-        check(unsafe { libc::mprotect(addr, len, prot) })
-    }
-
     /// Maps `len` bytes of anonymous read-write memory, unmapped on drop
     /// through [`Self::munmap`].
     ///
@@ -195,14 +100,6 @@ impl AddressSpace {
     }
 }
 
-/// Whether `madvise` with `advice` discards or replaces page contents.
-pub(crate) fn discards_contents(advice: libc::c_int) -> bool {
-    matches!(
-        advice,
-        libc::MADV_DONTNEED | libc::MADV_DONTNEED_LOCKED | libc::MADV_FREE | libc::MADV_REMOVE
-    )
-}
-
 /// `[addr, addr + len)` widened to page boundaries; `None` if empty or if
 /// it would wrap.
 pub(crate) fn page_span(addr: usize, len: usize) -> Option<(usize, usize)> {
@@ -212,14 +109,6 @@ pub(crate) fn page_span(addr: usize, len: usize) -> Option<(usize, usize)> {
     let mask = page_size() - 1;
     let end = addr.checked_add(len)?.checked_add(mask)? & !mask;
     Some((addr & !mask, end))
-}
-
-fn check(rc: libc::c_int) -> io::Result<()> {
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 /// Anonymous memory owned by the caller and unmapped, with invalidation,

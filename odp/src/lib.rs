@@ -34,6 +34,7 @@
 mod access;
 mod address_space;
 mod counters;
+mod events;
 mod fault;
 mod implicit;
 mod page_table;

@@ -74,6 +74,72 @@ pub(crate) fn is_mapped(addr: usize, len: usize) -> bool {
     true
 }
 
+/// The length of the mapping that starts exactly at `addr`, from
+/// `/proc/self/maps` (for `shmdt`, which names only the address). Reads the
+/// file with a stack buffer and raw calls: it may run inside an
+/// interposed call, where allocating is not safe.
+pub(crate) fn mapping_len_at(addr: usize) -> Option<usize> {
+    // SAFETY: a NUL-terminated path and plain flags.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/self/maps".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    let mut parser = MapsParser::default();
+    let mut buf = [0u8; 4096];
+    let found = loop {
+        // SAFETY: reading into a stack buffer of the given size.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            break None;
+        }
+        if let Some(len) = buf[..n as usize].iter().find_map(|&b| parser.feed(b, addr)) {
+            break Some(len);
+        }
+    };
+    // SAFETY: closing the descriptor opened above.
+    unsafe { libc::close(fd) };
+    found
+}
+
+/// Byte-at-a-time parser of `/proc/self/maps` lines (`start-end ...`).
+#[derive(Default)]
+struct MapsParser {
+    field: u8,
+    start: usize,
+    end: usize,
+}
+
+impl MapsParser {
+    /// Feeds one byte; returns the length when a line for `addr` ends.
+    fn feed(&mut self, byte: u8, addr: usize) -> Option<usize> {
+        match (self.field, byte) {
+            (_, b'\n') => {
+                let hit = (self.field >= 2 && self.start == addr).then(|| self.end - self.start);
+                *self = Self::default();
+                return hit;
+            }
+            (0, b'-') => self.field = 1,
+            (1, b' ') => self.field = 2,
+            (0 | 1, _) => {
+                let digit = (byte as char).to_digit(16).unwrap_or(0) as usize;
+                let value = if self.field == 0 {
+                    &mut self.start
+                } else {
+                    &mut self.end
+                };
+                *value = (*value << 4) | digit;
+            }
+            _ => {}
+        }
+        None
+    }
+}
+
 /// Locks `[addr, addr + len)` in memory (the userspace stand-in for pinning).
 pub(crate) fn mlock(addr: usize, len: usize) -> io::Result<()> {
     // SAFETY: mlock changes residency, not contents or layout.

@@ -18,6 +18,8 @@
 //!   ([`Umem::verify_mapped`]): no stale translation;
 //! - the process survives; the counters add up.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -85,6 +87,57 @@ impl Source for Explicit {
     unsafe fn protect(&self, addr: usize, len: usize, prot: libc::c_int) {
         // SAFETY: the caller's contract.
         unsafe { self.0.mprotect(addr as *mut libc::c_void, len, prot) }.expect("mprotect");
+    }
+}
+
+/// Direct calls into libc: reported only if something interposes them (or
+/// sees them in the kernel).
+struct Libc;
+
+fn ok(rc: libc::c_int, what: &str) {
+    assert_eq!(rc, 0, "{what}: {}", std::io::Error::last_os_error());
+}
+
+impl Source for Libc {
+    unsafe fn munmap(&self, addr: usize, len: usize) {
+        // SAFETY: the caller's contract.
+        ok(
+            unsafe { libc::munmap(addr as *mut libc::c_void, len) },
+            "munmap",
+        );
+    }
+    unsafe fn move_onto(&self, from: usize, len: usize, to: usize) {
+        let flags = libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED;
+        // SAFETY: the caller's contract.
+        let p = unsafe {
+            libc::mremap(
+                from as *mut libc::c_void,
+                len,
+                len,
+                flags,
+                to as *mut libc::c_void,
+            )
+        };
+        assert_eq!(
+            p as usize,
+            to,
+            "mremap: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    unsafe fn discard(&self, addr: usize, len: usize) {
+        // SAFETY: the caller's contract.
+        ok(
+            unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_DONTNEED) },
+            "madvise",
+        );
+    }
+    unsafe fn protect(&self, addr: usize, len: usize, prot: libc::c_int) {
+        // SAFETY: the caller's contract.
+        ok(
+            unsafe { libc::mprotect(addr as *mut libc::c_void, len, prot) },
+            "mprotect",
+        );
     }
 }
 
@@ -340,6 +393,10 @@ impl World {
 }
 
 fn run(source_of: impl FnOnce(Arc<AddressSpace>) -> Box<dyn Source>, seed: u64, mutations: usize) {
+    // One run at a time: a run punches one-page holes, which another run's
+    // mappings must not fill.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let aspace = AddressSpace::process();
     let ps = page_size();
     let (base, len) = aspace
@@ -441,5 +498,19 @@ fn run(source_of: impl FnOnce(Arc<AddressSpace>) -> Box<dyn Source>, seed: u64, 
 fn explicit_wrappers_keep_device_accesses_coherent() {
     for seed in 0..4 {
         run(|aspace| Box::new(Explicit(aspace)), seed, 400);
+    }
+}
+
+#[test]
+fn interposed_libc_calls_keep_device_accesses_coherent() {
+    common::assert_child_passed(&common::run_under_preload("child_interposed_race"));
+}
+
+#[test]
+#[ignore = "runs as a child of interposed_libc_calls_keep_device_accesses_coherent"]
+fn child_interposed_race() {
+    assert!(AddressSpace::process().interposition_active());
+    for seed in 10..14 {
+        run(|_| Box::new(Libc), seed, 400);
     }
 }
