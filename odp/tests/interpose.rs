@@ -57,21 +57,26 @@ fn child_libc_calls() {
     assert_eq!(umem.present_pages(), 6);
     let page = |n: usize| (base + n * ps) as *mut libc::c_void;
 
-    // SAFETY (every libc call below): pages of the test's own mapping.
-    unsafe {
-        assert_eq!(libc::munmap(page(5), ps), 0);
-        assert_eq!(umem.present_pages(), 5, "munmap");
-        assert_eq!(libc::madvise(page(4), ps, libc::MADV_WILLNEED), 0);
-        assert_eq!(umem.present_pages(), 5, "advice that keeps contents");
-        assert_eq!(libc::madvise(page(4), ps, libc::MADV_DONTNEED), 0);
-        assert_eq!(umem.present_pages(), 4, "madvise(DONTNEED)");
-        assert_eq!(libc::mprotect(page(3), ps, libc::PROT_READ), 0);
-        assert_eq!(umem.present_pages(), 3, "mprotect");
-        assert!(matches!(
-            umem.write(base + 3 * ps, &[1]),
-            Err(OdpError::AccessDenied { .. })
-        ));
-    }
+    // SAFETY: page 5 of the test's own mapping.
+    let rc = unsafe { libc::munmap(page(5), ps) };
+    assert_eq!(rc, 0);
+    assert_eq!(umem.present_pages(), 5, "munmap");
+    // SAFETY: page 4 of the test's own mapping.
+    let rc = unsafe { libc::madvise(page(4), ps, libc::MADV_WILLNEED) };
+    assert_eq!(rc, 0);
+    assert_eq!(umem.present_pages(), 5, "advice that keeps contents");
+    // SAFETY: as above.
+    let rc = unsafe { libc::madvise(page(4), ps, libc::MADV_DONTNEED) };
+    assert_eq!(rc, 0);
+    assert_eq!(umem.present_pages(), 4, "madvise(DONTNEED)");
+    // SAFETY: page 3 of the test's own mapping.
+    let rc = unsafe { libc::mprotect(page(3), ps, libc::PROT_READ) };
+    assert_eq!(rc, 0);
+    assert_eq!(umem.present_pages(), 3, "mprotect");
+    assert!(matches!(
+        umem.write(base + 3 * ps, &[1]),
+        Err(OdpError::AccessDenied { .. })
+    ));
     assert_eq!(libc_mmap(base + 2 * ps, ps, libc::MAP_FIXED), base + 2 * ps);
     assert_eq!(umem.present_pages(), 2, "mmap(MAP_FIXED)");
     let mut got = [0xffu8; 16];

@@ -291,8 +291,10 @@ pub unsafe extern "C" fn brk(addr: *mut c_void) -> c_int {
     let brk = unsafe { std::mem::transmute::<usize, BrkFn>(brk) };
     let old_end = real_sbrk(0) as usize;
     let new_end = addr as usize;
-    // SAFETY (both calls): forwarding the caller's argument to libc's brk.
-    let call = || unsafe { brk(addr) } as isize;
+    let call = || {
+        // SAFETY: forwarding the caller's argument to libc's brk.
+        unsafe { brk(addr) as isize }
+    };
     if new_end < old_end {
         around(BRK_SHRINK, [new_end, old_end, 0, 0, 0], call) as c_int
     } else {

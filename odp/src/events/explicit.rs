@@ -27,8 +27,10 @@ impl AddressSpace {
             addr: addr as usize,
             len,
         };
-        // SAFETY: the caller's contract.
-        self.around(change, || check(unsafe { libc::munmap(addr, len) }))
+        self.around(change, || {
+            // SAFETY: the caller's contract.
+            check(unsafe { libc::munmap(addr, len) })
+        })
     }
 
     /// `mremap` with invalidations of what moves or disappears: the whole
@@ -86,8 +88,8 @@ impl AddressSpace {
             len,
             advice,
         };
-        // SAFETY: the caller's contract.
         self.around(change, || {
+            // SAFETY: the caller's contract.
             check(unsafe { libc::madvise(addr, len, advice) })
         })
     }
@@ -110,7 +112,9 @@ impl AddressSpace {
             addr: addr as usize,
             len,
         };
-        // SAFETY: the caller's contract.
-        self.around(change, || check(unsafe { libc::mprotect(addr, len, prot) }))
+        self.around(change, || {
+            // SAFETY: the caller's contract.
+            check(unsafe { libc::mprotect(addr, len, prot) })
+        })
     }
 }

@@ -97,7 +97,7 @@ impl Change {
                 None,
             ],
             Change::BrkShrink { new_end, old_end } => [
-                (new_end < old_end).then_some((new_end, old_end - new_end, Event::Unmap)),
+                (new_end < old_end).then(|| (new_end, old_end - new_end, Event::Unmap)),
                 None,
             ],
         }
