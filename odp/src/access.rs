@@ -10,12 +10,11 @@
 //! Copies are byte-exact: they start at the in-page offset of `va` and
 //! advance both sides by exactly what was copied, across page boundaries.
 
-use std::sync::MutexGuard;
+use std::sync::{MutexGuard, RwLockReadGuard};
 
 use crate::OdpError;
 use crate::page_table::PageTable;
-use crate::safe_copy::{CopyFault, copy_nofault};
-use crate::sys;
+use crate::safe_copy::{CopyFault, FaultKind, copy_nofault};
 use crate::umem::Umem;
 
 /// The direction of a device access.
@@ -27,22 +26,35 @@ pub enum Access {
     Write,
 }
 
+/// What a device access holds while it touches memory.
+struct DeviceView<'a> {
+    table: MutexGuard<'a, PageTable>,
+    _gate: Option<RwLockReadGuard<'a, ()>>,
+}
+
 impl Umem {
     /// Takes the driver lock with every page of `[first, last]` present
     /// (and writable for `write`), faulting with the lock dropped as often
     /// as needed (rxe's `rxe_odp_map_range_and_lock`).
+    ///
+    /// With the userfaultfd source on, the gate is taken (shared) before the
+    /// driver lock, and never while faulting: a fault may sleep in
+    /// `read_begin` on an invalidation whose system call is waiting for the
+    /// monitor, which waits for the gate.
     fn lock_present(
         &self,
         first: usize,
         last: usize,
         write: bool,
-    ) -> Result<MutexGuard<'_, PageTable>, OdpError> {
+    ) -> Result<DeviceView<'_>, OdpError> {
         loop {
+            let gate = self.inner.aspace.device_gate();
             let table = self.inner.lock();
             if table.all_present(first, last, write) {
-                return Ok(table);
+                return Ok(DeviceView { table, _gate: gate });
             }
             drop(table);
+            drop(gate);
             self.fault_pages(first, last, write)?;
         }
     }
@@ -71,10 +83,10 @@ impl Umem {
         let (first, last) = self.inner.pages_of(va, len)?;
         let write = access == Access::Write;
         self.check_write(va, len, write)?;
-        let mut table = self.lock_present(first, last, write)?;
+        let mut view = self.lock_present(first, last, write)?;
         let result = f(va as *mut u8, len);
         if write {
-            table.mark_dirty(first, last);
+            view.table.mark_dirty(first, last);
         }
         Ok(result)
     }
@@ -123,25 +135,22 @@ impl Umem {
         let (first, last) = self.inner.pages_of(va, len)?;
         let write = access == Access::Write;
         self.check_write(va, len, write)?;
-        let mut table = self.lock_present(first, last, write)?;
+        let mut view = self.lock_present(first, last, write)?;
         let Err(fault) = copy(va as *mut u8, len) else {
             if write {
-                table.mark_dirty(first, last);
+                view.table.mark_dirty(first, last);
             }
             return Ok(());
         };
-        self.inner.drop_stale(&mut table, first, last);
-        drop(table);
-        let at = va + fault.copied;
-        let rest = len - fault.copied;
-        Err(if sys::is_mapped(at & !(self.page_size() - 1), 1) {
-            OdpError::AccessDenied {
-                va: at,
-                len: rest,
-                write,
+        self.inner.drop_stale(&mut view.table, first, last);
+        drop(view);
+        let va = va + fault.copied;
+        let len = len - fault.copied;
+        Err(match fault.kind {
+            FaultKind::Denied => OdpError::AccessDenied { va, len, write },
+            FaultKind::Unmapped | FaultKind::Bus | FaultKind::NoHandler => {
+                OdpError::Unmapped { va, len }
             }
-        } else {
-            OdpError::Unmapped { va: at, len: rest }
         })
     }
 }

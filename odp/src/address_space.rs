@@ -3,10 +3,11 @@
 //! [`crate::events`] report its changes.
 
 use std::io;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLockReadGuard};
 
 use notifier::{Event, Invalidation, NotifierRange, Subscriptions};
 
+use crate::events::uffd::{UffdSource, UserfaultfdStats};
 use crate::sys::{Pagemap, page_size};
 
 /// The address space of this process (or, for tests, a private stand-in).
@@ -14,6 +15,9 @@ use crate::sys::{Pagemap, page_size};
 pub struct AddressSpace {
     subscriptions: Arc<Subscriptions>,
     pagemap: Pagemap,
+    /// The userfaultfd source, once enabled.
+    uffd: OnceLock<UffdSource>,
+    uffd_start: Mutex<()>,
 }
 
 impl AddressSpace {
@@ -35,7 +39,47 @@ impl AddressSpace {
         AddressSpace {
             subscriptions: Subscriptions::new(),
             pagemap: Pagemap::open(),
+            uffd: OnceLock::new(),
+            uffd_start: Mutex::new(()),
         }
+    }
+
+    /// Starts the userfaultfd monitor for this address space (idempotent):
+    /// from now on, faulted pages are registered for unmap, remap and
+    /// discard events, which the monitor turns into invalidations. This
+    /// covers changes no other source sees (raw system calls, glibc's
+    /// internal `munmap` in `free`), with the windows described in
+    /// [`crate::events`].
+    ///
+    /// # Errors
+    /// The kernel refused a userfaultfd (disabled, or too old for the
+    /// unmap/remove/remap events).
+    pub fn enable_userfaultfd(self: &Arc<Self>) -> io::Result<()> {
+        let _once = self
+            .uffd_start
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if self.uffd.get().is_none() {
+            let source = UffdSource::start(self)?;
+            let _ = self.uffd.set(source);
+        }
+        Ok(())
+    }
+
+    /// Counters of the userfaultfd source, if enabled.
+    pub fn userfaultfd_stats(&self) -> Option<UserfaultfdStats> {
+        self.uffd.get().map(UffdSource::stats)
+    }
+
+    /// The userfaultfd gate, shared, for a device access (`None` when the
+    /// monitor is off).
+    pub(crate) fn device_gate(&self) -> Option<RwLockReadGuard<'_, ()>> {
+        self.uffd.get().map(UffdSource::device_gate)
+    }
+
+    /// Registers faulted pages with the userfaultfd source, if enabled.
+    pub(crate) fn watch(&self, addr: usize, len: usize) -> Result<(), crate::OdpError> {
+        self.uffd.get().map_or(Ok(()), |u| u.watch(addr, len))
     }
 
     /// The notifier subscriptions of this address space.

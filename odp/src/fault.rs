@@ -107,6 +107,7 @@ impl Umem {
                 return Err(OdpError::Released);
             }
             sys::populate(addr, len, write).map_err(|e| populate_error(e, addr, len, write))?;
+            inner.aspace.watch(addr, len)?;
             if pin {
                 // Not undone on a retry: mlock does not nest, so unlocking
                 // could unpin pages a concurrent fault has committed. The
@@ -151,6 +152,12 @@ impl Umem {
             if !inner.aspace.pagemap().present(addr, &mut present) {
                 return Ok(0);
             }
+            for (run_first, run_len) in present_runs(&present) {
+                inner.aspace.watch(
+                    inner.page_addr(first + run_first),
+                    run_len << inner.page_shift,
+                )?;
+            }
             let mut table = inner.lock();
             if self.sub.read_retry(seq) {
                 drop(table);
@@ -168,6 +175,21 @@ impl Umem {
             return Ok(new);
         }
     }
+}
+
+/// The runs `(first index, length)` of non-zero entries.
+fn present_runs(present: &[u64]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        while i < present.len() && present[i] == 0 {
+            i += 1;
+        }
+        let start = i;
+        while i < present.len() && present[i] != 0 {
+            i += 1;
+        }
+        (i > start).then_some((start, i - start))
+    })
 }
 
 fn populate_error(e: PopulateError, va: usize, len: usize, write: bool) -> OdpError {

@@ -45,6 +45,7 @@ mod umem;
 pub use access::Access;
 pub use address_space::{AddressSpace, Mapping};
 pub use counters::OdpCounters;
+pub use events::uffd::UserfaultfdStats;
 pub use fault::Advice;
 pub use implicit::{IMPLICIT_CHILD_SHIFT, ImplicitStats, ImplicitUmem};
 pub use page_table::PageEntry;

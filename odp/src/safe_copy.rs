@@ -74,7 +74,41 @@ use libc::{c_int, c_void, siginfo_t};
 pub struct CopyFault {
     /// Number of leading bytes that are guaranteed to have been copied.
     pub copied: usize,
+    /// What the faulting access hit, as the kernel classified it.
+    pub kind: FaultKind,
 }
+
+/// The class of a fault, from the signal and its `si_code`: known exactly at the time of
+/// the fault, unlike any later look at the memory map (which may have changed since).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// Nothing mapped there (`SIGSEGV`/`SEGV_MAPERR`, or a non-canonical address).
+    Unmapped,
+    /// Mapped, but the protection forbids the access (`SIGSEGV`, any other code).
+    Denied,
+    /// The backing store is gone, e.g. beyond the end of a truncated file (`SIGBUS`).
+    Bus,
+    /// The signal handler could not be installed; nothing was touched.
+    NoHandler,
+}
+
+impl FaultKind {
+    /// Decodes the value the handler leaves in RDX: `sig << 8 | si_code`.
+    fn from_code(code: usize) -> Self {
+        let sig = (code >> 8) as c_int;
+        let si_code = (code & 0xff) as c_int;
+        match (sig, si_code) {
+            (libc::SIGBUS, _) => FaultKind::Bus,
+            (_, SEGV_MAPERR) | (_, SI_KERNEL_CODE) => FaultKind::Unmapped,
+            _ => FaultKind::Denied,
+        }
+    }
+}
+
+/// `SEGV_MAPERR`: no mapping at the address (asm-generic/siginfo.h).
+const SEGV_MAPERR: c_int = 1;
+/// `SI_KERNEL` (0x80): a #GP on a non-canonical address arrives as SIGSEGV with this code.
+const SI_KERNEL_CODE: c_int = 0x80;
 
 impl fmt::Display for CopyFault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -91,7 +125,9 @@ impl std::error::Error for CopyFault {}
 //
 // `odp_safe_copy_fault_ip` labels the only instruction that may fault; `odp_safe_copy_fixup_ip`
 // is where the signal handler resumes execution after such a fault. At the fixup, RCX holds the
-// number of bytes that were still to be copied when the fault was taken.
+// number of bytes that were still to be copied when the fault was taken, and RDX (zeroed before
+// the copy) the fault's class, which the handler writes there. Both are returned, as a pair in
+// RAX:RDX.
 global_asm!(
     ".pushsection .text.odp_safe_copy_rep_movsb,\"ax\",@progbits",
     ".p2align 4",
@@ -101,6 +137,7 @@ global_asm!(
     "odp_safe_copy_rep_movsb:",
     ".cfi_startproc",
     "    mov rcx, rdx",
+    "    xor edx, edx",
     ".globl odp_safe_copy_fault_ip",
     ".hidden odp_safe_copy_fault_ip",
     "odp_safe_copy_fault_ip:",
@@ -115,10 +152,18 @@ global_asm!(
     ".popsection",
 );
 
+/// What the copy routine returns (in RAX:RDX).
+#[repr(C)]
+struct Outcome {
+    /// Bytes not copied (non-zero only if the handler redirected a fault to the fixup label).
+    remaining: usize,
+    /// 0, or `sig << 8 | si_code` of the fault.
+    fault: usize,
+}
+
 unsafe extern "C" {
-    /// Copies `len` bytes from `src` to `dst` with one `rep movsb`; returns the number of bytes
-    /// not copied (non-zero only if the handler redirected a fault to the fixup label).
-    fn odp_safe_copy_rep_movsb(dst: *mut u8, src: *const u8, len: usize) -> usize;
+    /// Copies `len` bytes from `src` to `dst` with one `rep movsb`.
+    fn odp_safe_copy_rep_movsb(dst: *mut u8, src: *const u8, len: usize) -> Outcome;
     /// Code label (not a function!) of the `rep movsb`; only its address is used.
     fn odp_safe_copy_fault_ip();
     /// Code label (not a function!) right after the `rep movsb`; only its address is used.
@@ -167,17 +212,20 @@ pub unsafe fn copy_nofault(dst: *mut u8, src: *const u8, len: usize) -> Result<(
         return Ok(());
     }
     if install().is_err() {
-        return Err(CopyFault { copied: 0 });
+        return Err(CopyFault {
+            copied: 0,
+            kind: FaultKind::NoHandler,
+        });
     }
     // SAFETY: the handler is installed (checked above), so a fault on the `rep movsb` resumes at
     // the fixup label instead of killing the process; the caller guarantees that writing `dst`
     // and reading `src` does not violate Rust aliasing rules and that the regions don't overlap.
-    let remaining = unsafe { odp_safe_copy_rep_movsb(dst, src, len) };
-    if remaining == 0 {
+    let out = unsafe { odp_safe_copy_rep_movsb(dst, src, len) };
+    if out.remaining == 0 {
         return Ok(());
     }
     // SAFETY: same contract as this function; `remaining <= len` by construction of the routine.
-    unsafe { finish_after_fault(dst, src, len, len - remaining) }
+    unsafe { finish_after_fault(dst, src, len, len - out.remaining) }
 }
 
 /// Slow path after `rep movsb` faulted with `done` bytes reported as copied: refines the fault
@@ -201,11 +249,14 @@ unsafe fn finish_after_fault(
         for _ in 0..window {
             // SAFETY: `done < len`, so this is one byte inside the caller's regions; contract as
             // in `copy_nofault` (handler installed, no aliasing with live references).
-            let rem = unsafe {
+            let out = unsafe {
                 odp_safe_copy_rep_movsb(dst.wrapping_add(done), src.wrapping_add(done), 1)
             };
-            if rem != 0 {
-                return Err(CopyFault { copied: done });
+            if out.remaining != 0 {
+                return Err(CopyFault {
+                    copied: done,
+                    kind: FaultKind::from_code(out.fault),
+                });
             }
             done += 1;
         }
@@ -215,15 +266,15 @@ unsafe fn finish_after_fault(
         // The window was accessible after all (e.g. a page was mapped again concurrently, or the
         // CPU reported the fault very conservatively): continue in bulk.
         // SAFETY: `done < len`, so the range stays inside the caller's regions; same contract.
-        let rem = unsafe {
+        let out = unsafe {
             odp_safe_copy_rep_movsb(dst.wrapping_add(done), src.wrapping_add(done), len - done)
         };
-        if rem == 0 {
+        if out.remaining == 0 {
             return Ok(());
         }
-        // `rem <= len - done`, so `done` never decreases and each iteration makes progress of at
-        // least `window` bytes or returns.
-        done = len - rem;
+        // `remaining <= len - done`, so `done` never decreases and each iteration makes progress
+        // of at least `window` bytes or returns.
+        done = len - out.remaining;
     }
 }
 
@@ -386,8 +437,11 @@ extern "C" fn handler(sig: c_int, info: *mut siginfo_t, ctx: *mut c_void) {
             let rip = &raw mut (*uc).uc_mcontext.gregs[libc::REG_RIP as usize];
             if *rip as usize == fault_ip() {
                 // The fault happened on our `rep movsb`: resume at the fixup, which returns RCX
-                // (bytes remaining). All other registers are left as the CPU reported them.
+                // (bytes remaining) and RDX, where the fault's class goes. All other registers
+                // are left as the CPU reported them.
                 *rip = fixup_ip() as libc::greg_t;
+                let code = ((sig as usize) << 8) | ((*info).si_code as usize & 0xff);
+                (*uc).uc_mcontext.gregs[libc::REG_RDX as usize] = code as libc::greg_t;
                 return;
             }
         }

@@ -54,24 +54,25 @@ pub(crate) fn populate(addr: usize, len: usize, write: bool) -> Result<(), Popul
     }
 }
 
-/// Whether every page of `[addr, addr + len)` is mapped (`mincore` fails
-/// with `ENOMEM` on a hole).
+/// Whether every page of `[addr, addr + len)` is mapped. `msync(MS_ASYNC)`
+/// is a no-op for the data on Linux but fails with `ENOMEM` on a hole, in one
+/// call for any length.
 pub(crate) fn is_mapped(addr: usize, len: usize) -> bool {
-    let mut vec = [0u8; 64];
-    let ps = page_size();
-    let mut at = addr;
-    let end = addr + len;
-    while at < end {
-        let chunk = (end - at).min(vec.len() * ps);
-        // SAFETY: `vec` has room for one byte per page of `chunk`; mincore
-        // only reads the page tables.
-        let rc = unsafe { libc::mincore(at as *mut libc::c_void, chunk, vec.as_mut_ptr()) };
-        if rc != 0 {
-            return false;
-        }
-        at += chunk;
-    }
-    true
+    let mask = page_size() - 1;
+    let start = addr & !mask;
+    let Some(end) = addr.checked_add(len).and_then(|e| e.checked_add(mask)) else {
+        return false;
+    };
+    // SAFETY: msync(MS_ASYNC) neither reads nor writes the memory; it only
+    // walks the mappings of the range.
+    let rc = unsafe {
+        libc::msync(
+            start as *mut libc::c_void,
+            (end & !mask) - start,
+            libc::MS_ASYNC,
+        )
+    };
+    rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ENOMEM)
 }
 
 /// The length of the mapping that starts exactly at `addr`, from

@@ -25,7 +25,7 @@ fn libc_mmap(addr: usize, len: usize, flags: libc::c_int) -> usize {
 
 #[test]
 fn libc_calls_are_reported_when_the_library_is_preloaded() {
-    common::assert_child_passed(&common::run_under_preload("child_libc_calls"));
+    common::assert_child_passed(&common::run_child("child_libc_calls", common::Preload::Yes));
 }
 
 #[test]

@@ -11,6 +11,7 @@
 
 pub(crate) mod explicit;
 pub(crate) mod interpose;
+pub(crate) mod uffd;
 
 use notifier::Event;
 

@@ -48,20 +48,29 @@ pub fn preload_library() -> PathBuf {
     .clone()
 }
 
-/// Runs the ignored test `name` of this test binary in a child process with
-/// the interposition library preloaded.
-pub fn run_under_preload(name: &str) -> Output {
-    Command::new(std::env::current_exe().expect("test executable"))
-        .args([
-            "--exact",
-            name,
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("LD_PRELOAD", preload_library())
-        .output()
-        .expect("spawn child test")
+/// Whether a child runs with the interposition library.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)] // each test binary uses its own subset
+pub enum Preload {
+    Yes,
+    No,
+}
+
+/// Runs the ignored test `name` of this test binary in a child process of
+/// its own (optionally with the interposition library preloaded).
+pub fn run_child(name: &str, preload: Preload) -> Output {
+    let mut cmd = Command::new(std::env::current_exe().expect("test executable"));
+    cmd.args([
+        "--exact",
+        name,
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    if preload == Preload::Yes {
+        cmd.env("LD_PRELOAD", preload_library());
+    }
+    cmd.output().expect("spawn child test")
 }
 
 /// Asserts that a child test run passed, with its output on failure.
