@@ -73,6 +73,7 @@ impl AddressSpace {
 
     /// The userfaultfd gate, shared, for a device access (`None` when the
     /// monitor is off).
+    #[inline]
     pub(crate) fn device_gate(&self) -> Option<RwLockReadGuard<'_, ()>> {
         self.uffd.get().map(UffdSource::device_gate)
     }

@@ -61,6 +61,7 @@ impl Umem {
         Ok(())
     }
 
+    #[inline]
     pub(crate) fn check_write(&self, va: usize, len: usize, write: bool) -> Result<(), OdpError> {
         if write && !self.inner.options.writable {
             return Err(OdpError::AccessDenied { va, len, write });

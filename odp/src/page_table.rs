@@ -95,6 +95,7 @@ impl PageTable {
 
     /// Whether every page of `[first, last]` is present, and writable when
     /// `write`.
+    #[inline]
     pub(crate) fn all_present(&self, first: usize, last: usize, write: bool) -> bool {
         let need = if write { PRESENT | WRITABLE } else { PRESENT };
         self.entries[first..=last].iter().all(|&e| e & need == need)
@@ -133,6 +134,7 @@ impl PageTable {
     }
 
     /// Marks the present pages of `[first, last]` dirty (the device wrote).
+    #[inline]
     pub(crate) fn mark_dirty(&mut self, first: usize, last: usize) {
         for e in &mut self.entries[first..=last] {
             if *e & PRESENT != 0 {

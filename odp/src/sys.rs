@@ -107,6 +107,42 @@ pub(crate) fn mapping_len_at(addr: usize) -> Option<usize> {
     found
 }
 
+/// The page size backing `[addr, addr + len)`: the `KernelPageSize` of its
+/// mappings in `/proc/self/smaps` when they all agree (hugetlbfs memory
+/// reports 2 MiB or 1 GiB), else the base page size. A range with nothing
+/// mapped yet gets the base page size.
+pub(crate) fn backing_page_size(addr: usize, len: usize) -> usize {
+    let base = page_size();
+    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
+        return base;
+    };
+    let end = addr.saturating_add(len);
+    let mut size = None;
+    let mut in_range = false;
+    for line in smaps.lines() {
+        if let Some((range, _)) = line.split_once(' ')
+            && let Some((lo, hi)) = range.split_once('-')
+            && let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+        {
+            in_range = lo < end && addr < hi;
+        } else if in_range && let Some(kib) = line.strip_prefix("KernelPageSize:") {
+            let bytes = kib
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<usize>()
+                .unwrap_or(4)
+                * 1024;
+            match size {
+                None => size = Some(bytes),
+                Some(s) if s != bytes => return base,
+                Some(_) => {}
+            }
+        }
+    }
+    size.unwrap_or(base)
+}
+
 /// Byte-at-a-time parser of `/proc/self/maps` lines (`start-end ...`).
 #[derive(Default)]
 struct MapsParser {

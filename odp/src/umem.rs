@@ -15,7 +15,7 @@ use crate::OdpError;
 use crate::address_space::{AddressSpace, page_span};
 use crate::counters::{Counters, OdpCounters};
 use crate::page_table::{PageEntry, PageTable};
-use crate::sys::{self, page_size};
+use crate::sys;
 
 /// How a umem is registered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,7 +86,8 @@ impl std::fmt::Debug for Umem {
 }
 
 impl Umem {
-    /// Registers `[addr, addr + len)` of `aspace` (widened to whole pages).
+    /// Registers `[addr, addr + len)` of `aspace` (widened to whole pages;
+    /// huge pages when hugetlbfs memory backs the whole range).
     ///
     /// Nothing is faulted or pinned; the memory need not even be mapped
     /// yet (an access to a hole fails with [`OdpError::Unmapped`]).
@@ -113,7 +114,15 @@ impl Umem {
         emptied: Option<Arc<AtomicUsize>>,
     ) -> Result<Umem, OdpError> {
         let (start, end) = page_span(addr, len).ok_or(OdpError::InvalidRange { addr, len })?;
-        let page_shift = page_size().trailing_zeros();
+        // Huge pages where the range is backed by them (hugetlbfs): one
+        // entry, one fault and one invalidation per huge page.
+        let page = sys::backing_page_size(start, end - start);
+        let start = start & !(page - 1);
+        let end = end
+            .checked_add(page - 1)
+            .ok_or(OdpError::InvalidRange { addr, len })?
+            & !(page - 1);
+        let page_shift = page.trailing_zeros();
         let pages = (end - start) >> page_shift;
         let inner = Arc::new(UmemInner {
             aspace: Arc::clone(aspace),
@@ -233,6 +242,7 @@ impl Drop for Umem {
 impl UmemInner {
     /// The driver lock. A panic while it was held (in a device closure)
     /// leaves the table consistent, so poisoning is ignored.
+    #[inline]
     pub(crate) fn lock(&self) -> MutexGuard<'_, PageTable> {
         while self.invalidations_waiting.load(Ordering::Acquire) > 0 {
             std::thread::yield_now();
@@ -240,15 +250,18 @@ impl UmemInner {
         self.lock_for_invalidation()
     }
 
+    #[inline]
     fn lock_for_invalidation(&self) -> MutexGuard<'_, PageTable> {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    #[inline]
     pub(crate) fn page_addr(&self, page: usize) -> usize {
         self.start + (page << self.page_shift)
     }
 
     /// The pages `[first, last]` covering `[va, va + len)`.
+    #[inline]
     pub(crate) fn pages_of(&self, va: usize, len: usize) -> Result<(usize, usize), OdpError> {
         let end = va.checked_add(len);
         match end {

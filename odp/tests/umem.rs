@@ -425,3 +425,39 @@ fn an_unreported_unmap_makes_device_copies_fail_instead_of_crashing() {
         unsafe { libc::munmap((base + page * ps) as *mut libc::c_void, ps) };
     }
 }
+
+#[test]
+fn hugetlb_memory_is_paged_in_huge_pages() {
+    const HUGE: usize = 2 << 20;
+    let aspace = AddressSpace::process();
+    let map = match aspace.map_anonymous(2 * HUGE, libc::MAP_HUGETLB) {
+        Ok(map) => map,
+        Err(e) => {
+            // CI reserves huge pages and requires this test to run.
+            assert!(
+                std::env::var_os("ODP_REQUIRE_HUGETLB").is_none(),
+                "no huge pages: {e}"
+            );
+            eprintln!("skipped: no huge pages reserved ({e})");
+            return;
+        }
+    };
+    let umem = Umem::new(&aspace, map.addr(), map.len(), UmemOptions::default()).unwrap();
+    assert_eq!(umem.page_size(), HUGE);
+    umem.write(map.addr() + HUGE + 12345, b"huge").unwrap();
+    assert_eq!(umem.present_pages(), 1, "one entry for the whole huge page");
+    assert_eq!(umem.counters().pages_faulted, 1);
+    // SAFETY: the second huge page of our mapping.
+    unsafe {
+        aspace.madvise(
+            (map.addr() + HUGE) as *mut libc::c_void,
+            HUGE,
+            libc::MADV_DONTNEED,
+        )
+    }
+    .unwrap();
+    assert_eq!(umem.present_pages(), 0);
+    let mut got = [1u8; 4];
+    umem.read(map.addr() + HUGE + 12345, &mut got).unwrap();
+    assert_eq!(got, [0; 4]);
+}

@@ -156,6 +156,7 @@ impl UffdSource {
     }
 
     /// The gate, shared, for a device access.
+    #[inline]
     pub(crate) fn device_gate(&self) -> RwLockReadGuard<'_, ()> {
         self.gate.read().unwrap_or_else(PoisonError::into_inner)
     }
