@@ -8,7 +8,8 @@
 //! invalidation has already torn down.
 
 use crate::OdpError;
-use crate::sys::{self, PopulateError};
+use crate::page_table::PageTable;
+use crate::sys::{self, Pagemap, PopulateError};
 use crate::umem::Umem;
 
 /// Pages faulted per collision-retry round: bounds the lock hold time of
@@ -101,41 +102,36 @@ impl Umem {
         let pin = inner.options.pin;
         frames.clear();
         frames.resize(last - first + 1, 0);
-        loop {
-            let seq = self.sub.read_begin();
-            // After read_begin, as the kernel checks mmget_not_zero.
-            if inner.aspace.subscriptions().is_released() {
-                return Err(OdpError::Released);
-            }
-            sys::populate(addr, len, write).map_err(|e| populate_error(e, addr, len, write))?;
-            inner.aspace.watch(addr, len)?;
-            if pin {
-                // Not undone on a retry: mlock does not nest, so unlocking
-                // could unpin pages a concurrent fault has committed. The
-                // next round commits them, or an invalidation unlocks them.
-                sys::mlock(addr, len).map_err(|e| OdpError::Pin {
-                    va: addr,
-                    len,
-                    errno: e.raw_os_error().unwrap_or(0),
-                })?;
-            }
-            if inner.options.record_frames && !inner.aspace.pagemap().read(addr, frames) {
-                frames.fill(0);
-            }
-            let mut table = inner.lock();
-            if self.sub.read_retry(seq) {
-                drop(table);
-                inner.counters.retry();
-                continue;
-            }
-            let mut new = 0;
-            for (i, page) in (first..=last).enumerate() {
-                new += usize::from(table.commit(page, write, pin, frames[i]));
-            }
-            drop(table);
-            inner.counters.fault(new);
-            return Ok(new);
-        }
+        let new = self.collision_retry(
+            frames,
+            |frames| {
+                sys::populate(addr, len, write).map_err(|e| populate_error(e, addr, len, write))?;
+                inner.aspace.watch(addr, len)?;
+                if pin {
+                    // Not undone on a retry: mlock does not nest, so
+                    // unlocking could unpin pages a concurrent fault has
+                    // committed. The next round commits them, or an
+                    // invalidation unlocks them.
+                    sys::mlock(addr, len).map_err(|e| OdpError::Pin {
+                        va: addr,
+                        len,
+                        errno: e.raw_os_error().unwrap_or(0),
+                    })?;
+                }
+                if inner.options.record_frames && !self.read_pagemap(first, frames, Pagemap::read) {
+                    frames.fill(0);
+                }
+                Ok(())
+            },
+            |table, frames| {
+                (first..=last)
+                    .zip(frames.iter())
+                    .filter(|&(page, &frame)| table.commit(page, write, pin, frame))
+                    .count()
+            },
+        )?;
+        inner.counters.fault(new);
+        Ok(new)
     }
 
     /// Commits the pages of `[first, last]` that the CPU page table already
@@ -144,37 +140,77 @@ impl Umem {
     fn snapshot_pages(&self, first: usize, last: usize) -> Result<usize, OdpError> {
         let inner = &self.inner;
         let mut present = vec![0u64; last - first + 1];
+        let new = self.collision_retry(
+            &mut present,
+            |present| {
+                if !self.read_pagemap(first, present, Pagemap::present) {
+                    present.fill(0);
+                }
+                for (run_first, run_len) in present_runs(present) {
+                    let addr = inner.page_addr(first + run_first);
+                    inner.aspace.watch(addr, run_len << inner.page_shift)?;
+                }
+                Ok(())
+            },
+            |table, present| {
+                (first..=last)
+                    .zip(present.iter())
+                    .filter(|&(page, &p)| p != 0 && table.commit(page, false, false, 0))
+                    .count()
+            },
+        )?;
+        inner.counters.snapshot(new);
+        Ok(new)
+    }
+
+    /// The collision-retry loop: `prepare` runs after `read_begin` with no
+    /// lock held (making pages present, looking them up into `per_page`);
+    /// `commit` runs under the driver lock, only if no invalidation hit the
+    /// umem since `read_begin`. Otherwise the round is thrown away and
+    /// repeated.
+    fn collision_retry<R>(
+        &self,
+        per_page: &mut [u64],
+        mut prepare: impl FnMut(&mut [u64]) -> Result<(), OdpError>,
+        commit: impl FnOnce(&mut PageTable, &[u64]) -> R,
+    ) -> Result<R, OdpError> {
         loop {
             let seq = self.sub.read_begin();
-            if inner.aspace.subscriptions().is_released() {
+            // After read_begin, as the kernel checks mmget_not_zero.
+            if self.inner.aspace.subscriptions().is_released() {
                 return Err(OdpError::Released);
             }
-            let addr = inner.page_addr(first);
-            if !inner.aspace.pagemap().present(addr, &mut present) {
-                return Ok(0);
-            }
-            for (run_first, run_len) in present_runs(&present) {
-                inner.aspace.watch(
-                    inner.page_addr(first + run_first),
-                    run_len << inner.page_shift,
-                )?;
-            }
-            let mut table = inner.lock();
+            prepare(per_page)?;
+            let mut table = self.inner.lock();
             if self.sub.read_retry(seq) {
                 drop(table);
-                inner.counters.retry();
+                self.inner.counters.retry();
                 continue;
             }
-            let mut new = 0;
-            for (i, page) in (first..=last).enumerate() {
-                if present[i] != 0 {
-                    new += usize::from(table.commit(page, false, false, 0));
-                }
-            }
-            drop(table);
-            inner.counters.snapshot(new);
-            return Ok(new);
+            return Ok(commit(&mut table, per_page));
         }
+    }
+
+    /// Reads one pagemap entry per umem page from page `first` on (the
+    /// entry of each page's first base page, so huge pages work too).
+    fn read_pagemap(
+        &self,
+        first: usize,
+        out: &mut [u64],
+        read: fn(&Pagemap, usize, &mut [u64]) -> bool,
+    ) -> bool {
+        let inner = &self.inner;
+        let pagemap = inner.aspace.pagemap();
+        if inner.page_shift == sys::page_size().trailing_zeros() {
+            return read(pagemap, inner.page_addr(first), out);
+        }
+        out.iter_mut().enumerate().all(|(i, entry)| {
+            read(
+                pagemap,
+                inner.page_addr(first + i),
+                std::slice::from_mut(entry),
+            )
+        })
     }
 }
 

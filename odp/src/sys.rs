@@ -107,16 +107,63 @@ pub(crate) fn mapping_len_at(addr: usize) -> Option<usize> {
     found
 }
 
-/// The page size backing `[addr, addr + len)`: the `KernelPageSize` of its
-/// mappings in `/proc/self/smaps` when they all agree (hugetlbfs memory
-/// reports 2 MiB or 1 GiB), else the base page size. A range with nothing
-/// mapped yet gets the base page size.
+/// The page size backing `[addr, addr + len)`: when every mapping in the
+/// range is hugetlbfs memory, its `KernelPageSize` from `/proc/self/smaps`
+/// (2 MiB or 1 GiB), else the base page size. A range with nothing mapped
+/// yet gets the base page size.
+///
+/// `/proc/self/maps` is consulted first: generating `smaps` walks the page
+/// tables of every mapping, which is far too slow to do for each
+/// registration of ordinary memory.
 pub(crate) fn backing_page_size(addr: usize, len: usize) -> usize {
     let base = page_size();
-    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
+    let end = addr.saturating_add(len);
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
         return base;
     };
-    let end = addr.saturating_add(len);
+    let overlapping = || {
+        maps.lines().filter_map(|line| {
+            let (range, rest) = line.split_once(' ')?;
+            let (lo, hi) = range.split_once('-')?;
+            let lo = usize::from_str_radix(lo, 16).ok()?;
+            let hi = usize::from_str_radix(hi, 16).ok()?;
+            (lo < end && addr < hi).then_some(rest)
+        })
+    };
+    let mut any = false;
+    for rest in overlapping() {
+        any = true;
+        // The path is the sixth field; hugetlb memory is an anonymous
+        // "/anon_hugepage" or a file on a hugetlbfs mount.
+        let path = rest.split_whitespace().nth(4).unwrap_or("");
+        if !(path == "/anon_hugepage" || is_on_hugetlbfs(path)) {
+            return base;
+        }
+    }
+    if !any {
+        return base;
+    }
+    kernel_page_size(addr, end).unwrap_or(base)
+}
+
+fn is_on_hugetlbfs(path: &str) -> bool {
+    const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+    let Ok(c_path) = std::ffi::CString::new(path) else {
+        return false;
+    };
+    if !path.starts_with('/') {
+        return false;
+    }
+    // SAFETY: a NUL-terminated path and a statfs buffer we own.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut st) };
+    rc == 0 && st.f_type as i64 == HUGETLBFS_MAGIC
+}
+
+/// The `KernelPageSize` all mappings overlapping `[addr, end)` agree on.
+fn kernel_page_size(addr: usize, end: usize) -> Option<usize> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
     let mut size = None;
     let mut in_range = false;
     for line in smaps.lines() {
@@ -131,16 +178,16 @@ pub(crate) fn backing_page_size(addr: usize, len: usize) -> usize {
                 .trim_end_matches("kB")
                 .trim()
                 .parse::<usize>()
-                .unwrap_or(4)
+                .ok()?
                 * 1024;
             match size {
                 None => size = Some(bytes),
-                Some(s) if s != bytes => return base,
+                Some(s) if s != bytes => return None,
                 Some(_) => {}
             }
         }
     }
-    size.unwrap_or(base)
+    size
 }
 
 /// Byte-at-a-time parser of `/proc/self/maps` lines (`start-end ...`).

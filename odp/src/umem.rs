@@ -115,8 +115,13 @@ impl Umem {
     ) -> Result<Umem, OdpError> {
         let (start, end) = page_span(addr, len).ok_or(OdpError::InvalidRange { addr, len })?;
         // Huge pages where the range is backed by them (hugetlbfs): one
-        // entry, one fault and one invalidation per huge page.
-        let page = sys::backing_page_size(start, end - start);
+        // entry, one fault and one invalidation per huge page. Implicit
+        // children use base pages, as the kernel's do.
+        let page = if emptied.is_some() {
+            sys::page_size()
+        } else {
+            sys::backing_page_size(start, end - start)
+        };
         let start = start & !(page - 1);
         let end = end
             .checked_add(page - 1)
