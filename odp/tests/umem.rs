@@ -198,6 +198,40 @@ fn mremap_move_invalidates_the_old_range_and_the_data_moves() {
 }
 
 #[test]
+fn mremap_growth_invalidates_what_may_move_and_keeps_the_data() {
+    let aspace = AddressSpace::process();
+    let ps = page_size();
+    let (old, len) = aspace.map_anonymous(4 * ps, 0).unwrap().into_raw();
+    let umem = Umem::new(&aspace, old, len, UmemOptions::default()).unwrap();
+    umem.write(old + 3 * ps, b"grown").unwrap();
+    // SAFETY: our mapping; the kernel may move it.
+    let new = unsafe {
+        aspace.mremap(
+            old as *mut libc::c_void,
+            len,
+            2 * len,
+            libc::MREMAP_MAYMOVE,
+            std::ptr::null_mut(),
+        )
+    }
+    .unwrap() as usize;
+    assert_eq!(
+        umem.present_pages(),
+        0,
+        "a growth that may move invalidates the old range"
+    );
+    let grown = Umem::new(&aspace, new, 2 * len, UmemOptions::default()).unwrap();
+    let mut got = [0u8; 5];
+    grown.read(new + 3 * ps, &mut got).unwrap();
+    assert_eq!(&got, b"grown");
+    grown.read(new + 7 * ps, &mut got).unwrap();
+    assert_eq!(got, [0; 5], "the new part is zero-filled");
+    drop((umem, grown));
+    // SAFETY: the grown mapping is ours.
+    unsafe { aspace.munmap(new as *mut libc::c_void, 2 * len) }.unwrap();
+}
+
+#[test]
 fn read_only_registrations_refuse_writes_and_bad_ranges_are_errors() {
     let aspace = AddressSpace::process();
     let map = aspace.map_anonymous(2 * page_size(), 0).unwrap();
