@@ -1,0 +1,114 @@
+//! The ACK Extended Transport Header (4 bytes): syndrome and MSN.
+
+use super::{WireError, be32, check_len};
+
+/// A parsed AETH.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AethRepr {
+    /// The raw syndrome byte (see [`AethRepr::syndrome`]).
+    pub syndrome: u8,
+    /// Message sequence number (24 bits).
+    pub msn: u32,
+}
+
+/// The meaning of an AETH syndrome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Syndrome {
+    /// Positive acknowledgement with a credit count (rxe sends 31,
+    /// "unlimited").
+    Ack {
+        /// Credit count (5 bits).
+        credits: u8,
+    },
+    /// Receiver not ready: retry after the timer this code names.
+    RnrNak {
+        /// RNR timer code (5 bits).
+        timer: u8,
+    },
+    /// Negative acknowledgement.
+    Nak(NakCode),
+    /// The reserved syndrome type (0b010).
+    Reserved(u8),
+}
+
+/// NAK codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NakCode {
+    /// PSN sequence error (0x60).
+    PsnSequenceError,
+    /// Invalid request (0x61).
+    InvalidRequest,
+    /// Remote access error (0x62).
+    RemoteAccessError,
+    /// Remote operational error (0x63).
+    RemoteOperationalError,
+    /// Invalid RD request (0x64).
+    InvalidRdRequest,
+    /// A code this implementation does not name.
+    Other(u8),
+}
+
+impl AethRepr {
+    /// Length on the wire.
+    pub const LEN: usize = 4;
+
+    /// Parses the first 4 bytes of `buf`.
+    ///
+    /// # Errors
+    /// [`WireError::Truncated`].
+    pub fn parse(buf: &[u8]) -> Result<Self, WireError> {
+        check_len("AETH", buf, Self::LEN)?;
+        let word = be32(&buf[0..4]);
+        Ok(AethRepr {
+            syndrome: (word >> 24) as u8,
+            msn: word & 0xff_ffff,
+        })
+    }
+
+    /// Writes the header into the first 4 bytes of `buf`.
+    pub fn emit(&self, buf: &mut [u8]) {
+        let word = (u32::from(self.syndrome) << 24) | (self.msn & 0xff_ffff);
+        buf[0..4].copy_from_slice(&word.to_be_bytes());
+    }
+
+    /// An AETH from a decoded syndrome.
+    pub fn new(syndrome: Syndrome, msn: u32) -> Self {
+        let byte = match syndrome {
+            Syndrome::Ack { credits } => credits & 0x1f,
+            Syndrome::RnrNak { timer } => 0x20 | (timer & 0x1f),
+            Syndrome::Reserved(low) => 0x40 | (low & 0x1f),
+            Syndrome::Nak(code) => {
+                0x60 | match code {
+                    NakCode::PsnSequenceError => 0,
+                    NakCode::InvalidRequest => 1,
+                    NakCode::RemoteAccessError => 2,
+                    NakCode::RemoteOperationalError => 3,
+                    NakCode::InvalidRdRequest => 4,
+                    NakCode::Other(c) => c & 0x1f,
+                }
+            }
+        };
+        AethRepr {
+            syndrome: byte,
+            msn: msn & 0xff_ffff,
+        }
+    }
+
+    /// The decoded syndrome.
+    pub fn decode(&self) -> Syndrome {
+        let low = self.syndrome & 0x1f;
+        match self.syndrome >> 5 {
+            0b000 => Syndrome::Ack { credits: low },
+            0b001 => Syndrome::RnrNak { timer: low },
+            0b011 => Syndrome::Nak(match low {
+                0 => NakCode::PsnSequenceError,
+                1 => NakCode::InvalidRequest,
+                2 => NakCode::RemoteAccessError,
+                3 => NakCode::RemoteOperationalError,
+                4 => NakCode::InvalidRdRequest,
+                other => NakCode::Other(other),
+            }),
+            _ => Syndrome::Reserved(self.syndrome),
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! The Atomic Extended Transport Header (28 bytes) and the Atomic ACK
+//! Extended Transport Header (8 bytes).
+
+use super::{WireError, be32, be64, check_len};
+
+/// A parsed AtomicETH. FETCH_ADD carries the addend in `swap_add`;
+/// COMPARE_SWAP the swap value in `swap_add` and the compare value in
+/// `compare`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AtomicEthRepr {
+    /// Remote virtual address (8-byte aligned).
+    pub va: u64,
+    /// Remote key.
+    pub rkey: u32,
+    /// Swap value or addend.
+    pub swap_add: u64,
+    /// Compare value.
+    pub compare: u64,
+}
+
+impl AtomicEthRepr {
+    /// Length on the wire.
+    pub const LEN: usize = 28;
+
+    /// Parses the first 28 bytes of `buf`.
+    ///
+    /// # Errors
+    /// [`WireError::Truncated`].
+    pub fn parse(buf: &[u8]) -> Result<Self, WireError> {
+        check_len("AtomicETH", buf, Self::LEN)?;
+        Ok(AtomicEthRepr {
+            va: be64(&buf[0..8]),
+            rkey: be32(&buf[8..12]),
+            swap_add: be64(&buf[12..20]),
+            compare: be64(&buf[20..28]),
+        })
+    }
+
+    /// Writes the header into the first 28 bytes of `buf`.
+    pub fn emit(&self, buf: &mut [u8]) {
+        buf[0..8].copy_from_slice(&self.va.to_be_bytes());
+        buf[8..12].copy_from_slice(&self.rkey.to_be_bytes());
+        buf[12..20].copy_from_slice(&self.swap_add.to_be_bytes());
+        buf[20..28].copy_from_slice(&self.compare.to_be_bytes());
+    }
+}
+
+/// A parsed AtomicAckETH: the value the target held before the operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AtomicAckEthRepr {
+    /// Original remote data.
+    pub orig: u64,
+}
+
+impl AtomicAckEthRepr {
+    /// Length on the wire.
+    pub const LEN: usize = 8;
+
+    /// Parses the first 8 bytes of `buf`.
+    ///
+    /// # Errors
+    /// [`WireError::Truncated`].
+    pub fn parse(buf: &[u8]) -> Result<Self, WireError> {
+        check_len("AtomicAckETH", buf, Self::LEN)?;
+        Ok(AtomicAckEthRepr {
+            orig: be64(&buf[0..8]),
+        })
+    }
+
+    /// Writes the header into the first 8 bytes of `buf`.
+    pub fn emit(&self, buf: &mut [u8]) {
+        buf[0..8].copy_from_slice(&self.orig.to_be_bytes());
+    }
+}

@@ -1,0 +1,97 @@
+//! The RoCEv2 wire format: the InfiniBand transport headers carried in UDP
+//! (destination port 4791) and the invariant CRC that ends every packet.
+//!
+//! Each header is a plain struct with `parse` (validates, never panics on
+//! any input) and `emit`; [`PacketRepr`] ties them together for one packet
+//! and borrows its payload from the buffer. Parsing then emitting a packet
+//! reproduces it byte for byte, reserved bits and pad bytes included. No
+//! sockets and no memory registrations live here.
+
+mod aeth;
+mod atomic;
+mod bth;
+mod icrc;
+mod opcode;
+mod packet;
+mod reth;
+
+pub use aeth::{AethRepr, NakCode, Syndrome};
+pub use atomic::{AtomicAckEthRepr, AtomicEthRepr};
+pub use bth::BthRepr;
+pub use icrc::{ICRC_LEN, IpHeader, icrc, icrc_of_udp_payload};
+pub use opcode::{Layout, Opcode};
+pub use packet::PacketRepr;
+pub use reth::RethRepr;
+
+/// The UDP destination port of RoCEv2.
+pub const ROCE_V2_PORT: u16 = 4791;
+
+/// Why bytes are not a valid packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The buffer ends inside a header or before the ICRC.
+    #[error("truncated {what}: need {need} bytes, have {have}")]
+    Truncated {
+        /// The part that does not fit.
+        what: &'static str,
+        /// Bytes needed.
+        need: usize,
+        /// Bytes present.
+        have: usize,
+    },
+    /// An opcode this implementation does not handle.
+    #[error("unknown or unsupported opcode {0:#04x}")]
+    UnknownOpcode(u8),
+    /// A transport header version other than 0.
+    #[error("transport header version {0}")]
+    BadVersion(u8),
+    /// A pad count on a packet that carries no payload, or a payload
+    /// shorter than its pad.
+    #[error("pad count {pad} with {payload} payload bytes")]
+    BadPad {
+        /// The BTH pad count.
+        pad: u8,
+        /// Payload bytes present (pad included).
+        payload: usize,
+    },
+    /// A packet that carries no payload has one.
+    #[error("{0} carries no payload but {1} bytes follow its headers")]
+    UnexpectedPayload(Opcode, usize),
+    /// The invariant CRC does not match.
+    #[error("ICRC {found:#010x}, expected {expected:#010x}")]
+    BadIcrc {
+        /// The trailer.
+        found: u32,
+        /// What the headers and payload give.
+        expected: u32,
+    },
+    /// The IP or UDP header around the packet is malformed.
+    #[error("bad IP/UDP encapsulation: {0}")]
+    BadEncapsulation(&'static str),
+}
+
+pub(crate) fn check_len(what: &'static str, buf: &[u8], need: usize) -> Result<(), WireError> {
+    if buf.len() < need {
+        Err(WireError::Truncated {
+            what,
+            need,
+            have: buf.len(),
+        })
+    } else {
+        Ok(())
+    }
+}
+
+// Big-endian readers of slices of exactly the right length (callers slice
+// after `check_len`).
+pub(crate) fn be16(b: &[u8]) -> u16 {
+    u16::from_be_bytes([b[0], b[1]])
+}
+
+pub(crate) fn be32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+pub(crate) fn be64(b: &[u8]) -> u64 {
+    u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+}
