@@ -1,8 +1,16 @@
 //! Verbs-like RDMA API and the userspace soft-RoCE device.
 //!
-//! So far: [`wire`], the RoCEv2 wire format (headers, packets, ICRC),
-//! checked against real kernel-rxe traffic. The API (contexts, protection
-//! domains, memory regions, completion queues, queue pairs) and the RoCEv2
-//! engine come next; memory regions with on-demand paging use [`odp`].
+//! - [`verbs`]: contexts, protection domains, memory regions (pinned, ODP,
+//!   implicit ODP), completion queues and RC queue pairs, in the style of
+//!   the `ibverbs` crate.
+//! - The device behind them speaks RoCEv2 over UDP port 4791 with the wire
+//!   format of [`wire`], checked against real kernel-rxe traffic.
+//! - Memory regions with on-demand paging use [`odp`].
 
+mod device;
+mod rc;
+pub mod verbs;
 pub mod wire;
+
+pub use device::DeviceStats;
+pub use verbs::*;

@@ -137,6 +137,22 @@ impl<'a> PacketRepr<'a> {
     /// [`WireError::Truncated`] if `buf` is shorter than [`Self::len`].
     pub fn emit(&self, buf: &mut [u8]) -> Result<usize, WireError> {
         check_len("emit buffer", buf, self.len())?;
+        let at = self.emit_headers(buf)?;
+        let end = at + self.payload.len();
+        buf[at..end].copy_from_slice(self.payload);
+        let pad = usize::from(self.bth.pad);
+        buf[end..end + pad].copy_from_slice(&self.pad_bytes[..pad]);
+        Ok(end + pad)
+    }
+
+    /// Writes only the headers (BTH and extended headers) into `buf` and
+    /// returns their length, for senders that place the payload themselves
+    /// (`self.payload` is ignored; the BTH pad count is written as set).
+    ///
+    /// # Errors
+    /// [`WireError::Truncated`] if `buf` is shorter than the headers.
+    pub fn emit_headers(&self, buf: &mut [u8]) -> Result<usize, WireError> {
+        check_len("emit buffer", buf, self.header_len())?;
         self.bth.emit(buf);
         let mut at = BthRepr::LEN;
         let mut put = |len: usize, write: &mut dyn FnMut(&mut [u8])| {
@@ -161,11 +177,7 @@ impl<'a> PacketRepr<'a> {
         if let Some(rkey) = self.ieth {
             put(4, &mut |b| b.copy_from_slice(&rkey.to_be_bytes()));
         }
-        let end = at + self.payload.len();
-        buf[at..end].copy_from_slice(self.payload);
-        let pad = usize::from(self.bth.pad);
-        buf[end..end + pad].copy_from_slice(&self.pad_bytes[..pad]);
-        Ok(end + pad)
+        Ok(at)
     }
 }
 

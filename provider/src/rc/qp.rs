@@ -1,0 +1,274 @@
+//! One RC queue pair's state, its transitions and what both directions
+//! share: building packets and moving to the error state.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use super::requester::Requester;
+use super::responder::Responder;
+use super::{Outbox, Regions};
+use crate::verbs::{CqInner, VerbsError, WcOpcode, WcStatus, WorkCompletion};
+use crate::wire::{BthRepr, ICRC_LEN, Opcode, PacketRepr};
+
+pub(crate) use crate::verbs::QpState as QpStateKind;
+
+/// The other end of the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Peer {
+    pub(crate) addr: SocketAddr,
+    pub(crate) qpn: u32,
+    pub(crate) mtu: usize,
+}
+
+/// Connection attributes set by the transitions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct QpAttrs {
+    /// First PSN the responder expects.
+    pub(crate) rq_psn: u32,
+    /// First PSN the requester sends.
+    pub(crate) sq_psn: u32,
+    /// Retransmit timeout exponent (0 = none).
+    pub(crate) timeout: u8,
+    /// Retries after a timeout (7 = unlimited, as rxe counts).
+    pub(crate) retry_cnt: u8,
+    /// Retries after RNR NAKs (7 = unlimited).
+    pub(crate) rnr_retry: u8,
+    /// RNR timer code this responder sends.
+    pub(crate) min_rnr_timer: u8,
+    /// READs and atomics the requester keeps outstanding.
+    pub(crate) max_rd_atomic: u8,
+}
+
+/// Everything behind the queue pair's lock.
+pub(crate) struct QpState {
+    pub(crate) kind: QpStateKind,
+    pub(crate) peer: Option<Peer>,
+    pub(crate) attrs: QpAttrs,
+    pub(crate) req: Requester,
+    pub(crate) resp: Responder,
+}
+
+/// A queue pair as the device and the API share it.
+pub(crate) struct QpCore {
+    pub(crate) qpn: u32,
+    pub(crate) pd: u32,
+    pub(crate) send_cq: Arc<CqInner>,
+    pub(crate) recv_cq: Arc<CqInner>,
+    pub(crate) max_send_wr: usize,
+    pub(crate) max_recv_wr: usize,
+    pub(crate) state: Mutex<QpState>,
+}
+
+impl QpCore {
+    pub(crate) fn new(
+        qpn: u32,
+        pd: u32,
+        send_cq: Arc<CqInner>,
+        recv_cq: Arc<CqInner>,
+        max_send_wr: usize,
+        max_recv_wr: usize,
+    ) -> QpCore {
+        QpCore {
+            qpn,
+            pd,
+            send_cq,
+            recv_cq,
+            max_send_wr,
+            max_recv_wr,
+            state: Mutex::new(QpState {
+                kind: QpStateKind::Reset,
+                peer: None,
+                attrs: QpAttrs {
+                    rq_psn: 0,
+                    sq_psn: 0,
+                    timeout: 14,
+                    retry_cnt: 7,
+                    rnr_retry: 7,
+                    min_rnr_timer: 12,
+                    max_rd_atomic: 16,
+                },
+                req: Requester::default(),
+                resp: Responder::default(),
+            }),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, QpState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn state(&self) -> QpStateKind {
+        self.lock().kind
+    }
+
+    /// RESET -> INIT.
+    pub(crate) fn to_init(&self) -> Result<(), VerbsError> {
+        let mut st = self.lock();
+        if st.kind != QpStateKind::Reset {
+            return Err(bad_state(st.kind, "move to INIT"));
+        }
+        st.kind = QpStateKind::Init;
+        Ok(())
+    }
+
+    /// INIT -> RTR: the peer and the first PSN to expect.
+    pub(crate) fn to_rtr(
+        &self,
+        peer: Peer,
+        rq_psn: u32,
+        min_rnr_timer: u8,
+    ) -> Result<(), VerbsError> {
+        let mut st = self.lock();
+        if st.kind != QpStateKind::Init {
+            return Err(bad_state(st.kind, "move to RTR"));
+        }
+        st.peer = Some(peer);
+        st.attrs.rq_psn = rq_psn & super::PSN_MASK;
+        st.attrs.min_rnr_timer = min_rnr_timer & 0x1f;
+        let rq_psn = st.attrs.rq_psn;
+        st.resp.reset(rq_psn);
+        st.kind = QpStateKind::Rtr;
+        Ok(())
+    }
+
+    /// RTR -> RTS: the first PSN to send and the retry attributes.
+    pub(crate) fn to_rts(
+        &self,
+        sq_psn: u32,
+        timeout: u8,
+        retry_cnt: u8,
+        rnr_retry: u8,
+        max_rd_atomic: u8,
+    ) -> Result<(), VerbsError> {
+        let mut st = self.lock();
+        if st.kind != QpStateKind::Rtr {
+            return Err(bad_state(st.kind, "move to RTS"));
+        }
+        st.attrs.sq_psn = sq_psn & super::PSN_MASK;
+        st.attrs.timeout = timeout.min(31);
+        st.attrs.retry_cnt = retry_cnt.min(7);
+        st.attrs.rnr_retry = rnr_retry.min(7);
+        st.attrs.max_rd_atomic = max_rd_atomic.max(1);
+        let attrs = st.attrs;
+        st.req.reset(&attrs);
+        st.kind = QpStateKind::Rts;
+        Ok(())
+    }
+
+    /// Handles one received packet addressed to this queue pair.
+    pub(crate) fn receive(&self, regions: &dyn Regions, pkt: &PacketRepr<'_>, out: &mut Outbox) {
+        let mut st = self.lock();
+        if pkt.bth.opcode.is_request() {
+            if matches!(st.kind, QpStateKind::Rtr | QpStateKind::Rts) {
+                self.respond(&mut st, regions, pkt, out);
+            }
+        } else if st.kind == QpStateKind::Rts {
+            self.complete(&mut st, regions, pkt, out);
+            self.fill(&mut st, regions, out);
+        }
+    }
+
+    /// The next time [`Self::on_timer`] has work, if any.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        let st = self.lock();
+        if st.kind != QpStateKind::Rts {
+            return None;
+        }
+        st.req.deadline()
+    }
+
+    /// Moves to the error state: every work request still queued completes
+    /// with a flush error (after `failed`, which gets its own status).
+    pub(crate) fn fail(&self, st: &mut QpState, failed: Option<(u64, WcOpcode, WcStatus)>) {
+        if let Some((wr_id, opcode, status)) = failed {
+            self.send_cq.push(WorkCompletion {
+                wr_id,
+                status,
+                opcode,
+                byte_len: 0,
+                imm_data: None,
+                qp_num: self.qpn,
+            });
+        }
+        st.kind = QpStateKind::Error;
+        for (wr_id, opcode) in st.req.drain() {
+            self.send_cq.push(flushed(wr_id, opcode, self.qpn));
+        }
+        for wr_id in st.resp.drain() {
+            self.recv_cq.push(flushed(wr_id, WcOpcode::Recv, self.qpn));
+        }
+    }
+}
+
+fn flushed(wr_id: u64, opcode: WcOpcode, qpn: u32) -> WorkCompletion {
+    WorkCompletion {
+        wr_id,
+        status: WcStatus::WrFlushError,
+        opcode,
+        byte_len: 0,
+        imm_data: None,
+        qp_num: qpn,
+    }
+}
+
+pub(crate) fn bad_state(state: QpStateKind, what: &'static str) -> VerbsError {
+    VerbsError::BadState { state, what }
+}
+
+/// A BTH for a packet to `peer`.
+pub(crate) fn bth(
+    peer: &Peer,
+    opcode: Opcode,
+    psn: u32,
+    payload_len: usize,
+    ack_req: bool,
+) -> BthRepr {
+    BthRepr {
+        opcode,
+        solicited: false,
+        mig_req: false,
+        pad: PacketRepr::pad_for(payload_len),
+        tver: 0,
+        pkey: 0xffff,
+        fecn: false,
+        becn: false,
+        resv6a: 0,
+        dest_qp: peer.qpn,
+        ack_req,
+        resv7: 0,
+        psn: psn & super::PSN_MASK,
+    }
+}
+
+/// Builds a packet with the headers of `headers` (whose payload is
+/// ignored) and a payload of `payload_len` bytes that `fill` writes in
+/// place, plus room for the ICRC.
+pub(crate) fn build<E>(
+    headers: &PacketRepr<'_>,
+    payload_len: usize,
+    fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+) -> Result<Vec<u8>, E> {
+    let pad = usize::from(headers.bth.pad);
+    let mut buf = vec![0u8; headers.header_len() + payload_len + pad + ICRC_LEN];
+    let at = headers
+        .emit_headers(&mut buf)
+        .expect("the buffer is sized from the headers");
+    fill(&mut buf[at..at + payload_len])?;
+    Ok(buf)
+}
+
+/// Headers with no extended header and no payload set.
+pub(crate) fn headers(bth: BthRepr) -> PacketRepr<'static> {
+    PacketRepr {
+        bth,
+        reth: None,
+        atomic_eth: None,
+        aeth: None,
+        atomic_ack_eth: None,
+        immdt: None,
+        ieth: None,
+        payload: &[],
+        pad_bytes: [0; 3],
+    }
+}

@@ -1,0 +1,198 @@
+//! Completion queues.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::VerbsError;
+
+/// The outcome of a work request, as verbs reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WcStatus {
+    /// Done.
+    Success,
+    /// A receive buffer was too small, or a local length was invalid.
+    LocalLengthError,
+    /// The queue pair could not carry out the request.
+    LocalQpOperationError,
+    /// A local key, access right or range check failed, or local memory
+    /// could not be made present.
+    LocalProtectionError,
+    /// The queue pair went to the error state before the request ran.
+    WrFlushError,
+    /// The peer refused the access (bad rkey or range, unmapped or
+    /// protected memory on its side).
+    RemoteAccessError,
+    /// The peer found the request invalid (length, opcode sequence,
+    /// misaligned atomic).
+    RemoteInvalidRequest,
+    /// The peer failed to carry out a valid request.
+    RemoteOperationalError,
+    /// No acknowledgement within the retry count.
+    RetryExceeded,
+    /// The peer stayed not ready (no receive posted) past the RNR retry
+    /// count.
+    RnrRetryExceeded,
+}
+
+/// The operation a completion is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WcOpcode {
+    /// A SEND (with or without immediate).
+    Send,
+    /// An RDMA WRITE (with or without immediate).
+    RdmaWrite,
+    /// An RDMA READ.
+    RdmaRead,
+    /// A compare and swap.
+    CompareSwap,
+    /// A fetch and add.
+    FetchAdd,
+    /// A received SEND.
+    Recv,
+    /// A received RDMA WRITE with immediate data.
+    RecvRdmaWithImm,
+}
+
+/// A work completion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkCompletion {
+    /// The work request's id.
+    pub wr_id: u64,
+    /// The outcome.
+    pub status: WcStatus,
+    /// The operation.
+    pub opcode: WcOpcode,
+    /// Bytes received (receive completions) or transferred.
+    pub byte_len: u32,
+    /// Immediate data of a received SEND or RDMA WRITE with immediate.
+    pub imm_data: Option<u32>,
+    /// The local queue pair.
+    pub qp_num: u32,
+}
+
+/// The shared state of a completion queue.
+pub(crate) struct CqInner {
+    entries: Mutex<VecDeque<WorkCompletion>>,
+    capacity: usize,
+    ready: Condvar,
+    overflowed: AtomicBool,
+    /// Signalled (counter incremented) on every completion, for `epoll`.
+    event_fd: OwnedFd,
+}
+
+impl CqInner {
+    /// Adds a completion; a full queue drops it and records the overflow,
+    /// as verbs reports a CQ overrun.
+    pub(crate) fn push(&self, wc: WorkCompletion) {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= self.capacity {
+            self.overflowed.store(true, Ordering::Relaxed);
+            return;
+        }
+        entries.push_back(wc);
+        drop(entries);
+        self.ready.notify_all();
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64 to our eventfd; a full
+        // counter (EAGAIN) only means the reader is far behind.
+        unsafe { libc::write(self.event_fd.as_raw_fd(), (&raw const one).cast(), 8) };
+    }
+}
+
+/// A completion queue. Cloning shares the queue.
+#[derive(Clone)]
+pub struct CompletionQueue {
+    pub(crate) inner: Arc<CqInner>,
+}
+
+impl std::fmt::Debug for CompletionQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompletionQueue")
+            .field("capacity", &self.inner.capacity)
+            .finish()
+    }
+}
+
+impl CompletionQueue {
+    pub(crate) fn new(capacity: usize) -> Result<Self, VerbsError> {
+        if capacity == 0 {
+            return Err(VerbsError::InvalidArgument("CQ capacity 0"));
+        }
+        // SAFETY: eventfd takes integer arguments and returns a new fd or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        Ok(CompletionQueue {
+            inner: Arc::new(CqInner {
+                entries: Mutex::new(VecDeque::with_capacity(capacity.min(1 << 16))),
+                capacity,
+                ready: Condvar::new(),
+                overflowed: AtomicBool::new(false),
+                // SAFETY: `fd` is a fresh descriptor nobody else owns.
+                event_fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            }),
+        })
+    }
+
+    /// Moves up to `out.len()` completions into `out`; returns how many.
+    pub fn poll(&self, out: &mut [WorkCompletion]) -> usize {
+        let mut entries = self
+            .inner
+            .entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let n = out.len().min(entries.len());
+        for (slot, wc) in out.iter_mut().zip(entries.drain(..n)) {
+            *slot = wc;
+        }
+        n
+    }
+
+    /// Like [`Self::poll`], but waits up to `timeout` for the first
+    /// completion.
+    pub fn poll_wait(&self, out: &mut [WorkCompletion], timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        let mut entries = self
+            .inner
+            .entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        while entries.is_empty() {
+            let now = Instant::now();
+            if now >= deadline {
+                return 0;
+            }
+            entries = self
+                .inner
+                .ready
+                .wait_timeout(entries, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        let n = out.len().min(entries.len());
+        for (slot, wc) in out.iter_mut().zip(entries.drain(..n)) {
+            *slot = wc;
+        }
+        n
+    }
+
+    /// An eventfd whose counter goes up with every completion, for use with
+    /// `epoll` (the completion channel of verbs). Reading it resets it.
+    pub fn event_fd(&self) -> RawFd {
+        self.inner.event_fd.as_raw_fd()
+    }
+
+    /// Whether a completion was dropped because the queue was full.
+    pub fn overflowed(&self) -> bool {
+        self.inner.overflowed.load(Ordering::Relaxed)
+    }
+
+    /// The queue's capacity.
+    pub fn capacity(&self) -> usize {
+        self.inner.capacity
+    }
+}

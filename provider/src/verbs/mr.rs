@@ -1,0 +1,373 @@
+//! Protection domains and memory regions.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use odp::{Access, AddressSpace, Advice, ImplicitUmem, OdpError, Umem, UmemOptions};
+
+use super::qp::QueuePairBuilder;
+use super::{CompletionQueue, Sge, VerbsError};
+use crate::device::Device;
+
+/// Access rights of a memory region (verbs' `IBV_ACCESS_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AccessFlags(pub u32);
+
+impl AccessFlags {
+    /// The local device may write (receives, read results).
+    pub const LOCAL_WRITE: AccessFlags = AccessFlags(1);
+    /// Peers may RDMA WRITE.
+    pub const REMOTE_WRITE: AccessFlags = AccessFlags(2);
+    /// Peers may RDMA READ.
+    pub const REMOTE_READ: AccessFlags = AccessFlags(4);
+    /// Peers may run atomics.
+    pub const REMOTE_ATOMIC: AccessFlags = AccessFlags(8);
+    /// On-demand paging: nothing is pinned or faulted at registration.
+    pub const ON_DEMAND: AccessFlags = AccessFlags(0x40);
+
+    /// Whether every flag of `other` is set.
+    pub fn contains(self, other: AccessFlags) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl std::ops::BitOr for AccessFlags {
+    type Output = AccessFlags;
+    fn bitor(self, rhs: AccessFlags) -> AccessFlags {
+        AccessFlags(self.0 | rhs.0)
+    }
+}
+
+/// The memory behind a region: a umem (ODP, or pinned: made present and
+/// locked at registration), or an implicit region of the whole address
+/// space.
+enum MrMemory {
+    Umem(Umem),
+    Implicit(ImplicitUmem),
+}
+
+/// A registered region, as the device's key table holds it.
+pub(crate) struct MrInner {
+    pub(crate) key: u32,
+    pub(crate) pd: u32,
+    pub(crate) addr: u64,
+    pub(crate) len: u64,
+    pub(crate) access: AccessFlags,
+    memory: MrMemory,
+}
+
+/// Why a device access to a region failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MrAccessError {
+    /// Outside the region, wrong protection domain, or missing right.
+    Protection,
+    /// The memory is unmapped or protected (a fault the ODP layer
+    /// reported).
+    Fault,
+    /// A misaligned atomic.
+    Misaligned,
+}
+
+impl From<OdpError> for MrAccessError {
+    fn from(_: OdpError) -> Self {
+        MrAccessError::Fault
+    }
+}
+
+/// An atomic operation on 8 bytes of a region.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum AtomicOp {
+    CompareSwap { compare: u64, swap: u64 },
+    FetchAdd { add: u64 },
+}
+
+impl MrInner {
+    /// Checks that `[va, va + len)` lies in the region, that it belongs to
+    /// `pd`, and that it grants `need`.
+    pub(crate) fn check(
+        &self,
+        pd: u32,
+        va: u64,
+        len: u64,
+        need: AccessFlags,
+    ) -> Result<(), MrAccessError> {
+        let in_range = va >= self.addr
+            && va
+                .checked_add(len)
+                .is_some_and(|end| end <= self.addr.saturating_add(self.len));
+        if self.pd != pd || !in_range || !self.access.contains(need) {
+            return Err(MrAccessError::Protection);
+        }
+        Ok(())
+    }
+
+    /// Copies memory at `va` into `dst`.
+    pub(crate) fn read(&self, va: u64, dst: &mut [u8]) -> Result<(), MrAccessError> {
+        if dst.is_empty() {
+            return Ok(());
+        }
+        match &self.memory {
+            MrMemory::Umem(u) => u.read(va as usize, dst)?,
+            MrMemory::Implicit(i) => i.read(va as usize, dst)?,
+        }
+        Ok(())
+    }
+
+    /// Copies `src` into memory at `va`.
+    pub(crate) fn write(&self, va: u64, src: &[u8]) -> Result<(), MrAccessError> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        match &self.memory {
+            MrMemory::Umem(u) => u.write(va as usize, src)?,
+            MrMemory::Implicit(i) => i.write(va as usize, src)?,
+        }
+        Ok(())
+    }
+
+    /// Runs `op` atomically on the 8 bytes at `va`; returns the old value.
+    pub(crate) fn atomic(&self, va: u64, op: AtomicOp) -> Result<u64, MrAccessError> {
+        if !va.is_multiple_of(8) {
+            return Err(MrAccessError::Misaligned);
+        }
+        let mut old = 0;
+        let run = |ptr: *mut u8, _len: usize, old: &mut u64| {
+            // SAFETY: the ODP layer holds the driver lock with this 8-byte
+            // aligned page range present and writable for the duration of
+            // the closure, and other writers to it (the application, other
+            // devices) are expected to use atomics too, as with hardware
+            // RDMA atomics.
+            let cell = unsafe { AtomicU64::from_ptr(ptr.cast::<u64>()) };
+            // Values travel big-endian on the wire but are stored in host
+            // order in memory, as rxe stores them.
+            *old = match op {
+                AtomicOp::CompareSwap { compare, swap } => {
+                    match cell.compare_exchange(compare, swap, Ordering::SeqCst, Ordering::SeqCst) {
+                        Ok(v) | Err(v) => v,
+                    }
+                }
+                AtomicOp::FetchAdd { add } => cell.fetch_add(add, Ordering::SeqCst),
+            };
+        };
+        match &self.memory {
+            MrMemory::Umem(u) => {
+                u.with_range(va as usize, 8, Access::Write, |p, l| run(p, l, &mut old))?
+            }
+            MrMemory::Implicit(i) => {
+                i.with_pieces(va as usize, 8, Access::Write, |p, l, _| run(p, l, &mut old))?
+            }
+        }
+        Ok(old)
+    }
+
+    fn advise(&self, va: u64, len: u64, advice: Advice) -> Result<(), OdpError> {
+        match &self.memory {
+            MrMemory::Umem(u) => u.advise(va as usize, len as usize, advice),
+            MrMemory::Implicit(i) => i.advise(va as usize, len as usize, advice),
+        }
+    }
+
+    /// ODP counters of the region.
+    fn counters(&self) -> odp::OdpCounters {
+        match &self.memory {
+            MrMemory::Umem(u) => u.counters(),
+            MrMemory::Implicit(i) => i.counters(),
+        }
+    }
+}
+
+/// A protection domain: memory regions and queue pairs of one domain only
+/// work together.
+#[derive(Clone)]
+pub struct ProtectionDomain {
+    pub(crate) dev: Arc<Device>,
+    pub(crate) id: u32,
+}
+
+impl std::fmt::Debug for ProtectionDomain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProtectionDomain")
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl ProtectionDomain {
+    /// Registers `[addr, addr + len)` with `access` (`ibv_reg_mr`).
+    ///
+    /// With [`AccessFlags::ON_DEMAND`] nothing is touched now: pages are
+    /// faulted in when the device first reaches them, and `addr = 0`,
+    /// `len = usize::MAX` registers the whole address space (implicit ODP).
+    /// Without it the region is pinned: every page is made present
+    /// (writable if any write right is given) and locked now, which fails
+    /// on unmapped memory or beyond `RLIMIT_MEMLOCK`.
+    ///
+    /// # Safety
+    /// Peers holding the rkey, and local work requests, can read and (with
+    /// write rights) change this memory at any time until the region is
+    /// dropped: it must not back Rust objects that other code relies on.
+    ///
+    /// # Errors
+    /// [`VerbsError::InvalidArgument`] for an empty range, or implicit
+    /// registration without `ON_DEMAND`; [`VerbsError::Odp`] if pinning
+    /// fails.
+    pub unsafe fn reg_mr(
+        &self,
+        addr: usize,
+        len: usize,
+        access: AccessFlags,
+    ) -> Result<MemoryRegion, VerbsError> {
+        if len == 0 {
+            return Err(VerbsError::InvalidArgument("zero-length memory region"));
+        }
+        let aspace = AddressSpace::process();
+        let writable = access.contains(AccessFlags::LOCAL_WRITE)
+            || access.contains(AccessFlags::REMOTE_WRITE)
+            || access.contains(AccessFlags::REMOTE_ATOMIC);
+        let options = UmemOptions {
+            writable,
+            pin: !access.contains(AccessFlags::ON_DEMAND),
+            record_frames: false,
+        };
+        let memory = if addr == 0 && len == usize::MAX {
+            if !access.contains(AccessFlags::ON_DEMAND) {
+                return Err(VerbsError::InvalidArgument(
+                    "implicit registration needs ON_DEMAND",
+                ));
+            }
+            MrMemory::Implicit(ImplicitUmem::new(&aspace, options))
+        } else {
+            let umem = Umem::new(&aspace, addr, len, options)?;
+            if options.pin {
+                let advice = if writable {
+                    Advice::PrefetchWrite
+                } else {
+                    Advice::Prefetch
+                };
+                umem.advise(addr, len, advice)?;
+            }
+            MrMemory::Umem(umem)
+        };
+        let key = self.dev.new_key();
+        let inner = Arc::new(MrInner {
+            key,
+            pd: self.id,
+            addr: addr as u64,
+            len: len as u64,
+            access,
+            memory,
+        });
+        self.dev.register_mr(Arc::clone(&inner));
+        Ok(MemoryRegion {
+            inner,
+            dev: Arc::clone(&self.dev),
+        })
+    }
+
+    /// Prefetches the memory named by `sges` (`ibv_advise_mr`): `Prefetch`
+    /// and `PrefetchWrite` fault pages in, `PrefetchNoFault` records the
+    /// pages the CPU already maps.
+    ///
+    /// # Errors
+    /// [`VerbsError::InvalidArgument`] for an unknown lkey or a range
+    /// outside its region; [`VerbsError::Odp`] if faulting fails.
+    pub fn advise_mr(&self, advice: Advice, sges: &[Sge]) -> Result<(), VerbsError> {
+        for sge in sges {
+            let mr = self
+                .dev
+                .lookup_mr(sge.lkey)
+                .filter(|mr| {
+                    mr.check(self.id, sge.addr, u64::from(sge.length), AccessFlags(0))
+                        .is_ok()
+                })
+                .ok_or(VerbsError::InvalidArgument("SGE outside its memory region"))?;
+            if sge.length > 0 {
+                mr.advise(sge.addr, u64::from(sge.length), advice)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts building a reliable-connected queue pair on this domain.
+    pub fn create_qp<'a>(
+        &'a self,
+        send_cq: &'a CompletionQueue,
+        recv_cq: &'a CompletionQueue,
+    ) -> QueuePairBuilder<'a> {
+        QueuePairBuilder::new(self, send_cq, recv_cq)
+    }
+}
+
+/// A registered memory region; dropping it deregisters it (`ibv_dereg_mr`).
+pub struct MemoryRegion {
+    inner: Arc<MrInner>,
+    dev: Arc<Device>,
+}
+
+impl std::fmt::Debug for MemoryRegion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryRegion")
+            .field("key", &format_args!("{:#x}", self.inner.key))
+            .field("addr", &format_args!("{:#x}", self.inner.addr))
+            .field("len", &self.inner.len)
+            .finish()
+    }
+}
+
+impl MemoryRegion {
+    /// Local key, for SGEs.
+    pub fn lkey(&self) -> u32 {
+        self.inner.key
+    }
+
+    /// Remote key, for peers.
+    pub fn rkey(&self) -> u32 {
+        self.inner.key
+    }
+
+    /// Start address.
+    pub fn addr(&self) -> u64 {
+        self.inner.addr
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.inner.len
+    }
+
+    /// Always false: registration rejects empty regions.
+    pub fn is_empty(&self) -> bool {
+        self.inner.len == 0
+    }
+
+    /// The access rights.
+    pub fn access(&self) -> AccessFlags {
+        self.inner.access
+    }
+
+    /// ODP counters (faults, invalidations, ...) of the region.
+    pub fn odp_counters(&self) -> odp::OdpCounters {
+        self.inner.counters()
+    }
+
+    /// An SGE covering `len` bytes at `offset` of the region.
+    pub fn sge(&self, offset: u64, len: u32) -> Sge {
+        Sge {
+            addr: self.inner.addr + offset,
+            length: len,
+            lkey: self.inner.key,
+        }
+    }
+}
+
+impl Drop for MemoryRegion {
+    fn drop(&mut self) {
+        // No new lookups, then wait for the ones in flight (a packet being
+        // processed holds a reference): after this, the device never
+        // touches the memory again.
+        self.dev.deregister_mr(self.inner.key);
+        while Arc::strong_count(&self.inner) > 1 {
+            std::thread::yield_now();
+        }
+    }
+}

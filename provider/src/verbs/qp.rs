@@ -1,0 +1,299 @@
+//! Reliable-connected queue pairs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::{CompletionQueue, Gid, Mtu, ProtectionDomain, RecvWr, SendWr, VerbsError};
+use crate::device::Device;
+use crate::rc::{Outbox, Peer, QpCore};
+use crate::wire::ROCE_V2_PORT;
+
+/// Queue pair states (verbs' `ibv_qp_state`, the ones RC uses here).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QpState {
+    /// Just created.
+    Reset,
+    /// Receive requests may be posted.
+    Init,
+    /// Ready to receive: incoming requests are served.
+    Rtr,
+    /// Ready to send.
+    Rts,
+    /// Failed: requests complete with flush errors.
+    Error,
+}
+
+/// Queue sizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QpCaps {
+    /// Send work requests outstanding.
+    pub max_send_wr: u32,
+    /// Receive work requests outstanding.
+    pub max_recv_wr: u32,
+}
+
+impl Default for QpCaps {
+    fn default() -> Self {
+        QpCaps {
+            max_send_wr: 1024,
+            max_recv_wr: 1024,
+        }
+    }
+}
+
+/// What one end tells the other to connect (what perftest and
+/// `ibv_rc_pingpong` exchange).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RemoteInfo {
+    /// Queue pair number.
+    pub qp_num: u32,
+    /// First PSN it sends.
+    pub psn: u32,
+    /// Its GID (address).
+    pub gid: Gid,
+    /// Its UDP port (4791 for every real RoCE device).
+    pub port: u16,
+    /// Path MTU to use.
+    pub mtu: Mtu,
+}
+
+/// Builds a queue pair (verbs' `ibv_qp_init_attr` plus the connection
+/// attributes set later).
+pub struct QueuePairBuilder<'a> {
+    pd: &'a ProtectionDomain,
+    send_cq: &'a CompletionQueue,
+    recv_cq: &'a CompletionQueue,
+    caps: QpCaps,
+    timeout: u8,
+    retry_cnt: u8,
+    rnr_retry: u8,
+    min_rnr_timer: u8,
+    max_rd_atomic: u8,
+}
+
+impl<'a> QueuePairBuilder<'a> {
+    pub(crate) fn new(
+        pd: &'a ProtectionDomain,
+        send_cq: &'a CompletionQueue,
+        recv_cq: &'a CompletionQueue,
+    ) -> Self {
+        QueuePairBuilder {
+            pd,
+            send_cq,
+            recv_cq,
+            caps: QpCaps::default(),
+            timeout: 14,
+            retry_cnt: 7,
+            rnr_retry: 7,
+            min_rnr_timer: 12,
+            max_rd_atomic: 16,
+        }
+    }
+
+    /// Queue sizes.
+    pub fn caps(mut self, caps: QpCaps) -> Self {
+        self.caps = caps;
+        self
+    }
+
+    /// Retransmit timeout exponent: 4.096 µs × 2^t (default 14, 67 ms; 0
+    /// waits forever).
+    pub fn timeout(mut self, t: u8) -> Self {
+        self.timeout = t.min(31);
+        self
+    }
+
+    /// Retries after timeouts (default and 7: unlimited, as rxe counts).
+    pub fn retry_cnt(mut self, n: u8) -> Self {
+        self.retry_cnt = n.min(7);
+        self
+    }
+
+    /// Retries after RNR NAKs (default and 7: unlimited).
+    pub fn rnr_retry(mut self, n: u8) -> Self {
+        self.rnr_retry = n.min(7);
+        self
+    }
+
+    /// RNR timer code this queue pair asks peers to wait (default 12,
+    /// 0.64 ms).
+    pub fn min_rnr_timer(mut self, code: u8) -> Self {
+        self.min_rnr_timer = code & 0x1f;
+        self
+    }
+
+    /// READs and atomics this queue pair keeps outstanding (default 16).
+    pub fn max_rd_atomic(mut self, n: u8) -> Self {
+        self.max_rd_atomic = n.max(1);
+        self
+    }
+
+    /// Creates the queue pair, in the RESET state.
+    ///
+    /// # Errors
+    /// [`VerbsError::InvalidArgument`] for empty queues.
+    pub fn build(self) -> Result<QueuePair, VerbsError> {
+        if self.caps.max_send_wr == 0 || self.caps.max_recv_wr == 0 {
+            return Err(VerbsError::InvalidArgument("queue size 0"));
+        }
+        let dev = Arc::clone(&self.pd.dev);
+        let core = Arc::new(QpCore::new(
+            dev.new_qpn(),
+            self.pd.id,
+            Arc::clone(&self.send_cq.inner),
+            Arc::clone(&self.recv_cq.inner),
+            self.caps.max_send_wr as usize,
+            self.caps.max_recv_wr as usize,
+        ));
+        dev.add_qp(Arc::clone(&core));
+        Ok(QueuePair {
+            core,
+            dev,
+            psn: initial_psn(),
+            timeout: self.timeout,
+            retry_cnt: self.retry_cnt,
+            rnr_retry: self.rnr_retry,
+            min_rnr_timer: self.min_rnr_timer,
+            max_rd_atomic: self.max_rd_atomic,
+            _pd: self.pd.clone(),
+            _send_cq: self.send_cq.clone(),
+            _recv_cq: self.recv_cq.clone(),
+        })
+    }
+}
+
+/// A random initial PSN (perftest draws one with `lrand48`).
+fn initial_psn() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    nanos.wrapping_mul(0x9e37_79b9) & 0xff_ffff
+}
+
+/// A reliable-connected queue pair; dropping it destroys it.
+pub struct QueuePair {
+    core: Arc<QpCore>,
+    dev: Arc<Device>,
+    psn: u32,
+    timeout: u8,
+    retry_cnt: u8,
+    rnr_retry: u8,
+    min_rnr_timer: u8,
+    max_rd_atomic: u8,
+    _pd: ProtectionDomain,
+    _send_cq: CompletionQueue,
+    _recv_cq: CompletionQueue,
+}
+
+impl std::fmt::Debug for QueuePair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueuePair")
+            .field("qp_num", &self.core.qpn)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl QueuePair {
+    /// The queue pair number.
+    pub fn qp_num(&self) -> u32 {
+        self.core.qpn
+    }
+
+    /// The current state.
+    pub fn state(&self) -> QpState {
+        self.core.state()
+    }
+
+    /// What the peer needs to connect to this queue pair, at path MTU
+    /// `mtu`.
+    pub fn endpoint(&self, mtu: Mtu) -> RemoteInfo {
+        let addr = self.dev.local_addr();
+        RemoteInfo {
+            qp_num: self.core.qpn,
+            psn: self.psn,
+            gid: Gid::from_ip(addr.ip()),
+            port: addr.port(),
+            mtu,
+        }
+    }
+
+    /// RESET -> INIT.
+    ///
+    /// # Errors
+    /// [`VerbsError::BadState`] from any other state.
+    pub fn to_init(&self) -> Result<(), VerbsError> {
+        self.core.to_init()
+    }
+
+    /// INIT -> RTR, toward `remote`.
+    ///
+    /// # Errors
+    /// [`VerbsError::BadState`] from any state but INIT.
+    pub fn to_rtr(&self, remote: &RemoteInfo) -> Result<(), VerbsError> {
+        let port = if remote.port == 0 {
+            ROCE_V2_PORT
+        } else {
+            remote.port
+        };
+        let peer = Peer {
+            addr: SocketAddr::new(remote.gid.ip(), port),
+            qpn: remote.qp_num & 0xff_ffff,
+            mtu: remote.mtu.bytes(),
+        };
+        self.core.to_rtr(peer, remote.psn, self.min_rnr_timer)
+    }
+
+    /// RTR -> RTS.
+    ///
+    /// # Errors
+    /// [`VerbsError::BadState`] from any state but RTR.
+    pub fn to_rts(&self) -> Result<(), VerbsError> {
+        self.core.to_rts(
+            self.psn,
+            self.timeout,
+            self.retry_cnt,
+            self.rnr_retry,
+            self.max_rd_atomic,
+        )
+    }
+
+    /// RESET -> INIT -> RTR -> RTS toward `remote`.
+    ///
+    /// # Errors
+    /// As the three transitions.
+    pub fn connect(&self, remote: &RemoteInfo) -> Result<(), VerbsError> {
+        self.to_init()?;
+        self.to_rtr(remote)?;
+        self.to_rts()
+    }
+
+    /// Posts send work requests (`ibv_post_send`). Packets go out at once,
+    /// as far as the window allows; the device's thread sends the rest as
+    /// acknowledgements come in.
+    ///
+    /// # Errors
+    /// [`VerbsError::BadState`] before RTS; [`VerbsError::QueueFull`];
+    /// [`VerbsError::InvalidArgument`] for an atomic whose SGEs do not add
+    /// up to 8 bytes.
+    pub fn post_send(&self, wrs: &[SendWr<'_>]) -> Result<(), VerbsError> {
+        let mut out = Outbox::default();
+        let result = self.core.post_send(self.dev.regions(), wrs, &mut out);
+        self.dev.send(&mut out);
+        result
+    }
+
+    /// Posts receive work requests (`ibv_post_recv`).
+    ///
+    /// # Errors
+    /// [`VerbsError::BadState`] in RESET; [`VerbsError::QueueFull`].
+    pub fn post_recv(&self, wrs: &[RecvWr<'_>]) -> Result<(), VerbsError> {
+        self.core.post_recv(wrs)
+    }
+}
+
+impl Drop for QueuePair {
+    fn drop(&mut self) {
+        self.dev.remove_qp(self.core.qpn);
+    }
+}
