@@ -50,10 +50,21 @@ impl End {
         }
     }
 
-    fn bytes(&self) -> &mut [u8] {
-        // SAFETY: the test's own mapping; the device touches it only while
-        // the test waits for completions.
-        unsafe { std::slice::from_raw_parts_mut(self.buf.ptr(), self.buf.len()) }
+    /// Copies `len` bytes at `offset` of the buffer.
+    fn get(&self, offset: usize, len: usize) -> Vec<u8> {
+        assert!(offset + len <= self.buf.len());
+        // SAFETY: within the test's own mapping; the device touches it
+        // only while the test waits for completions.
+        unsafe { std::slice::from_raw_parts(self.buf.ptr().add(offset), len) }.to_vec()
+    }
+
+    /// Writes `data` at `offset` of the buffer.
+    fn put(&self, offset: usize, data: &[u8]) {
+        assert!(offset + data.len() <= self.buf.len());
+        // SAFETY: as in `get`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.buf.ptr().add(offset), data.len())
+        }
     }
 
     fn wait(&self) -> WorkCompletion {
@@ -113,7 +124,7 @@ fn rdma_write_read_and_send_move_exact_bytes_across_mtus_and_sizes() {
             let seed = round as u8;
             let offset = 13 * round;
             // WRITE a -> b.
-            a.bytes()[offset..offset + size].copy_from_slice(&pattern(size, seed));
+            a.put(offset, &pattern(size, seed));
             let remote = b.mr.addr() + (len / 2) as u64;
             send(
                 &a.qp,
@@ -131,7 +142,7 @@ fn rdma_write_read_and_send_move_exact_bytes_across_mtus_and_sizes() {
                 "{mtu:?} write {size}"
             );
             assert_eq!(
-                &b.bytes()[len / 2..len / 2 + size],
+                &b.get(len / 2, (len / 2 + size) - (len / 2))[..],
                 &pattern(size, seed)[..],
                 "{mtu:?} write {size}"
             );
@@ -151,7 +162,7 @@ fn rdma_write_read_and_send_move_exact_bytes_across_mtus_and_sizes() {
                 (WcStatus::Success, WcOpcode::RdmaRead, size as u32)
             );
             assert_eq!(
-                &a.bytes()[len / 4 + 3..len / 4 + 3 + size],
+                &a.get(len / 4 + 3, (len / 4 + 3 + size) - (len / 4 + 3))[..],
                 &pattern(size, seed)[..],
                 "{mtu:?} read {size}"
             );
@@ -161,7 +172,7 @@ fn rdma_write_read_and_send_move_exact_bytes_across_mtus_and_sizes() {
                 sg_list: &[a.mr.sge((3 * len / 4) as u64, size as u32)],
             }])
             .unwrap();
-            b.bytes()[..size].copy_from_slice(&pattern(size, seed ^ 0x5a));
+            b.put(0, &pattern(size, seed ^ 0x5a));
             send(
                 &b.qp,
                 3,
@@ -178,7 +189,7 @@ fn rdma_write_read_and_send_move_exact_bytes_across_mtus_and_sizes() {
             );
             assert_eq!(wc.imm_data, Some(0xfeed_0000 + round as u32));
             assert_eq!(
-                &a.bytes()[3 * len / 4..3 * len / 4 + size],
+                &a.get(3 * len / 4, (3 * len / 4 + size) - (3 * len / 4))[..],
                 &pattern(size, seed ^ 0x5a)[..],
                 "{mtu:?} send {size}"
             );
@@ -210,7 +221,7 @@ fn atomics_run_once_and_return_the_old_value() {
             (WcStatus::Success, WcOpcode::FetchAdd)
         );
         let old = u64::from_ne_bytes(
-            a.bytes()[8 * i as usize..8 * i as usize + 8]
+            a.get(8 * i as usize, (8 * i as usize + 8) - (8 * i as usize))
                 .try_into()
                 .unwrap(),
         );
@@ -229,11 +240,11 @@ fn atomics_run_once_and_return_the_old_value() {
     );
     assert_eq!(a.wait().status, WcStatus::Success);
     assert_eq!(
-        u64::from_ne_bytes(a.bytes()[200..208].try_into().unwrap()),
+        u64::from_ne_bytes(a.get(200, (208) - (200)).try_into().unwrap()),
         50
     );
     assert_eq!(
-        u64::from_ne_bytes(b.bytes()[64..72].try_into().unwrap()),
+        u64::from_ne_bytes(b.get(64, (72) - (64)).try_into().unwrap()),
         777
     );
     // A failing compare leaves memory alone and still returns the value.
@@ -250,11 +261,11 @@ fn atomics_run_once_and_return_the_old_value() {
     );
     assert_eq!(a.wait().status, WcStatus::Success);
     assert_eq!(
-        u64::from_ne_bytes(a.bytes()[208..216].try_into().unwrap()),
+        u64::from_ne_bytes(a.get(208, (216) - (208)).try_into().unwrap()),
         777
     );
     assert_eq!(
-        u64::from_ne_bytes(b.bytes()[64..72].try_into().unwrap()),
+        u64::from_ne_bytes(b.get(64, (72) - (64)).try_into().unwrap()),
         777
     );
 }
@@ -269,7 +280,7 @@ fn write_with_immediate_completes_a_receive_at_the_target() {
         sg_list: &[],
     }])
     .unwrap();
-    a.bytes()[..3000].copy_from_slice(&pattern(3000, 9));
+    a.put(0, &pattern(3000, 9));
     send(
         &a.qp,
         1,
@@ -286,7 +297,7 @@ fn write_with_immediate_completes_a_receive_at_the_target() {
         (wc.wr_id, wc.opcode, wc.byte_len, wc.imm_data),
         (99, WcOpcode::RecvRdmaWithImm, 3000, Some(42))
     );
-    assert_eq!(&b.bytes()[100..3100], &pattern(3000, 9)[..]);
+    assert_eq!(&b.get(100, (3100) - (100))[..], &pattern(3000, 9)[..]);
 }
 
 #[test]
@@ -319,7 +330,7 @@ fn bad_rkeys_and_ranges_give_remote_access_errors_and_flush() {
     assert_eq!((wc.wr_id, wc.status), (2, WcStatus::WrFlushError));
     assert_eq!(a.qp.state(), provider::QpState::Error);
     // The target never wrote past its region.
-    assert!(b.bytes()[..].iter().all(|&x| x == 0));
+    assert!(b.get(0, 8192).iter().all(|&x| x == 0));
 }
 
 #[test]
@@ -327,7 +338,7 @@ fn send_without_a_receive_is_retried_after_rnr() {
     let a = End::new(4096, false);
     let b = End::new(4096, false);
     connect(&a, &b, Mtu::Mtu1024);
-    a.bytes()[..100].copy_from_slice(&pattern(100, 1));
+    a.put(0, &pattern(100, 1));
     send(&a.qp, 5, SendOp::Send, a.mr.sge(0, 100));
     std::thread::sleep(Duration::from_millis(30));
     b.qp.post_recv(&[RecvWr {
@@ -338,5 +349,5 @@ fn send_without_a_receive_is_retried_after_rnr() {
     let wc = b.wait();
     assert_eq!((wc.wr_id, wc.byte_len), (6, 100));
     assert_eq!(a.wait().status, WcStatus::Success);
-    assert_eq!(&b.bytes()[..100], &pattern(100, 1)[..]);
+    assert_eq!(b.get(0, 100), pattern(100, 1));
 }
