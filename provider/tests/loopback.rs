@@ -351,3 +351,125 @@ fn send_without_a_receive_is_retried_after_rnr() {
     assert_eq!(a.wait().status, WcStatus::Success);
     assert_eq!(b.get(0, 100), pattern(100, 1));
 }
+
+#[test]
+fn sixteen_mebibyte_messages_and_ipv6() {
+    let len = 16 << 20;
+    let make = |ip: IpAddr| {
+        let ctx = Context::open_with_port(ip, 0).expect("device");
+        let pd = ctx.alloc_pd().unwrap();
+        let cq = ctx.create_cq(64).unwrap();
+        let qp = pd.create_qp(&cq, &cq).build().unwrap();
+        let buf = AddressSpace::process().map_anonymous(len, 0).unwrap();
+        let access = AccessFlags::LOCAL_WRITE
+            | AccessFlags::REMOTE_WRITE
+            | AccessFlags::REMOTE_READ
+            | AccessFlags::ON_DEMAND;
+        // SAFETY: the mapping outlives the region and backs no Rust objects.
+        let mr = unsafe { pd.reg_mr(buf.addr(), len, access) }.unwrap();
+        End {
+            ctx,
+            _pd: pd,
+            cq,
+            qp,
+            mr,
+            buf,
+        }
+    };
+    for ip in [LOCALHOST, IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)] {
+        let a = make(ip);
+        let b = make(ip);
+        connect(&a, &b, Mtu::Mtu4096);
+        let data = pattern(len, 77);
+        a.put(0, &data);
+        send(
+            &a.qp,
+            1,
+            SendOp::Write {
+                remote_addr: b.mr.addr(),
+                rkey: b.mr.rkey(),
+            },
+            a.mr.sge(0, len as u32),
+        );
+        assert_eq!(a.wait().status, WcStatus::Success, "{ip}");
+        assert!(b.get(0, len) == data, "{ip}: 16 MiB write");
+        // Read it back into a's second half? Reuse the first half of a.
+        a.put(0, &vec![0; len]);
+        send(
+            &a.qp,
+            2,
+            SendOp::Read {
+                remote_addr: b.mr.addr(),
+                rkey: b.mr.rkey(),
+            },
+            a.mr.sge(0, len as u32),
+        );
+        assert_eq!(a.wait().status, WcStatus::Success, "{ip}");
+        assert!(a.get(0, len) == data, "{ip}: 16 MiB read");
+        let (sa, sb) = (a.ctx.stats(), b.ctx.stats());
+        assert_eq!(
+            sa.rx_bad_icrc + sb.rx_bad_icrc + sa.rx_icrc_unverified + sb.rx_icrc_unverified,
+            0
+        );
+        assert!(sb.rx_packets >= (len / 4096) as u64);
+    }
+}
+
+#[test]
+fn unmapping_a_target_mid_stream_gives_a_remote_access_error() {
+    let a = End::new(1 << 20, false);
+    let b = End::new(1 << 20, true);
+    connect(&a, &b, Mtu::Mtu1024);
+    // Fault the first page in with a first write, then unmap half of b.
+    send(
+        &a.qp,
+        1,
+        SendOp::Write {
+            remote_addr: b.mr.addr(),
+            rkey: b.mr.rkey(),
+        },
+        a.mr.sge(0, 4096),
+    );
+    assert_eq!(a.wait().status, WcStatus::Success);
+    let half = (b.buf.addr() + (1 << 19)) as *mut libc::c_void;
+    // SAFETY: the second half of b's own mapping, not used afterwards.
+    unsafe { AddressSpace::process().munmap(half, 1 << 19) }.unwrap();
+    send(
+        &a.qp,
+        2,
+        SendOp::Write {
+            remote_addr: b.mr.addr() + (1 << 19) - 2048,
+            rkey: b.mr.rkey(),
+        },
+        a.mr.sge(0, 8192),
+    );
+    send(&a.qp, 3, SendOp::Send, a.mr.sge(0, 8));
+    let wc = a.wait();
+    assert_eq!((wc.wr_id, wc.status), (2, WcStatus::RemoteAccessError));
+    assert_eq!(
+        (a.wait().wr_id, a.qp.state()),
+        (3, provider::QpState::Error)
+    );
+    assert_eq!(b.qp.state(), provider::QpState::Error);
+    // The mapped part before the hole was written in order until the
+    // packet that hit the hole.
+    let b_counters = b.mr.odp_counters();
+    assert!(b_counters.invalidations >= 1);
+    // Take the hole back before the mapping is dropped; if another test's
+    // mapping landed in it, leave the whole range alone instead.
+    // SAFETY: maps only where nothing is mapped (MAP_FIXED_NOREPLACE).
+    let p = unsafe {
+        libc::mmap(
+            half,
+            1 << 19,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    if p != half {
+        let End { buf, .. } = b;
+        let _ = buf.into_raw();
+    }
+}

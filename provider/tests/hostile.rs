@@ -1,0 +1,313 @@
+//! Malformed and hostile packets from a plain UDP socket: each is dropped
+//! and counted or NAKed, nothing panics, and the device keeps working.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use odp::AddressSpace;
+use provider::wire::{
+    AethRepr, BthRepr, ICRC_LEN, IpHeader, NakCode, Opcode, PacketRepr, RethRepr, Syndrome, icrc,
+};
+use provider::{AccessFlags, Context, Gid, Mtu, QpState, RemoteInfo};
+
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// Appends the ICRC a Linux IPv4 sender (ID 0, DF) would produce.
+fn seal(src: SocketAddr, dst: SocketAddr, mut roce: Vec<u8>) -> Vec<u8> {
+    let udp_len = (8 + roce.len() + ICRC_LEN) as u16;
+    let mut udp = [0u8; 8];
+    udp[0..2].copy_from_slice(&src.port().to_be_bytes());
+    udp[2..4].copy_from_slice(&dst.port().to_be_bytes());
+    udp[4..6].copy_from_slice(&udp_len.to_be_bytes());
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&(20 + udp_len).to_be_bytes());
+    ip[6] = 0x40;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&[127, 0, 0, 1]);
+    ip[16..20].copy_from_slice(&[127, 0, 0, 1]);
+    let crc = icrc(IpHeader::V4(&ip), &udp, &roce).unwrap();
+    roce.extend_from_slice(&crc.to_le_bytes());
+    roce
+}
+
+fn bth(opcode: Opcode, dest_qp: u32, psn: u32, payload: usize) -> BthRepr {
+    BthRepr {
+        opcode,
+        solicited: false,
+        mig_req: false,
+        pad: PacketRepr::pad_for(payload),
+        tver: 0,
+        pkey: 0xffff,
+        fecn: false,
+        becn: false,
+        resv6a: 0,
+        dest_qp,
+        ack_req: true,
+        resv7: 0,
+        psn,
+    }
+}
+
+/// Headers, payload and pad (the ICRC is added by `seal`).
+fn packet(h: PacketRepr<'_>) -> Vec<u8> {
+    let mut buf = vec![0u8; h.len()];
+    let n = h.emit(&mut buf).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+fn headers(bth: BthRepr, payload: &[u8]) -> PacketRepr<'_> {
+    PacketRepr {
+        bth,
+        reth: None,
+        atomic_eth: None,
+        aeth: None,
+        atomic_ack_eth: None,
+        immdt: None,
+        ieth: None,
+        payload,
+        pad_bytes: [0; 3],
+    }
+}
+
+/// The responses the device sends back to the attacker socket.
+fn responses(sock: &UdpSocket) -> Vec<AethRepr> {
+    let mut buf = [0u8; 2048];
+    let mut out = Vec::new();
+    while let Ok((n, _)) = sock.recv_from(&mut buf) {
+        if let Ok(p) = PacketRepr::parse(&buf[..n])
+            && let Some(a) = p.aeth
+        {
+            out.push(a);
+        }
+    }
+    out
+}
+
+struct Target {
+    ctx: Context,
+    qp: provider::QueuePair,
+    mr: provider::MemoryRegion,
+    _buf: odp::Mapping,
+    _cq: provider::CompletionQueue,
+    _pd: provider::ProtectionDomain,
+}
+
+/// A device with one QP connected to `attacker` (QPN 0x77, first PSN 100)
+/// and a 64 KiB writable ODP region.
+fn target(attacker: SocketAddr) -> Target {
+    let ctx = Context::open_with_port(LOCALHOST, 0).unwrap();
+    let pd = ctx.alloc_pd().unwrap();
+    let cq = ctx.create_cq(64).unwrap();
+    let qp = pd.create_qp(&cq, &cq).build().unwrap();
+    qp.connect(&RemoteInfo {
+        qp_num: 0x77,
+        psn: 100,
+        gid: Gid::from_ip(attacker.ip()),
+        port: attacker.port(),
+        mtu: Mtu::Mtu1024,
+    })
+    .unwrap();
+    let buf = AddressSpace::process().map_anonymous(1 << 16, 0).unwrap();
+    let access = AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE | AccessFlags::ON_DEMAND;
+    // SAFETY: the mapping outlives the region and backs no Rust objects.
+    let mr = unsafe { pd.reg_mr(buf.addr(), 1 << 16, access) }.unwrap();
+    Target {
+        ctx,
+        qp,
+        mr,
+        _buf: buf,
+        _cq: cq,
+        _pd: pd,
+    }
+}
+
+fn attacker() -> UdpSocket {
+    let sock = UdpSocket::bind((LOCALHOST, 0)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    sock
+}
+
+#[test]
+fn garbage_is_dropped_and_counted() {
+    let sock = attacker();
+    let me = sock.local_addr().unwrap();
+    let t = target(me);
+    let dev = t.ctx.local_addr();
+    let qpn = t.qp.qp_num();
+    // Too short for a BTH and an ICRC.
+    sock.send_to(&[1, 2, 3, 4, 5], dev).unwrap();
+    // A good packet with one bit flipped after sealing.
+    let mut bad = seal(
+        me,
+        dev,
+        packet(headers(
+            bth(Opcode::RC_SEND_ONLY, qpn, 100, 4),
+            &[1, 2, 3, 4],
+        )),
+    );
+    bad[13] ^= 1;
+    sock.send_to(&bad, dev).unwrap();
+    // Reserved opcode, version 1, ACK with a payload.
+    let mut unknown = packet(headers(bth(Opcode::RC_SEND_ONLY, qpn, 100, 0), &[]));
+    unknown[0] = 0x15;
+    sock.send_to(&seal(me, dev, unknown), dev).unwrap();
+    let mut version = packet(headers(bth(Opcode::RC_SEND_ONLY, qpn, 100, 0), &[]));
+    version[1] |= 1;
+    sock.send_to(&seal(me, dev, version), dev).unwrap();
+    // A queue pair that does not exist.
+    let nobody = packet(headers(bth(Opcode::RC_SEND_ONLY, 0xabcd, 100, 0), &[]));
+    sock.send_to(&seal(me, dev, nobody), dev).unwrap();
+    // Random datagrams, sealed so they reach the parser.
+    let mut seed = 0xdead_beefu32;
+    for _ in 0..2000 {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        let len = 12 + (seed % 120) as usize;
+        let mut bytes: Vec<u8> = (0..len)
+            .map(|i| (seed.rotate_left(i as u32 % 32) >> 5) as u8)
+            .collect();
+        // Aim some at the real QP, with version 0, to reach the engine.
+        if seed.is_multiple_of(2) {
+            bytes[1] &= 0xf0;
+            bytes[5..8].copy_from_slice(&qpn.to_be_bytes()[1..]);
+        }
+        sock.send_to(&seal(me, dev, bytes), dev).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let s = t.ctx.stats();
+    // The truncated datagram fails the ICRC check outright; the flipped
+    // bit fails it or (IPv4, where the sender's IP ID is not known) leaves
+    // it unverified.
+    assert!(
+        s.rx_bad_icrc >= 1 && s.rx_bad_icrc + s.rx_icrc_unverified >= 2,
+        "{s:?}"
+    );
+    assert!(s.rx_malformed >= 2, "{s:?}");
+    assert!(s.rx_unknown_qp >= 1, "{s:?}");
+    let _ = responses(&sock);
+    // The device still works: a proper write at the expected PSN lands.
+    let mut h = headers(bth(Opcode::RC_RDMA_WRITE_ONLY, qpn, 100, 4), &[9, 9, 9, 9]);
+    h.reth = Some(RethRepr {
+        va: t.mr.addr() + 8,
+        rkey: t.mr.rkey(),
+        len: 4,
+    });
+    let before = t.ctx.stats().rx_packets;
+    sock.send_to(&seal(me, dev, packet(h)), dev).unwrap();
+    let acks = responses(&sock);
+    if t.qp.state() == QpState::Rts {
+        assert!(
+            acks.iter()
+                .any(|a| a.decode() == Syndrome::Ack { credits: 31 }),
+            "{acks:?}"
+        );
+    }
+    assert!(t.ctx.stats().rx_packets > before);
+}
+
+#[test]
+fn bad_keys_ranges_lengths_and_psns_are_naked() {
+    let sock = attacker();
+    let me = sock.local_addr().unwrap();
+    let send = |t: &Target, h: PacketRepr<'_>| {
+        sock.send_to(&seal(me, t.ctx.local_addr(), packet(h)), t.ctx.local_addr())
+            .unwrap();
+        responses(&sock)
+    };
+    let write = |t: &Target, psn: u32, reth: RethRepr, payload: &'static [u8]| {
+        let mut h = headers(
+            bth(
+                Opcode::RC_RDMA_WRITE_ONLY,
+                t.qp.qp_num(),
+                psn,
+                payload.len(),
+            ),
+            payload,
+        );
+        h.reth = Some(reth);
+        h
+    };
+    let nak = |code| AethRepr::new(Syndrome::Nak(code), 0).syndrome;
+    static DATA: [u8; 64] = [7; 64];
+
+    // A PSN ahead of the expected one: one PSN-sequence NAK for 100.
+    let t = target(me);
+    let ahead = write(
+        &t,
+        105,
+        RethRepr {
+            va: t.mr.addr(),
+            rkey: t.mr.rkey(),
+            len: 64,
+        },
+        &DATA,
+    );
+    let r = send(&t, ahead);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].syndrome, nak(NakCode::PsnSequenceError));
+    assert_eq!(
+        t.qp.state(),
+        QpState::Rts,
+        "a gap does not break the connection"
+    );
+    // A good write at 100 is acknowledged.
+    let good = write(
+        &t,
+        100,
+        RethRepr {
+            va: t.mr.addr(),
+            rkey: t.mr.rkey(),
+            len: 64,
+        },
+        &DATA,
+    );
+    assert_eq!(send(&t, good)[0].decode(), Syndrome::Ack { credits: 31 });
+
+    // Wrong rkey: remote access NAK, and the queue pair fails.
+    type Case = (&'static str, fn(&Target) -> RethRepr, u8);
+    let cases: [Case; 3] = [
+        (
+            "wrong rkey",
+            |t| RethRepr {
+                va: t.mr.addr(),
+                rkey: t.mr.rkey() ^ 0x100,
+                len: 64,
+            },
+            nak(NakCode::RemoteAccessError),
+        ),
+        (
+            "VA outside the region",
+            |t| RethRepr {
+                va: t.mr.addr() + (1 << 16) - 32,
+                rkey: t.mr.rkey(),
+                len: 64,
+            },
+            nak(NakCode::RemoteAccessError),
+        ),
+        (
+            "payload longer than the RETH",
+            |t| RethRepr {
+                va: t.mr.addr(),
+                rkey: t.mr.rkey(),
+                len: 16,
+            },
+            nak(NakCode::InvalidRequest),
+        ),
+    ];
+    for (what, reth, expected) in cases {
+        let t = target(me);
+        let r = send(&t, write(&t, 100, reth(&t), &DATA));
+        assert_eq!(r.len(), 1, "{what}");
+        assert_eq!(r[0].syndrome, expected, "{what}");
+        assert_eq!(t.qp.state(), QpState::Error, "{what}");
+        // Nothing was written.
+        let mut probe = [1u8; 64];
+        // SAFETY: reading the target's own mapping.
+        unsafe { std::ptr::copy_nonoverlapping(t.mr.addr() as *const u8, probe.as_mut_ptr(), 64) };
+        assert_eq!(probe, [0; 64], "{what}");
+    }
+}
