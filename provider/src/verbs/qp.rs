@@ -258,12 +258,15 @@ impl QueuePair {
         )
     }
 
-    /// RESET -> INIT -> RTR -> RTS toward `remote`.
+    /// RESET -> INIT -> RTR -> RTS toward `remote`. A queue pair already in
+    /// INIT (to post receives before the peer can send) starts from there.
     ///
     /// # Errors
-    /// As the three transitions.
+    /// As the transitions.
     pub fn connect(&self, remote: &RemoteInfo) -> Result<(), VerbsError> {
-        self.to_init()?;
+        if self.state() == QpState::Reset {
+            self.to_init()?;
+        }
         self.to_rtr(remote)?;
         self.to_rts()
     }
