@@ -8,9 +8,10 @@
 //! - Memory regions with on-demand paging use [`odp`].
 
 mod device;
+pub mod net;
 mod rc;
 pub mod verbs;
 pub mod wire;
 
-pub use device::DeviceStats;
+pub use device::{DeviceOptions, DeviceStats};
 pub use verbs::*;

@@ -3,8 +3,6 @@
 //! runs the timers, so that a passive target makes progress without the
 //! application calling into the library.
 
-mod socket;
-
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -12,11 +10,49 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use socket::{Icrc, Socket};
-
+use crate::net::{
+    GRO_SLOT_CAPACITY, IcrcVerdict, Lossy, LossySocket, LossyStats, OutPacket, RecvSlot,
+    RoceSocket, SocketConfig, Transport,
+};
 use crate::rc::{Outbox, QpCore, Regions};
 use crate::verbs::MrInner;
 use crate::wire::PacketRepr;
+
+/// Datagrams received per system call, and packets handed to the socket per
+/// send call.
+const BATCH: usize = 64;
+/// A receive slot without GRO: the largest RoCE packet (4096-byte MTU plus
+/// headers and ICRC) with room to spare, so an oversized datagram is seen
+/// as truncated rather than silently cut.
+const SLOT_BYTES: usize = 4096 + 256;
+
+/// How a device's transport is set up.
+#[derive(Clone, Debug)]
+pub struct DeviceOptions {
+    /// UDP port: 4791 for real RoCE peers, 0 for any free port.
+    pub port: u16,
+    /// Socket options (GSO, GRO, IPv6 checksums, IPv4 ICRC policy,
+    /// buffer sizes).
+    pub socket: SocketConfig,
+    /// Seeded faults injected on every packet the device sends (tests of
+    /// the transport's recovery).
+    pub faults: Option<Lossy>,
+}
+
+impl Default for DeviceOptions {
+    fn default() -> Self {
+        Self {
+            port: crate::wire::ROCE_V2_PORT,
+            socket: SocketConfig {
+                gro: true,
+                recv_buffer: Some(8 << 20),
+                send_buffer: Some(8 << 20),
+                ..SocketConfig::default()
+            },
+            faults: None,
+        }
+    }
+}
 
 /// Counters of a device.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -29,12 +65,16 @@ pub struct DeviceStats {
     pub rx_malformed: u64,
     /// Received packets with a wrong ICRC.
     pub rx_bad_icrc: u64,
-    /// IPv4 packets whose ICRC could not be checked (sender's IP ID unknown).
-    pub rx_icrc_unverified: u64,
+    /// IPv4 packets whose ICRC matched only with a non-zero IP ID solved
+    /// for (kernel rxe's packets, segments of a GSO send): a 16-bit check.
+    pub rx_icrc_solved_ip_id: u64,
     /// Packets for a queue pair that does not exist.
     pub rx_unknown_qp: u64,
-    /// Send errors from the socket.
+    /// Packets the socket refused to send (each is recovered by the
+    /// transport's retransmission).
     pub tx_errors: u64,
+    /// What fault injection did, on a device opened with faults.
+    pub faults: Option<LossyStats>,
 }
 
 #[derive(Default)]
@@ -43,14 +83,19 @@ struct Counters {
     rx_packets: AtomicU64,
     rx_malformed: AtomicU64,
     rx_bad_icrc: AtomicU64,
-    rx_icrc_unverified: AtomicU64,
+    rx_icrc_solved_ip_id: AtomicU64,
     rx_unknown_qp: AtomicU64,
     tx_errors: AtomicU64,
 }
 
 /// What the progress thread and the API share.
 struct Shared {
-    socket: Socket,
+    transport: Box<dyn Transport>,
+    local: SocketAddr,
+    gro: bool,
+    /// Outboxes for the application's threads to reuse, keeping their
+    /// arenas' capacity.
+    outboxes: Mutex<Vec<Outbox>>,
     mrs: RwLock<HashMap<u32, Arc<MrInner>>>,
     qps: RwLock<HashMap<u32, Arc<QpCore>>>,
     stop: AtomicBool,
@@ -68,13 +113,59 @@ impl Regions for Shared {
 }
 
 impl Shared {
+    /// Sends and empties `out`, up to [`BATCH`] packets per socket call.
     fn send(&self, out: &mut Outbox) {
-        for (dst, mut bytes) in out.packets.drain(..) {
-            match self.socket.send(dst, &mut bytes) {
-                Ok(()) => self.counters.tx_packets.fetch_add(1, Relaxed),
-                Err(_) => self.counters.tx_errors.fetch_add(1, Relaxed),
-            };
+        if out.is_empty() {
+            return;
         }
+        let mut packets = out.packets_mut();
+        let mut batch: [OutPacket<'_>; BATCH] =
+            std::array::from_fn(|_| OutPacket::new(self.local, &mut []));
+        loop {
+            let mut n = 0;
+            for (dest, bytes) in packets.by_ref().take(BATCH) {
+                batch[n] = OutPacket::new(dest, bytes);
+                n += 1;
+            }
+            if n == 0 {
+                break;
+            }
+            let mut at = 0;
+            while at < n {
+                // A short count means the next packet failed; sending from
+                // it again returns its error, and it is skipped (a lost
+                // packet, which retransmission recovers).
+                match self.transport.send_batch(&mut batch[at..n]) {
+                    Ok(sent) if sent > 0 => {
+                        self.counters.tx_packets.fetch_add(sent as u64, Relaxed);
+                        at += sent;
+                    }
+                    Ok(_) | Err(_) => {
+                        self.counters.tx_errors.fetch_add(1, Relaxed);
+                        at += 1;
+                    }
+                }
+            }
+        }
+        drop(packets);
+        out.clear();
+    }
+
+    /// Runs `f` with a pooled outbox, then sends what it queued.
+    fn with_outbox<T>(&self, f: impl FnOnce(&mut Outbox) -> T) -> T {
+        let pooled = self
+            .outboxes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let mut out = pooled.unwrap_or_default();
+        let result = f(&mut out);
+        self.send(&mut out);
+        self.outboxes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(out);
+        result
     }
 
     fn qp(&self, qpn: u32) -> Option<Arc<QpCore>> {
@@ -85,9 +176,16 @@ impl Shared {
             .cloned()
     }
 
-    /// The progress loop: receive, dispatch, run timers.
+    /// The progress loop: run timers, receive a batch, dispatch every
+    /// packet in it, then send what they produced (so acknowledgements for
+    /// one batch coalesce).
     fn run(&self) {
-        let mut buf = vec![0u8; 1 << 16];
+        let slot_bytes = if self.gro {
+            GRO_SLOT_CAPACITY
+        } else {
+            SLOT_BYTES
+        };
+        let mut slots: Vec<RecvSlot> = (0..BATCH).map(|_| RecvSlot::new(slot_bytes)).collect();
         let mut out = Outbox::default();
         while !self.stop.load(Relaxed) {
             let now = Instant::now();
@@ -106,25 +204,34 @@ impl Shared {
                     None => {}
                 }
             }
-            self.send(&mut out);
             drop(qps);
-            match self.socket.recv(&mut buf, wait) {
-                Ok(Some((len, _src, icrc))) => self.dispatch(&buf[..len], icrc, &mut out),
-                Ok(None) => {}
+            self.send(&mut out);
+            match self.transport.recv_batch(&mut slots, Some(wait)) {
+                Ok(n) => {
+                    for slot in &slots[..n] {
+                        for (bytes, verdict) in slot.packets() {
+                            self.dispatch(bytes, verdict, &mut out);
+                        }
+                    }
+                }
                 Err(_) => std::thread::sleep(Duration::from_millis(1)),
             }
             self.send(&mut out);
         }
     }
 
-    fn dispatch(&self, datagram: &[u8], icrc: Icrc, out: &mut Outbox) {
-        match icrc {
-            Icrc::Good => {}
-            Icrc::Unverified => {
-                self.counters.rx_icrc_unverified.fetch_add(1, Relaxed);
+    fn dispatch(&self, datagram: &[u8], verdict: IcrcVerdict, out: &mut Outbox) {
+        match verdict {
+            IcrcVerdict::Good => {}
+            IcrcVerdict::GoodWithIpId(_) => {
+                self.counters.rx_icrc_solved_ip_id.fetch_add(1, Relaxed);
             }
-            Icrc::Bad => {
+            IcrcVerdict::Bad { .. } | IcrcVerdict::Unverifiable => {
                 self.counters.rx_bad_icrc.fetch_add(1, Relaxed);
+                return;
+            }
+            IcrcVerdict::TooShort | IcrcVerdict::Truncated => {
+                self.counters.rx_malformed.fetch_add(1, Relaxed);
                 return;
             }
         }
@@ -155,26 +262,37 @@ pub(crate) struct Device {
 static DEVICES: Mutex<Vec<(SocketAddr, Weak<Device>)>> = Mutex::new(Vec::new());
 
 impl Device {
-    /// The device bound to `ip:port`, opened if no context holds it yet.
-    pub(crate) fn open(ip: IpAddr, port: u16) -> std::io::Result<Arc<Device>> {
+    /// The device bound to `ip:options.port`, opened with `options` if no
+    /// context holds it yet (an open device keeps the options it was opened
+    /// with).
+    pub(crate) fn open(ip: IpAddr, options: &DeviceOptions) -> std::io::Result<Arc<Device>> {
         let mut devices = DEVICES.lock().unwrap_or_else(PoisonError::into_inner);
         devices.retain(|(_, d)| d.strong_count() > 0);
-        if port != 0
+        if options.port != 0
             && let Some(dev) = devices
                 .iter()
-                .find(|(a, _)| *a == SocketAddr::new(ip, port))
+                .find(|(a, _)| *a == SocketAddr::new(ip, options.port))
                 .and_then(|(_, d)| d.upgrade())
         {
             return Ok(dev);
         }
+        let socket =
+            RoceSocket::bind_with(SocketAddr::new(ip, options.port), options.socket.clone())?;
+        let local = socket.local_addr();
+        let transport: Box<dyn Transport> = match options.faults {
+            Some(faults) => Box::new(LossySocket::new(socket, faults)?),
+            None => Box::new(socket),
+        };
         let shared = Arc::new(Shared {
-            socket: Socket::bind(ip, port)?,
+            transport,
+            local,
+            gro: options.socket.gro,
+            outboxes: Mutex::new(Vec::new()),
             mrs: RwLock::new(HashMap::new()),
             qps: RwLock::new(HashMap::new()),
             stop: AtomicBool::new(false),
             counters: Counters::default(),
         });
-        let local = shared.socket.local_addr();
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name(format!("roce-{local}"))
@@ -193,7 +311,7 @@ impl Device {
 
     /// The address and port the device's socket is bound to.
     pub(crate) fn local_addr(&self) -> SocketAddr {
-        self.shared.socket.local_addr()
+        self.shared.local
     }
 
     pub(crate) fn new_key(&self) -> u32 {
@@ -251,9 +369,9 @@ impl Device {
         &*self.shared
     }
 
-    /// Sends what the engine produced.
-    pub(crate) fn send(&self, out: &mut Outbox) {
-        self.shared.send(out);
+    /// Runs `f` with an outbox, then sends what it queued.
+    pub(crate) fn with_outbox<T>(&self, f: impl FnOnce(&mut Outbox) -> T) -> T {
+        self.shared.with_outbox(f)
     }
 
     /// A snapshot of the counters.
@@ -264,9 +382,10 @@ impl Device {
             rx_packets: c.rx_packets.load(Relaxed),
             rx_malformed: c.rx_malformed.load(Relaxed),
             rx_bad_icrc: c.rx_bad_icrc.load(Relaxed),
-            rx_icrc_unverified: c.rx_icrc_unverified.load(Relaxed),
+            rx_icrc_solved_ip_id: c.rx_icrc_solved_ip_id.load(Relaxed),
             rx_unknown_qp: c.rx_unknown_qp.load(Relaxed),
             tx_errors: c.tx_errors.load(Relaxed),
+            faults: self.shared.transport.fault_stats(),
         }
     }
 }

@@ -9,26 +9,20 @@
 //! (receiving, timers) both take.
 
 mod completer;
+mod outbox;
 mod psn;
 mod qp;
 mod requester;
 mod responder;
 mod sge;
 
+pub(crate) use outbox::Outbox;
 pub(crate) use psn::PSN_MASK;
 pub(crate) use qp::{Peer, QpCore, QpStateKind};
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::verbs::MrInner;
-
-/// Packets for the device to send: destination and bytes (BTH to pad,
-/// plus room for the ICRC).
-#[derive(Default)]
-pub(crate) struct Outbox {
-    pub(crate) packets: Vec<(SocketAddr, Vec<u8>)>,
-}
 
 /// What the engine needs from the device: memory regions by key.
 pub(crate) trait Regions {

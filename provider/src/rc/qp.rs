@@ -9,7 +9,7 @@ use super::requester::Requester;
 use super::responder::Responder;
 use super::{Outbox, Regions};
 use crate::verbs::{CqInner, VerbsError, WcOpcode, WcStatus, WorkCompletion};
-use crate::wire::{BthRepr, ICRC_LEN, Opcode, PacketRepr};
+use crate::wire::{BthRepr, Opcode, PacketRepr};
 
 pub(crate) use crate::verbs::QpState as QpStateKind;
 
@@ -239,23 +239,6 @@ pub(crate) fn bth(
         resv7: 0,
         psn: psn & super::PSN_MASK,
     }
-}
-
-/// Builds a packet with the headers of `headers` (whose payload is
-/// ignored) and a payload of `payload_len` bytes that `fill` writes in
-/// place, plus room for the ICRC.
-pub(crate) fn build<E>(
-    headers: &PacketRepr<'_>,
-    payload_len: usize,
-    fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
-) -> Result<Vec<u8>, E> {
-    let pad = usize::from(headers.bth.pad);
-    let mut buf = vec![0u8; headers.header_len() + payload_len + pad + ICRC_LEN];
-    let at = headers
-        .emit_headers(&mut buf)
-        .expect("the buffer is sized from the headers");
-    fill(&mut buf[at..at + payload_len])?;
-    Ok(buf)
 }
 
 /// Headers with no extended header and no payload set.

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::psn::{psn_add, psn_diff, retransmit_timeout, rnr_delay};
-use super::qp::{QpAttrs, QpCore, QpState, QpStateKind, bad_state, bth, build, headers};
+use super::qp::{QpAttrs, QpCore, QpState, QpStateKind, bad_state, bth, headers};
 use super::sge::{self, SgeError};
 use super::{Outbox, Regions};
 use crate::verbs::{SendOp, SendWr, Sge, VerbsError, WcOpcode, WcStatus, WorkCompletion};
@@ -230,7 +230,7 @@ impl QpCore {
         }
         st.req.rnr_until = None;
         let mtu = peer.mtu;
-        let before = out.packets.len();
+        let before = out.len();
         loop {
             let req = &mut st.req;
             let oldest = req.oldest_unacked();
@@ -287,7 +287,7 @@ impl QpCore {
                         len: w.len - done,
                     });
                     req.next_psn = w.end_psn();
-                    build(&h, 0, |_| Ok(()))
+                    out.push(peer.addr, &h, 0, |_| Ok(()))
                 }
                 SendOp::CompareSwap {
                     remote_addr,
@@ -303,7 +303,7 @@ impl QpCore {
                         compare,
                     });
                     req.next_psn = w.end_psn();
-                    build(&h, 0, |_| Ok(()))
+                    out.push(peer.addr, &h, 0, |_| Ok(()))
                 }
                 SendOp::FetchAdd {
                     remote_addr,
@@ -318,7 +318,7 @@ impl QpCore {
                         compare: 0,
                     });
                     req.next_psn = w.end_psn();
-                    build(&h, 0, |_| Ok(()))
+                    out.push(peer.addr, &h, 0, |_| Ok(()))
                 }
                 op => {
                     let (target, imm) = segmented(op).unwrap_or((None, None));
@@ -327,14 +327,14 @@ impl QpCore {
                     let h = send_or_write_headers(w, target, imm, &peer, psn, k, seg, ack_req);
                     req.next_psn = psn_add(psn, 1);
                     let sges = &w.sges;
-                    build(&h, seg, |buf| {
+                    out.push(peer.addr, &h, seg, |buf| {
                         sge::gather(regions, self.pd, sges, offset as u64, buf)
                     })
                 }
             };
             let w = &mut st.req.sq[st.req.cursor];
             match packet {
-                Ok(bytes) => out.packets.push((peer.addr, bytes)),
+                Ok(()) => {}
                 Err(SgeError::Protection | SgeError::Length) => {
                     // The local memory of the request is bad: it completes
                     // with an error and the queue pair goes to error.
@@ -352,7 +352,7 @@ impl QpCore {
                 st.req.cursor += 1;
             }
         }
-        if out.packets.len() > before && st.req.timer.is_none() {
+        if out.len() > before && st.req.timer.is_none() {
             st.req.rearm();
         }
     }

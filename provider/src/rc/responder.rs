@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::psn::{psn_add, psn_diff};
-use super::qp::{Peer, QpCore, QpState, bth, build, headers};
+use super::qp::{Peer, QpCore, QpState, bth, headers};
 use super::sge::{self, SgeError};
 use super::{Outbox, Regions};
 use crate::verbs::{
@@ -410,7 +410,7 @@ impl QpCore {
         let mtu = peer.mtu;
         let total = reth.len as usize;
         let npsn = total.div_ceil(mtu).max(1) as u32;
-        let start = out.packets.len();
+        let start = out.len();
         for k in 0..npsn {
             let offset = k as usize * mtu;
             let seg = (total - offset).min(mtu);
@@ -425,14 +425,14 @@ impl QpCore {
                 h.aeth = Some(AethRepr::new(Syndrome::Ack { credits: 31 }, msn));
             }
             let va = reth.va + offset as u64;
-            let packet = build(&h, seg, |buf| match mr {
+            let packet = out.push(peer.addr, &h, seg, |buf| match mr {
                 Some(mr) => mr.read(va, buf),
                 None => Ok(()),
             });
             match packet {
-                Ok(bytes) => out.packets.push((peer.addr, bytes)),
+                Ok(()) => {}
                 Err(e) => {
-                    out.packets.truncate(start);
+                    out.truncate(start);
                     return Err(e.into());
                 }
             }
@@ -528,8 +528,15 @@ impl QpCore {
     }
 }
 
+/// Queues a header-only response; plain ACKs coalesce (see
+/// [`Outbox::push_ack`]).
 fn push(out: &mut Outbox, peer: &Peer, h: &PacketRepr<'_>) {
-    if let Ok(bytes) = build::<()>(h, 0, |_| Ok(())) {
-        out.packets.push((peer.addr, bytes));
+    let plain_ack = h.bth.opcode == Opcode::RC_ACKNOWLEDGE
+        && h.aeth
+            .is_some_and(|a| matches!(a.decode(), Syndrome::Ack { .. }));
+    if plain_ack {
+        out.push_ack(peer.addr, h);
+    } else {
+        out.push_headers(peer.addr, h);
     }
 }

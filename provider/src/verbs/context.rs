@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use super::{CompletionQueue, Gid, Mtu, ProtectionDomain, VerbsError};
-use crate::device::{Device, DeviceStats};
+use crate::device::{Device, DeviceOptions, DeviceStats};
 use crate::wire::ROCE_V2_PORT;
 
 /// A soft RoCE device this host can open: one per interface address.
@@ -169,7 +169,24 @@ impl Context {
     /// # Errors
     /// As [`Self::open`].
     pub fn open_with_port(addr: IpAddr, port: u16) -> Result<Context, VerbsError> {
-        let dev = Device::open(addr, port)?;
+        Self::open_with(
+            addr,
+            &DeviceOptions {
+                port,
+                ..DeviceOptions::default()
+            },
+        )
+    }
+
+    /// Opens a device on `addr` with explicit transport options. If a
+    /// device on that address and port is open already, it is shared and
+    /// keeps its own options.
+    ///
+    /// # Errors
+    /// As [`Self::open`]; [`VerbsError::Io`] of kind `InvalidInput` for a
+    /// fault rate outside 0..=1.
+    pub fn open_with(addr: IpAddr, options: &DeviceOptions) -> Result<Context, VerbsError> {
+        let dev = Device::open(addr, options)?;
         let if_mtu = devices()
             .ok()
             .and_then(|d| d.into_iter().find(|d| d.addr == addr))

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::{CompletionQueue, Gid, Mtu, ProtectionDomain, RecvWr, SendWr, VerbsError};
 use crate::device::Device;
-use crate::rc::{Outbox, Peer, QpCore};
+use crate::rc::{Peer, QpCore};
 use crate::wire::ROCE_V2_PORT;
 
 /// Queue pair states (verbs' `ibv_qp_state`, the ones RC uses here).
@@ -280,10 +280,8 @@ impl QueuePair {
     /// [`VerbsError::InvalidArgument`] for an atomic whose SGEs do not add
     /// up to 8 bytes.
     pub fn post_send(&self, wrs: &[SendWr<'_>]) -> Result<(), VerbsError> {
-        let mut out = Outbox::default();
-        let result = self.core.post_send(self.dev.regions(), wrs, &mut out);
-        self.dev.send(&mut out);
-        result
+        self.dev
+            .with_outbox(|out| self.core.post_send(self.dev.regions(), wrs, out))
     }
 
     /// Posts receive work requests (`ibv_post_recv`).

@@ -1,0 +1,162 @@
+//! The IP and UDP headers the kernel will emit (or did emit), and the ICRC
+//! over them: sealing outgoing packets and judging received ones.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use super::ipv4_id::{ID_OFFSET_IN_CRC_MESSAGE, solve_ipv4_id};
+use super::{IcrcVerdict, Ipv4IdPolicy};
+use crate::wire::{BthRepr, ICRC_LEN, IpHeader, icrc};
+
+/// Largest UDP payload in an IPv4 datagram (65535 - 20 - 8).
+pub const MAX_PAYLOAD_V4: usize = 65_507;
+/// Largest UDP payload in an IPv6 datagram without jumbograms (65535 - 8).
+pub const MAX_PAYLOAD_V6: usize = 65_527;
+/// Smallest RoCEv2 UDP payload: a BTH and an ICRC.
+pub const MIN_PAYLOAD: usize = BthRepr::LEN + ICRC_LEN;
+
+/// Bytes of the ICRC message after the IPv4 ID: the rest of the IPv4 header
+/// (14), the UDP header (8) and `roce_len` bytes of BTH..pad.
+const fn bytes_after_ipv4_id(roce_len: usize) -> usize {
+    8 + 20 + 8 + roce_len - (ID_OFFSET_IN_CRC_MESSAGE + 2)
+}
+
+/// The IPv4 header a DF packet of `udp_len` UDP bytes gets from Linux when
+/// sent from an unconnected socket with `IP_PMTUDISC_DO`: ID `id` (0, or
+/// the segment index within a GSO send), DF, no options. TOS, TTL and the
+/// header checksum are left 0: the ICRC masks them.
+pub(crate) fn ipv4_header(src: Ipv4Addr, dst: Ipv4Addr, id: u16, udp_len: usize) -> [u8; 20] {
+    let mut h = [0u8; 20];
+    h[0] = 0x45;
+    h[2..4].copy_from_slice(&((20 + udp_len) as u16).to_be_bytes());
+    h[4..6].copy_from_slice(&id.to_be_bytes());
+    h[6..8].copy_from_slice(&0x4000u16.to_be_bytes()); // DF, offset 0
+    h[9] = 17;
+    h[12..16].copy_from_slice(&src.octets());
+    h[16..20].copy_from_slice(&dst.octets());
+    h
+}
+
+/// The IPv6 header of a UDP datagram of `udp_len` bytes. Traffic class,
+/// flow label and hop limit are masked by the ICRC and left 0.
+pub(crate) fn ipv6_header(src: &Ipv6Addr, dst: &Ipv6Addr, udp_len: usize) -> [u8; 40] {
+    let mut h = [0u8; 40];
+    h[0] = 0x60;
+    h[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
+    h[6] = 17;
+    h[8..24].copy_from_slice(&src.octets());
+    h[24..40].copy_from_slice(&dst.octets());
+    h
+}
+
+/// A UDP header (checksum 0: the ICRC masks it).
+pub(crate) fn udp_header(src_port: u16, dst_port: u16, udp_len: usize) -> [u8; 8] {
+    let mut h = [0u8; 8];
+    h[0..2].copy_from_slice(&src_port.to_be_bytes());
+    h[2..4].copy_from_slice(&dst_port.to_be_bytes());
+    h[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
+    h
+}
+
+fn invalid(msg: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+/// Checks that a UDP payload of `len` bytes can travel from `src` to `dst`.
+pub(crate) fn check_packet(src: &SocketAddr, dst: &SocketAddr, len: usize) -> io::Result<()> {
+    let max = match (src, dst) {
+        (SocketAddr::V4(_), SocketAddr::V4(_)) => MAX_PAYLOAD_V4,
+        (SocketAddr::V6(_), SocketAddr::V6(_)) => MAX_PAYLOAD_V6,
+        _ => {
+            return Err(invalid(
+                "destination address family differs from the socket's",
+            ));
+        }
+    };
+    if len < MIN_PAYLOAD {
+        return Err(invalid("packet shorter than a BTH plus the 4 ICRC bytes"));
+    }
+    if len > max {
+        return Err(invalid("packet longer than a UDP datagram can be"));
+    }
+    Ok(())
+}
+
+/// The ICRC of a UDP payload (`payload` = BTH..pad followed by the 4 ICRC
+/// bytes, whose contents are ignored) sent from `src` to `dst` with IPv4 ID
+/// `ip_id` (ignored for IPv6).
+///
+/// # Errors
+/// `InvalidInput` if the families differ or the length is impossible.
+pub fn payload_icrc(
+    src: &SocketAddr,
+    dst: &SocketAddr,
+    ip_id: u16,
+    payload: &[u8],
+) -> io::Result<u32> {
+    check_packet(src, dst, payload.len())?;
+    let roce = &payload[..payload.len() - ICRC_LEN];
+    let udp_len = 8 + payload.len();
+    let udp = udp_header(src.port(), dst.port(), udp_len);
+    let crc = match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            icrc(IpHeader::V4(&ipv4_header(s, d, ip_id, udp_len)), &udp, roce)
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            icrc(IpHeader::V6(&ipv6_header(&s, &d, udp_len)), &udp, roce)
+        }
+        _ => unreachable!("families checked above"),
+    };
+    crc.map_err(|_| invalid("packet shorter than a BTH"))
+}
+
+/// Writes the ICRC into the last 4 bytes of `payload` (little-endian, as
+/// kernel rxe stores it).
+///
+/// # Errors
+/// As [`payload_icrc`].
+pub fn seal(src: &SocketAddr, dst: &SocketAddr, ip_id: u16, payload: &mut [u8]) -> io::Result<()> {
+    let crc = payload_icrc(src, dst, ip_id, payload)?;
+    let at = payload.len() - ICRC_LEN;
+    payload[at..].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
+/// Judges the ICRC of a received UDP payload that came from `src` to `dst`
+/// (the destination address from the IP header, the local port).
+///
+/// IPv6: the full 32-bit check. IPv4: ID 0 first (our own senders); then
+/// the ID that would make it match, if any and if `policy` admits it.
+pub fn verify(
+    src: &SocketAddr,
+    dst: &SocketAddr,
+    payload: &[u8],
+    policy: Ipv4IdPolicy,
+) -> IcrcVerdict {
+    if payload.len() < MIN_PAYLOAD {
+        return IcrcVerdict::TooShort;
+    }
+    let Ok(expected) = payload_icrc(src, dst, 0, payload) else {
+        // Mixed families or an impossible length: not a datagram a kernel
+        // could have delivered to this socket.
+        return IcrcVerdict::Unverifiable;
+    };
+    let t = &payload[payload.len() - ICRC_LEN..];
+    let found = u32::from_le_bytes([t[0], t[1], t[2], t[3]]);
+    if found == expected {
+        return IcrcVerdict::Good;
+    }
+    if src.is_ipv4() {
+        let roce_len = payload.len() - ICRC_LEN;
+        let max = match policy {
+            Ipv4IdPolicy::Solve => u16::MAX,
+            Ipv4IdPolicy::UpTo(max) => max,
+        };
+        if let Some(id) = solve_ipv4_id(found ^ expected, bytes_after_ipv4_id(roce_len))
+            && id <= max
+        {
+            return IcrcVerdict::GoodWithIpId(id);
+        }
+    }
+    IcrcVerdict::Bad { found, expected }
+}

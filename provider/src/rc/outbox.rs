@@ -1,0 +1,212 @@
+//! [`Outbox`]: the packets an engine call produced, built in place in one
+//! reusable byte arena (no allocation per packet), with cumulative
+//! acknowledgements coalesced.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+
+use crate::wire::{ICRC_LEN, PacketRepr};
+
+/// One queued packet: where it goes and where its bytes are in the arena.
+struct Queued {
+    dest: SocketAddr,
+    dest_qp: u32,
+    bytes: Range<usize>,
+    /// A plain ACK: a later ACK to the same queue pair may replace it.
+    coalescable: bool,
+}
+
+/// Packets for the device to send, each BTH to pad followed by
+/// [`ICRC_LEN`] bytes for the ICRC, laid out back to back in one arena that
+/// keeps its capacity from call to call.
+#[derive(Default)]
+pub(crate) struct Outbox {
+    arena: Vec<u8>,
+    packets: Vec<Queued>,
+}
+
+impl Outbox {
+    /// Number of packets queued.
+    pub(crate) fn len(&self) -> usize {
+        self.packets.len()
+    }
+
+    /// Whether nothing is queued.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.packets.is_empty()
+    }
+
+    /// Drops the packets queued after the first `len`.
+    pub(crate) fn truncate(&mut self, len: usize) {
+        if let Some(first_dropped) = self.packets.get(len) {
+            self.arena.truncate(first_dropped.bytes.start);
+            self.packets.truncate(len);
+        }
+    }
+
+    /// Empties the outbox, keeping its capacity.
+    pub(crate) fn clear(&mut self) {
+        self.arena.clear();
+        self.packets.clear();
+    }
+
+    /// Queues a packet for `dest` with the headers of `headers` (whose
+    /// payload is ignored) and a payload of `payload_len` bytes that `fill`
+    /// writes in place. If `fill` fails nothing is queued.
+    pub(crate) fn push<E>(
+        &mut self,
+        dest: SocketAddr,
+        headers: &PacketRepr<'_>,
+        payload_len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let start = self.arena.len();
+        let at = self.append(headers, payload_len);
+        if let Err(e) = fill(&mut self.arena[at..at + payload_len]) {
+            self.arena.truncate(start);
+            return Err(e);
+        }
+        self.packets.push(Queued {
+            dest,
+            dest_qp: headers.bth.dest_qp,
+            bytes: start..self.arena.len(),
+            coalescable: false,
+        });
+        Ok(())
+    }
+
+    /// Queues a packet without payload (an acknowledgement, a NAK, an
+    /// atomic acknowledgement, a READ or atomic request).
+    pub(crate) fn push_headers(&mut self, dest: SocketAddr, headers: &PacketRepr<'_>) {
+        // Filling nothing cannot fail.
+        let _ = self.push::<()>(dest, headers, 0, |_| Ok(()));
+    }
+
+    /// Queues a plain, cumulative ACK. If the last packet queued for the
+    /// same queue pair is also a plain ACK, this one replaces it in place:
+    /// the later acknowledgement covers everything the earlier one did, and
+    /// nothing for that queue pair was queued between them.
+    pub(crate) fn push_ack(&mut self, dest: SocketAddr, headers: &PacketRepr<'_>) {
+        let previous = self
+            .packets
+            .iter()
+            .rposition(|q| q.dest == dest && q.dest_qp == headers.bth.dest_qp);
+        if let Some(i) = previous
+            && self.packets[i].coalescable
+            && self.packets[i].bytes.len() == headers.header_len() + ICRC_LEN
+        {
+            let bytes = self.packets[i].bytes.clone();
+            // The replaced packet has the same length, and headers fit
+            // exactly (emit_headers only fails on a short buffer).
+            let _ = headers.emit_headers(&mut self.arena[bytes]);
+            return;
+        }
+        self.push_headers(dest, headers);
+        if let Some(last) = self.packets.last_mut() {
+            last.coalescable = true;
+        }
+    }
+
+    /// Appends the headers, a zeroed payload of `payload_len` bytes, the
+    /// pad and room for the ICRC; returns where the payload starts.
+    fn append(&mut self, headers: &PacketRepr<'_>, payload_len: usize) -> usize {
+        let start = self.arena.len();
+        let pad = usize::from(headers.bth.pad);
+        let len = headers.header_len() + payload_len + pad + ICRC_LEN;
+        self.arena.resize(start + len, 0);
+        let header_len = headers
+            .emit_headers(&mut self.arena[start..])
+            .expect("the arena was grown by the headers' length");
+        start + header_len
+    }
+
+    /// The queued packets in order, each with its destination and bytes
+    /// (mutable: the transport writes the ICRC into the last 4).
+    pub(crate) fn packets_mut(&mut self) -> impl Iterator<Item = (SocketAddr, &mut [u8])> + '_ {
+        let mut rest: &mut [u8] = &mut self.arena;
+        let mut consumed = 0;
+        self.packets.iter().map(move |q| {
+            // Packets occupy disjoint, increasing ranges of the arena.
+            let skip = q.bytes.start - consumed;
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(skip);
+            let (bytes, tail) = tail.split_at_mut(q.bytes.len());
+            rest = tail;
+            consumed = q.bytes.end;
+            (q.dest, bytes)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rc::qp::{Peer, bth, headers};
+    use crate::wire::{AethRepr, NakCode, Opcode, Syndrome};
+
+    const A: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 1);
+
+    fn ack(qpn: u32, psn: u32, msn: u32) -> PacketRepr<'static> {
+        let peer = Peer {
+            addr: A,
+            qpn,
+            mtu: 1024,
+        };
+        let mut h = headers(bth(&peer, Opcode::RC_ACKNOWLEDGE, psn, 0, false));
+        h.aeth = Some(AethRepr::new(Syndrome::Ack { credits: 31 }, msn));
+        h
+    }
+
+    fn psns(out: &mut Outbox) -> Vec<(u32, u32)> {
+        out.packets_mut()
+            .map(|(_, b)| {
+                let p = PacketRepr::parse(b).unwrap();
+                (p.bth.dest_qp, p.bth.psn)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn consecutive_acks_to_one_queue_pair_collapse_to_the_latest() {
+        let mut out = Outbox::default();
+        out.push_ack(A, &ack(5, 1, 1));
+        out.push_ack(A, &ack(6, 9, 1));
+        out.push_ack(A, &ack(5, 2, 2));
+        out.push_ack(A, &ack(5, 3, 3));
+        assert_eq!(psns(&mut out), [(5, 3), (6, 9)]);
+    }
+
+    #[test]
+    fn an_ack_does_not_jump_over_other_packets_to_its_queue_pair() {
+        let mut out = Outbox::default();
+        out.push_ack(A, &ack(5, 1, 1));
+        let mut nak = ack(5, 2, 1);
+        nak.aeth = Some(AethRepr::new(Syndrome::Nak(NakCode::PsnSequenceError), 1));
+        out.push_headers(A, &nak);
+        out.push_ack(A, &ack(5, 3, 2));
+        assert_eq!(psns(&mut out), [(5, 1), (5, 2), (5, 3)]);
+    }
+
+    #[test]
+    fn a_failed_fill_leaves_nothing_behind_and_truncate_drops_the_tail() {
+        let mut out = Outbox::default();
+        out.push_ack(A, &ack(5, 1, 1));
+        let mut h = ack(5, 2, 1);
+        h.bth.opcode = Opcode::RC_SEND_ONLY;
+        h.aeth = None;
+        assert_eq!(out.push(A, &h, 100, |_| Err("no")), Err("no"));
+        assert_eq!(out.len(), 1);
+        out.push::<()>(A, &h, 8, |b| {
+            b.fill(7);
+            Ok(())
+        })
+        .unwrap();
+        out.push_headers(A, &ack(5, 3, 1));
+        out.truncate(2);
+        assert_eq!(psns(&mut out), [(5, 1), (5, 2)]);
+        let (_, bytes) = out.packets_mut().nth(1).unwrap();
+        assert_eq!(bytes.len(), 12 + 8 + ICRC_LEN);
+        assert_eq!(&bytes[12..20], &[7; 8]);
+        out.clear();
+        assert!(out.is_empty());
+    }
+}
