@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use odp::AddressSpace;
 use provider::wire::{
-    AethRepr, BthRepr, ICRC_LEN, IpHeader, NakCode, Opcode, PacketRepr, RethRepr, Syndrome, icrc,
+    AethRepr, BthRepr, ICRC_LEN, NakCode, Opcode, PacketRepr, RethRepr, Syndrome,
 };
 use provider::{AccessFlags, Context, Gid, Mtu, QpState, RemoteInfo};
 
@@ -14,20 +14,8 @@ const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// Appends the ICRC a Linux IPv4 sender (ID 0, DF) would produce.
 fn seal(src: SocketAddr, dst: SocketAddr, mut roce: Vec<u8>) -> Vec<u8> {
-    let udp_len = (8 + roce.len() + ICRC_LEN) as u16;
-    let mut udp = [0u8; 8];
-    udp[0..2].copy_from_slice(&src.port().to_be_bytes());
-    udp[2..4].copy_from_slice(&dst.port().to_be_bytes());
-    udp[4..6].copy_from_slice(&udp_len.to_be_bytes());
-    let mut ip = [0u8; 20];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&(20 + udp_len).to_be_bytes());
-    ip[6] = 0x40;
-    ip[9] = 17;
-    ip[12..16].copy_from_slice(&[127, 0, 0, 1]);
-    ip[16..20].copy_from_slice(&[127, 0, 0, 1]);
-    let crc = icrc(IpHeader::V4(&ip), &udp, &roce).unwrap();
-    roce.extend_from_slice(&crc.to_le_bytes());
+    roce.extend_from_slice(&[0; ICRC_LEN]);
+    provider::net::seal(&src, &dst, 0, &mut roce).unwrap();
     roce
 }
 

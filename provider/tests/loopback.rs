@@ -2,107 +2,14 @@
 //! its data checked byte for byte, across MTUs and sizes, with pinned and
 //! ODP memory on either side.
 
-use std::net::{IpAddr, Ipv4Addr};
+mod common;
+
+use std::net::IpAddr;
 use std::time::Duration;
 
-use odp::{AddressSpace, Mapping};
-use provider::{
-    AccessFlags, CompletionQueue, Context, MemoryRegion, Mtu, ProtectionDomain, QueuePair, RecvWr,
-    SendOp, SendWr, WcOpcode, WcStatus, WorkCompletion,
-};
-
-const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-
-/// One end: a device, memory registered in it, a queue pair.
-struct End {
-    ctx: Context,
-    _pd: ProtectionDomain,
-    cq: CompletionQueue,
-    qp: QueuePair,
-    mr: MemoryRegion,
-    buf: Mapping,
-}
-
-impl End {
-    fn new(len: usize, odp: bool) -> End {
-        let ctx = Context::open_with_port(LOCALHOST, 0).expect("device");
-        let pd = ctx.alloc_pd().unwrap();
-        let cq = ctx.create_cq(4096).unwrap();
-        let qp = pd.create_qp(&cq, &cq).build().unwrap();
-        let buf = AddressSpace::process().map_anonymous(len, 0).unwrap();
-        let mut access = AccessFlags::LOCAL_WRITE
-            | AccessFlags::REMOTE_WRITE
-            | AccessFlags::REMOTE_READ
-            | AccessFlags::REMOTE_ATOMIC;
-        if odp {
-            access = access | AccessFlags::ON_DEMAND;
-        }
-        // SAFETY: the mapping is owned by this struct, outlives the region
-        // (fields drop in order), and backs no Rust objects.
-        let mr = unsafe { pd.reg_mr(buf.addr(), len, access) }.unwrap();
-        End {
-            ctx,
-            _pd: pd,
-            cq,
-            qp,
-            mr,
-            buf,
-        }
-    }
-
-    /// Copies `len` bytes at `offset` of the buffer.
-    fn get(&self, offset: usize, len: usize) -> Vec<u8> {
-        assert!(offset + len <= self.buf.len());
-        // SAFETY: within the test's own mapping; the device touches it
-        // only while the test waits for completions.
-        unsafe { std::slice::from_raw_parts(self.buf.ptr().add(offset), len) }.to_vec()
-    }
-
-    /// Writes `data` at `offset` of the buffer.
-    fn put(&self, offset: usize, data: &[u8]) {
-        assert!(offset + data.len() <= self.buf.len());
-        // SAFETY: as in `get`.
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.buf.ptr().add(offset), data.len())
-        }
-    }
-
-    fn wait(&self) -> WorkCompletion {
-        let mut wc = [WorkCompletion {
-            wr_id: 0,
-            status: WcStatus::Success,
-            opcode: WcOpcode::Send,
-            byte_len: 0,
-            imm_data: None,
-            qp_num: 0,
-        }];
-        let n = self.cq.poll_wait(&mut wc, Duration::from_secs(10));
-        assert_eq!(n, 1, "no completion within 10 s");
-        wc[0]
-    }
-}
-
-fn connect(a: &End, b: &End, mtu: Mtu) {
-    a.qp.connect(&b.qp.endpoint(mtu)).unwrap();
-    b.qp.connect(&a.qp.endpoint(mtu)).unwrap();
-}
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
-}
-
-fn send(qp: &QueuePair, wr_id: u64, op: SendOp, sge: provider::Sge) {
-    qp.post_send(&[SendWr {
-        wr_id,
-        op,
-        sg_list: &[sge],
-        signaled: true,
-        solicited: false,
-    }])
-    .unwrap();
-}
+use common::{End, LOCALHOST, any_port, connect, pattern, send};
+use odp::AddressSpace;
+use provider::{Mtu, RecvWr, SendOp, WcOpcode, WcStatus};
 
 #[test]
 fn rdma_write_read_and_send_move_exact_bytes_across_mtus_and_sizes() {
@@ -355,27 +262,7 @@ fn send_without_a_receive_is_retried_after_rnr() {
 #[test]
 fn sixteen_mebibyte_messages_and_ipv6() {
     let len = 16 << 20;
-    let make = |ip: IpAddr| {
-        let ctx = Context::open_with_port(ip, 0).expect("device");
-        let pd = ctx.alloc_pd().unwrap();
-        let cq = ctx.create_cq(64).unwrap();
-        let qp = pd.create_qp(&cq, &cq).build().unwrap();
-        let buf = AddressSpace::process().map_anonymous(len, 0).unwrap();
-        let access = AccessFlags::LOCAL_WRITE
-            | AccessFlags::REMOTE_WRITE
-            | AccessFlags::REMOTE_READ
-            | AccessFlags::ON_DEMAND;
-        // SAFETY: the mapping outlives the region and backs no Rust objects.
-        let mr = unsafe { pd.reg_mr(buf.addr(), len, access) }.unwrap();
-        End {
-            ctx,
-            _pd: pd,
-            cq,
-            qp,
-            mr,
-            buf,
-        }
-    };
+    let make = |ip: IpAddr| End::with_device(ip, &any_port(), len, true);
     for ip in [LOCALHOST, IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)] {
         let a = make(ip);
         let b = make(ip);
