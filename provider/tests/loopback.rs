@@ -357,3 +357,54 @@ fn unmapping_a_target_mid_stream_gives_a_remote_access_error() {
         let _ = buf.into_raw();
     }
 }
+
+#[test]
+fn a_vanished_peer_gives_retry_exceeded_and_flushes_the_rest() {
+    let a = End::new(8192, true);
+    let b = End::new(8192, true);
+    // About 4 ms per timeout (4.096 us << 10), two retries.
+    let qp =
+        a.pd.create_qp(&a.cq, &a.cq)
+            .timeout(10)
+            .retry_cnt(2)
+            .build()
+            .unwrap();
+    qp.connect(&b.qp.endpoint(Mtu::Mtu1024)).unwrap();
+    let (rkey, remote_addr) = (b.mr.rkey(), b.mr.addr());
+    drop(b);
+    for wr_id in [1, 2] {
+        send(
+            &qp,
+            wr_id,
+            SendOp::Write { remote_addr, rkey },
+            a.mr.sge(0, 100),
+        );
+    }
+    let wc = a.wait();
+    assert_eq!((wc.wr_id, wc.status), (1, WcStatus::RetryExceeded));
+    let wc = a.wait();
+    assert_eq!((wc.wr_id, wc.status), (2, WcStatus::WrFlushError));
+    assert_eq!(qp.state(), provider::QpState::Error);
+    assert!(a.ctx.stats().tx_packets >= 3, "sent, then retried twice");
+}
+
+#[test]
+fn a_receiver_that_never_posts_gives_rnr_retry_exceeded() {
+    let a = End::new(4096, false);
+    let b = End::new(4096, false);
+    let qp = a.pd.create_qp(&a.cq, &a.cq).rnr_retry(2).build().unwrap();
+    // b asks for the shortest RNR wait (code 1: 0.01 ms).
+    let quick =
+        b.pd.create_qp(&b.cq, &b.cq)
+            .min_rnr_timer(1)
+            .build()
+            .unwrap();
+    qp.connect(&quick.endpoint(Mtu::Mtu1024)).unwrap();
+    quick.connect(&qp.endpoint(Mtu::Mtu1024)).unwrap();
+    send(&qp, 7, SendOp::Send, a.mr.sge(0, 64));
+    let wc = a.wait();
+    assert_eq!((wc.wr_id, wc.status), (7, WcStatus::RnrRetryExceeded));
+    assert_eq!(qp.state(), provider::QpState::Error);
+    // Nothing was ever delivered.
+    assert!(b.get(0, 4096).iter().all(|&x| x == 0));
+}
