@@ -48,14 +48,7 @@ fn pattern() -> Vec<u8> {
 }
 
 fn wait(cq: &provider::CompletionQueue) -> WorkCompletion {
-    let mut wc = [WorkCompletion {
-        wr_id: 0,
-        status: WcStatus::Success,
-        opcode: WcOpcode::Send,
-        byte_len: 0,
-        imm_data: None,
-        qp_num: 0,
-    }];
+    let mut wc = [WorkCompletion::default()];
     assert_eq!(
         cq.poll_wait(&mut wc, Duration::from_secs(10)),
         1,

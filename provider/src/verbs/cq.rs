@@ -73,6 +73,20 @@ pub struct WorkCompletion {
     pub qp_num: u32,
 }
 
+impl Default for WorkCompletion {
+    /// A blank entry to poll into.
+    fn default() -> Self {
+        WorkCompletion {
+            wr_id: 0,
+            status: WcStatus::Success,
+            opcode: WcOpcode::Send,
+            byte_len: 0,
+            imm_data: None,
+            qp_num: 0,
+        }
+    }
+}
+
 /// The shared state of a completion queue.
 pub(crate) struct CqInner {
     entries: Mutex<VecDeque<WorkCompletion>>,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use odp::{AddressSpace, Mapping};
 use provider::{
     AccessFlags, CompletionQueue, Context, DeviceOptions, MemoryRegion, Mtu, ProtectionDomain,
-    QueuePair, SendOp, SendWr, Sge, WcOpcode, WcStatus, WorkCompletion,
+    QueuePair, SendOp, SendWr, Sge, WorkCompletion,
 };
 
 /// 127.0.0.1.
@@ -79,14 +79,7 @@ impl End {
 
     /// The next completion, waiting up to 10 s.
     pub fn wait(&self) -> WorkCompletion {
-        let mut wc = [WorkCompletion {
-            wr_id: 0,
-            status: WcStatus::Success,
-            opcode: WcOpcode::Send,
-            byte_len: 0,
-            imm_data: None,
-            qp_num: 0,
-        }];
+        let mut wc = [WorkCompletion::default()];
         let n = self.cq.poll_wait(&mut wc, Duration::from_secs(10));
         assert_eq!(n, 1, "no completion within 10 s");
         wc[0]
