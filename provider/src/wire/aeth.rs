@@ -1,6 +1,7 @@
 //! The ACK Extended Transport Header (4 bytes): syndrome and MSN.
 
-use super::{WireError, be32, check_len};
+use super::view::field::aeth::{MSN, SYNDROME};
+use super::{WireError, be24, check_len, set_be24};
 
 /// A parsed AETH.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,22 +59,54 @@ impl AethRepr {
     /// [`WireError::Truncated`].
     pub fn parse(buf: &[u8]) -> Result<Self, WireError> {
         check_len("AETH", buf, Self::LEN)?;
-        let word = be32(&buf[0..4]);
         Ok(AethRepr {
-            syndrome: (word >> 24) as u8,
-            msn: word & 0xff_ffff,
+            syndrome: buf[SYNDROME],
+            msn: be24(&buf[MSN]),
         })
     }
 
     /// Writes the header into the first 4 bytes of `buf`.
     pub fn emit(&self, buf: &mut [u8]) {
-        let word = (u32::from(self.syndrome) << 24) | (self.msn & 0xff_ffff);
-        buf[0..4].copy_from_slice(&word.to_be_bytes());
+        buf[SYNDROME] = self.syndrome;
+        set_be24(&mut buf[MSN], self.msn);
     }
 
     /// An AETH from a decoded syndrome.
     pub fn new(syndrome: Syndrome, msn: u32) -> Self {
-        let byte = match syndrome {
+        AethRepr {
+            syndrome: syndrome.to_raw(),
+            msn: msn & 0xff_ffff,
+        }
+    }
+
+    /// The decoded syndrome.
+    pub fn decode(&self) -> Syndrome {
+        Syndrome::from_raw(self.syndrome)
+    }
+}
+
+impl Syndrome {
+    /// The syndrome a raw AETH syndrome byte encodes.
+    pub(crate) fn from_raw(byte: u8) -> Self {
+        let low = byte & 0x1f;
+        match byte >> 5 {
+            0b000 => Syndrome::Ack { credits: low },
+            0b001 => Syndrome::RnrNak { timer: low },
+            0b011 => Syndrome::Nak(match low {
+                0 => NakCode::PsnSequenceError,
+                1 => NakCode::InvalidRequest,
+                2 => NakCode::RemoteAccessError,
+                3 => NakCode::RemoteOperationalError,
+                4 => NakCode::InvalidRdRequest,
+                other => NakCode::Other(other),
+            }),
+            _ => Syndrome::Reserved(byte),
+        }
+    }
+
+    /// The raw AETH syndrome byte (5-bit values are truncated).
+    pub(crate) fn to_raw(self) -> u8 {
+        match self {
             Syndrome::Ack { credits } => credits & 0x1f,
             Syndrome::RnrNak { timer } => 0x20 | (timer & 0x1f),
             Syndrome::Reserved(low) => 0x40 | (low & 0x1f),
@@ -87,28 +120,6 @@ impl AethRepr {
                     NakCode::Other(c) => c & 0x1f,
                 }
             }
-        };
-        AethRepr {
-            syndrome: byte,
-            msn: msn & 0xff_ffff,
-        }
-    }
-
-    /// The decoded syndrome.
-    pub fn decode(&self) -> Syndrome {
-        let low = self.syndrome & 0x1f;
-        match self.syndrome >> 5 {
-            0b000 => Syndrome::Ack { credits: low },
-            0b001 => Syndrome::RnrNak { timer: low },
-            0b011 => Syndrome::Nak(match low {
-                0 => NakCode::PsnSequenceError,
-                1 => NakCode::InvalidRequest,
-                2 => NakCode::RemoteAccessError,
-                3 => NakCode::RemoteOperationalError,
-                4 => NakCode::InvalidRdRequest,
-                other => NakCode::Other(other),
-            }),
-            _ => Syndrome::Reserved(self.syndrome),
         }
     }
 }

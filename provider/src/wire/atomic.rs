@@ -1,7 +1,8 @@
 //! The Atomic Extended Transport Header (28 bytes) and the Atomic ACK
 //! Extended Transport Header (8 bytes).
 
-use super::{WireError, be32, be64, check_len};
+use super::view::field::{atomic_ack_eth, atomic_eth};
+use super::{WireError, be32, be64, check_len, set_be32, set_be64};
 
 /// A parsed AtomicETH. FETCH_ADD carries the addend in `swap_add`;
 /// COMPARE_SWAP the swap value in `swap_add` and the compare value in
@@ -29,19 +30,19 @@ impl AtomicEthRepr {
     pub fn parse(buf: &[u8]) -> Result<Self, WireError> {
         check_len("AtomicETH", buf, Self::LEN)?;
         Ok(AtomicEthRepr {
-            va: be64(&buf[0..8]),
-            rkey: be32(&buf[8..12]),
-            swap_add: be64(&buf[12..20]),
-            compare: be64(&buf[20..28]),
+            va: be64(&buf[atomic_eth::VA]),
+            rkey: be32(&buf[atomic_eth::RKEY]),
+            swap_add: be64(&buf[atomic_eth::SWAP_ADD]),
+            compare: be64(&buf[atomic_eth::COMPARE]),
         })
     }
 
     /// Writes the header into the first 28 bytes of `buf`.
     pub fn emit(&self, buf: &mut [u8]) {
-        buf[0..8].copy_from_slice(&self.va.to_be_bytes());
-        buf[8..12].copy_from_slice(&self.rkey.to_be_bytes());
-        buf[12..20].copy_from_slice(&self.swap_add.to_be_bytes());
-        buf[20..28].copy_from_slice(&self.compare.to_be_bytes());
+        set_be64(&mut buf[atomic_eth::VA], self.va);
+        set_be32(&mut buf[atomic_eth::RKEY], self.rkey);
+        set_be64(&mut buf[atomic_eth::SWAP_ADD], self.swap_add);
+        set_be64(&mut buf[atomic_eth::COMPARE], self.compare);
     }
 }
 
@@ -63,12 +64,12 @@ impl AtomicAckEthRepr {
     pub fn parse(buf: &[u8]) -> Result<Self, WireError> {
         check_len("AtomicAckETH", buf, Self::LEN)?;
         Ok(AtomicAckEthRepr {
-            orig: be64(&buf[0..8]),
+            orig: be64(&buf[atomic_ack_eth::ORIG]),
         })
     }
 
     /// Writes the header into the first 8 bytes of `buf`.
     pub fn emit(&self, buf: &mut [u8]) {
-        buf[0..8].copy_from_slice(&self.orig.to_be_bytes());
+        set_be64(&mut buf[atomic_ack_eth::ORIG], self.orig);
     }
 }

@@ -1,6 +1,6 @@
 //! The Base Transport Header (12 bytes).
 
-use super::{Opcode, WireError, be16, be32, check_len};
+use super::{Opcode, Packet, WireError};
 
 /// A parsed BTH. Reserved fields are kept so that emitting a parsed header
 /// reproduces it byte for byte.
@@ -44,29 +44,29 @@ impl BthRepr {
     /// [`WireError::Truncated`]; [`WireError::BadVersion`] for a transport
     /// header version other than 0.
     pub fn parse(buf: &[u8]) -> Result<Self, WireError> {
-        check_len("BTH", buf, Self::LEN)?;
-        let flags = buf[1];
-        let qp_word = be32(&buf[4..8]);
-        let psn_word = be32(&buf[8..12]);
-        let repr = BthRepr {
-            opcode: Opcode(buf[0]),
-            solicited: flags & 0x80 != 0,
-            mig_req: flags & 0x40 != 0,
-            pad: (flags >> 4) & 0x3,
-            tver: flags & 0xf,
-            pkey: be16(&buf[2..4]),
-            fecn: qp_word & (1 << 31) != 0,
-            becn: qp_word & (1 << 30) != 0,
-            resv6a: ((qp_word >> 24) & 0x3f) as u8,
-            dest_qp: qp_word & 0xff_ffff,
-            ack_req: psn_word & (1 << 31) != 0,
-            resv7: ((psn_word >> 24) & 0x7f) as u8,
-            psn: psn_word & 0xff_ffff,
-        };
-        if repr.tver != 0 {
-            return Err(WireError::BadVersion(repr.tver));
+        let packet = Packet::new_unchecked(buf);
+        packet.check_bth()?;
+        Ok(Self::read(&packet))
+    }
+
+    /// The BTH of a packet whose buffer holds at least 12 bytes.
+    #[inline]
+    pub(super) fn read<T: AsRef<[u8]>>(p: &Packet<T>) -> Self {
+        BthRepr {
+            opcode: p.opcode(),
+            solicited: p.solicited(),
+            mig_req: p.mig_req(),
+            pad: p.pad(),
+            tver: p.tver(),
+            pkey: p.pkey(),
+            fecn: p.fecn(),
+            becn: p.becn(),
+            resv6a: p.resv6a(),
+            dest_qp: p.dest_qp(),
+            ack_req: p.ack_req(),
+            resv7: p.resv7(),
+            psn: p.psn(),
         }
-        Ok(repr)
     }
 
     /// Writes the header into the first 12 bytes of `buf`.
@@ -75,20 +75,20 @@ impl BthRepr {
     /// If `buf` is shorter than [`Self::LEN`] (a caller bug: buffers are
     /// sized from [`super::PacketRepr::len`]).
     pub fn emit(&self, buf: &mut [u8]) {
-        buf[0] = self.opcode.0;
-        buf[1] = (u8::from(self.solicited) << 7)
-            | (u8::from(self.mig_req) << 6)
-            | ((self.pad & 0x3) << 4)
-            | (self.tver & 0xf);
-        buf[2..4].copy_from_slice(&self.pkey.to_be_bytes());
-        let qp_word = (u32::from(self.fecn) << 31)
-            | (u32::from(self.becn) << 30)
-            | (u32::from(self.resv6a & 0x3f) << 24)
-            | (self.dest_qp & 0xff_ffff);
-        buf[4..8].copy_from_slice(&qp_word.to_be_bytes());
-        let psn_word = (u32::from(self.ack_req) << 31)
-            | (u32::from(self.resv7 & 0x7f) << 24)
-            | (self.psn & 0xff_ffff);
-        buf[8..12].copy_from_slice(&psn_word.to_be_bytes());
+        let mut p = Packet::new_unchecked(buf);
+        // Every bit of the 12 bytes is written, whatever they held.
+        p.set_opcode(self.opcode);
+        p.set_solicited(self.solicited);
+        p.set_mig_req(self.mig_req);
+        p.set_pad(self.pad);
+        p.set_tver(self.tver);
+        p.set_pkey(self.pkey);
+        p.set_fecn(self.fecn);
+        p.set_becn(self.becn);
+        p.set_resv6a(self.resv6a);
+        p.set_dest_qp(self.dest_qp);
+        p.set_ack_req(self.ack_req);
+        p.set_resv7(self.resv7);
+        p.set_psn(self.psn);
     }
 }

@@ -1,11 +1,23 @@
 //! The RoCEv2 wire format: the InfiniBand transport headers carried in UDP
 //! (destination port 4791) and the invariant CRC that ends every packet.
 //!
-//! Each header is a plain struct with `parse` (validates, never panics on
-//! any input) and `emit`; [`PacketRepr`] ties them together for one packet
-//! and borrows its payload from the buffer. Parsing then emitting a packet
-//! reproduces it byte for byte, reserved bits and pad bytes included. No
-//! sockets and no memory registrations live here.
+//! Two layers, smoltcp style:
+//!
+//! - [`Packet`] is a typed view of a buffer: getters and setters that read
+//!   and write each field in place, big-endian, without copying. Use it on
+//!   hot paths that look at a few fields of a received packet (PSN, QPN,
+//!   opcode) or patch a few in a built one (PSN on a retransmission, the
+//!   ICRC trailer). [`Packet::new_checked`] holds every validation rule.
+//! - The `*Repr` structs are plain values: [`PacketRepr`] and one per
+//!   header, each with `parse` (validates, never panics on any input) and
+//!   `emit`. [`PacketRepr::parse`] checks with [`Packet::new_checked`],
+//!   takes every header from the view, and borrows its payload from the
+//!   buffer. Use them to decide on a whole packet or to build one from
+//!   values.
+//!
+//! Field positions are defined once, in the view; parsing then emitting a
+//! packet reproduces it byte for byte, reserved bits and pad bytes
+//! included. No sockets and no memory registrations live here.
 
 mod aeth;
 mod atomic;
@@ -14,6 +26,9 @@ mod icrc;
 mod opcode;
 mod packet;
 mod reth;
+mod view;
+#[cfg(test)]
+mod view_tests;
 
 pub use aeth::{AethRepr, NakCode, Syndrome};
 pub use atomic::{AtomicAckEthRepr, AtomicEthRepr};
@@ -22,6 +37,7 @@ pub use icrc::{ICRC_LEN, IpHeader, icrc, icrc_of_udp_payload};
 pub use opcode::{Layout, Opcode};
 pub use packet::PacketRepr;
 pub use reth::RethRepr;
+pub use view::Packet;
 
 /// The UDP destination port of RoCEv2.
 pub const ROCE_V2_PORT: u16 = 4791;
@@ -82,10 +98,15 @@ pub(crate) fn check_len(what: &'static str, buf: &[u8], need: usize) -> Result<(
     }
 }
 
-// Big-endian readers of slices of exactly the right length (callers slice
-// after `check_len`).
+// Big-endian readers and writers of slices of exactly the right length
+// (callers slice after `check_len`, or with the ranges of `view::field`).
+// A 24-bit field is written from the low 24 bits of its value.
 pub(crate) fn be16(b: &[u8]) -> u16 {
     u16::from_be_bytes([b[0], b[1]])
+}
+
+pub(crate) fn be24(b: &[u8]) -> u32 {
+    u32::from_be_bytes([0, b[0], b[1], b[2]])
 }
 
 pub(crate) fn be32(b: &[u8]) -> u32 {
@@ -94,4 +115,20 @@ pub(crate) fn be32(b: &[u8]) -> u32 {
 
 pub(crate) fn be64(b: &[u8]) -> u64 {
     u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+}
+
+pub(crate) fn set_be16(b: &mut [u8], value: u16) {
+    b.copy_from_slice(&value.to_be_bytes());
+}
+
+pub(crate) fn set_be24(b: &mut [u8], value: u32) {
+    b.copy_from_slice(&value.to_be_bytes()[1..]);
+}
+
+pub(crate) fn set_be32(b: &mut [u8], value: u32) {
+    b.copy_from_slice(&value.to_be_bytes());
+}
+
+pub(crate) fn set_be64(b: &mut [u8], value: u64) {
+    b.copy_from_slice(&value.to_be_bytes());
 }

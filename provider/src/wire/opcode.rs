@@ -2,6 +2,8 @@
 //! (IBTA Vol. 1, 9.2; the values and layouts of Linux `ib_pack.h` and
 //! `rxe_opcode.c`).
 
+use super::{AethRepr, AtomicAckEthRepr, AtomicEthRepr, RethRepr};
+
 /// A BTH opcode: transport in bits 7:5, operation in bits 4:0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Opcode(pub u8);
@@ -26,15 +28,72 @@ pub struct Layout {
     pub payload: bool,
 }
 
+/// An extended transport header. Those a layout has follow the BTH in the
+/// order of this enum's variants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ext {
+    Reth,
+    AtomicEth,
+    Aeth,
+    AtomicAckEth,
+    ImmDt,
+    Ieth,
+}
+
+impl Ext {
+    /// Every extended header, in wire order.
+    const ALL: [Ext; 6] = [
+        Ext::Reth,
+        Ext::AtomicEth,
+        Ext::Aeth,
+        Ext::AtomicAckEth,
+        Ext::ImmDt,
+        Ext::Ieth,
+    ];
+
+    /// Length on the wire.
+    pub(crate) const fn len(self) -> usize {
+        match self {
+            Ext::Reth => RethRepr::LEN,
+            Ext::AtomicEth => AtomicEthRepr::LEN,
+            Ext::Aeth => AethRepr::LEN,
+            Ext::AtomicAckEth => AtomicAckEthRepr::LEN,
+            Ext::ImmDt | Ext::Ieth => 4,
+        }
+    }
+}
+
 impl Layout {
     /// Length of the extended headers (without the BTH).
     pub fn ext_len(&self) -> usize {
-        16 * usize::from(self.reth)
-            + 28 * usize::from(self.atomic_eth)
-            + 4 * usize::from(self.aeth)
-            + 8 * usize::from(self.atomic_ack_eth)
-            + 4 * usize::from(self.immdt)
-            + 4 * usize::from(self.ieth)
+        self.ext_len_before(Ext::ALL.len())
+    }
+
+    /// Where `ext` starts, counted from the end of the BTH; `None` if the
+    /// layout lacks it.
+    pub(crate) fn ext_offset(&self, ext: Ext) -> Option<usize> {
+        self.has(ext).then(|| self.ext_len_before(ext as usize))
+    }
+
+    /// Length of the headers of this layout among the first `n` of
+    /// [`Ext::ALL`].
+    fn ext_len_before(&self, n: usize) -> usize {
+        Ext::ALL[..n]
+            .iter()
+            .filter(|&&e| self.has(e))
+            .map(|e| e.len())
+            .sum()
+    }
+
+    fn has(&self, ext: Ext) -> bool {
+        match ext {
+            Ext::Reth => self.reth,
+            Ext::AtomicEth => self.atomic_eth,
+            Ext::Aeth => self.aeth,
+            Ext::AtomicAckEth => self.atomic_ack_eth,
+            Ext::ImmDt => self.immdt,
+            Ext::Ieth => self.ieth,
+        }
     }
 }
 
@@ -217,5 +276,18 @@ mod tests {
                 && Opcode::RC_RDMA_READ_RESPONSE_ONLY.is_last()
         );
         assert!(!Opcode::RC_ACKNOWLEDGE.is_request() && Opcode::RC_FETCH_ADD.is_request());
+    }
+
+    #[test]
+    fn extended_headers_follow_the_bth_in_wire_order() {
+        let ack = Opcode::RC_ATOMIC_ACKNOWLEDGE.layout().unwrap();
+        assert_eq!(ack.ext_offset(Ext::Aeth), Some(0));
+        assert_eq!(ack.ext_offset(Ext::AtomicAckEth), Some(4));
+        assert_eq!(ack.ext_offset(Ext::Reth), None);
+        let write_imm = Opcode::RC_RDMA_WRITE_ONLY_WITH_IMMEDIATE.layout().unwrap();
+        assert_eq!(write_imm.ext_offset(Ext::Reth), Some(0));
+        assert_eq!(write_imm.ext_offset(Ext::ImmDt), Some(16));
+        let cas = Opcode::RC_COMPARE_SWAP.layout().unwrap();
+        assert_eq!(cas.ext_offset(Ext::AtomicEth), Some(0));
     }
 }

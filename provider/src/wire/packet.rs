@@ -1,9 +1,11 @@
 //! One RoCEv2 packet: the BTH, the extended headers its opcode calls for,
 //! the payload and the pad, followed by the ICRC.
 
+use super::opcode::Ext;
+use super::view::field;
 use super::{
-    AethRepr, AtomicAckEthRepr, AtomicEthRepr, BthRepr, ICRC_LEN, RethRepr, WireError, be32,
-    check_len,
+    AethRepr, AtomicAckEthRepr, AtomicEthRepr, BthRepr, ICRC_LEN, Layout, Packet, RethRepr,
+    WireError, check_len, set_be32,
 };
 
 /// A parsed packet. The payload is borrowed from the parsed buffer.
@@ -35,83 +37,55 @@ impl<'a> PacketRepr<'a> {
     /// (whose value is not checked here; see [`super::icrc_of_udp_payload`]).
     ///
     /// # Errors
+    /// Those of [`Packet::new_checked`], which holds the rules:
     /// [`WireError::Truncated`], [`WireError::UnknownOpcode`],
     /// [`WireError::BadVersion`], [`WireError::BadPad`],
     /// [`WireError::UnexpectedPayload`]. Never panics, whatever the input.
     pub fn parse(buf: &'a [u8]) -> Result<Self, WireError> {
-        let bth = BthRepr::parse(buf)?;
-        let layout = bth
-            .opcode
-            .layout()
-            .ok_or(WireError::UnknownOpcode(bth.opcode.0))?;
-        let header_len = BthRepr::LEN + layout.ext_len();
-        check_len("headers and ICRC", buf, header_len + ICRC_LEN)?;
-        let mut at = BthRepr::LEN;
-        // In bounds: `header_len` covers every header of the layout.
-        let mut take = |present: bool, len: usize| {
-            let start = at;
-            if present {
-                at += len;
-            }
-            present.then(|| &buf[start..start + len])
-        };
-        let reth = take(layout.reth, RethRepr::LEN)
-            .map(RethRepr::parse)
-            .transpose()?;
-        let atomic_eth = take(layout.atomic_eth, AtomicEthRepr::LEN)
+        let p = Packet::new_checked(buf)?;
+        // A checked packet holds every header of its layout, exactly sized,
+        // so the header parsers cannot fail.
+        let reth = p.ext(Ext::Reth).map(RethRepr::parse).transpose()?;
+        let atomic_eth = p
+            .ext(Ext::AtomicEth)
             .map(AtomicEthRepr::parse)
             .transpose()?;
-        let aeth = take(layout.aeth, AethRepr::LEN)
-            .map(AethRepr::parse)
-            .transpose()?;
-        let atomic_ack_eth = take(layout.atomic_ack_eth, AtomicAckEthRepr::LEN)
+        let aeth = p.ext(Ext::Aeth).map(AethRepr::parse).transpose()?;
+        let atomic_ack_eth = p
+            .ext(Ext::AtomicAckEth)
             .map(AtomicAckEthRepr::parse)
             .transpose()?;
-        let immdt = take(layout.immdt, 4).map(be32);
-        let ieth = take(layout.ieth, 4).map(be32);
-        let data = &buf[header_len..buf.len() - ICRC_LEN];
-        let pad = usize::from(bth.pad);
-        if !layout.payload && !data.is_empty() {
-            return Err(if pad > 0 {
-                WireError::BadPad {
-                    pad: bth.pad,
-                    payload: data.len(),
-                }
-            } else {
-                WireError::UnexpectedPayload(bth.opcode, data.len())
-            });
-        }
-        if data.len() < pad {
-            return Err(WireError::BadPad {
-                pad: bth.pad,
-                payload: data.len(),
-            });
-        }
-        let (payload, pad_slice) = data.split_at(data.len() - pad);
         let mut pad_bytes = [0u8; 3];
-        pad_bytes[..pad].copy_from_slice(pad_slice);
+        pad_bytes[..usize::from(p.pad())].copy_from_slice(p.pad_bytes());
         Ok(PacketRepr {
-            bth,
+            bth: BthRepr::read(&p),
             reth,
             atomic_eth,
             aeth,
             atomic_ack_eth,
-            immdt,
-            ieth,
-            payload,
+            immdt: p.immdt(),
+            ieth: p.ieth_rkey(),
+            payload: &buf[p.payload_range()],
             pad_bytes,
         })
     }
 
+    /// The extended headers present.
+    fn layout(&self) -> Layout {
+        Layout {
+            reth: self.reth.is_some(),
+            atomic_eth: self.atomic_eth.is_some(),
+            aeth: self.aeth.is_some(),
+            atomic_ack_eth: self.atomic_ack_eth.is_some(),
+            immdt: self.immdt.is_some(),
+            ieth: self.ieth.is_some(),
+            payload: !self.payload.is_empty(),
+        }
+    }
+
     /// Length of the transport headers (BTH and extended headers).
     pub fn header_len(&self) -> usize {
-        BthRepr::LEN
-            + self.reth.map_or(0, |_| RethRepr::LEN)
-            + self.atomic_eth.map_or(0, |_| AtomicEthRepr::LEN)
-            + self.aeth.map_or(0, |_| AethRepr::LEN)
-            + self.atomic_ack_eth.map_or(0, |_| AtomicAckEthRepr::LEN)
-            + self.immdt.map_or(0, |_| 4)
-            + self.ieth.map_or(0, |_| 4)
+        BthRepr::LEN + self.layout().ext_len()
     }
 
     /// Length on the wire: headers, payload, pad and ICRC.
@@ -148,36 +122,40 @@ impl<'a> PacketRepr<'a> {
     /// Writes only the headers (BTH and extended headers) into `buf` and
     /// returns their length, for senders that place the payload themselves
     /// (`self.payload` is ignored; the BTH pad count is written as set).
+    /// The extended headers written are those present in `self`, whatever
+    /// the opcode.
     ///
     /// # Errors
     /// [`WireError::Truncated`] if `buf` is shorter than the headers.
     pub fn emit_headers(&self, buf: &mut [u8]) -> Result<usize, WireError> {
-        check_len("emit buffer", buf, self.header_len())?;
+        let len = self.header_len();
+        check_len("emit buffer", buf, len)?;
         self.bth.emit(buf);
-        let mut at = BthRepr::LEN;
-        let mut put = |len: usize, write: &mut dyn FnMut(&mut [u8])| {
-            write(&mut buf[at..at + len]);
-            at += len;
+        let layout = self.layout();
+        // Present headers have an offset, and `len` covers them all.
+        let at = |ext: Ext| {
+            let start = BthRepr::LEN + layout.ext_offset(ext).unwrap_or(0);
+            start..start + ext.len()
         };
         if let Some(h) = &self.reth {
-            put(RethRepr::LEN, &mut |b| h.emit(b));
+            h.emit(&mut buf[at(Ext::Reth)]);
         }
         if let Some(h) = &self.atomic_eth {
-            put(AtomicEthRepr::LEN, &mut |b| h.emit(b));
+            h.emit(&mut buf[at(Ext::AtomicEth)]);
         }
         if let Some(h) = &self.aeth {
-            put(AethRepr::LEN, &mut |b| h.emit(b));
+            h.emit(&mut buf[at(Ext::Aeth)]);
         }
         if let Some(h) = &self.atomic_ack_eth {
-            put(AtomicAckEthRepr::LEN, &mut |b| h.emit(b));
+            h.emit(&mut buf[at(Ext::AtomicAckEth)]);
         }
         if let Some(imm) = self.immdt {
-            put(4, &mut |b| b.copy_from_slice(&imm.to_be_bytes()));
+            set_be32(&mut buf[at(Ext::ImmDt)][field::WORD], imm);
         }
         if let Some(rkey) = self.ieth {
-            put(4, &mut |b| b.copy_from_slice(&rkey.to_be_bytes()));
+            set_be32(&mut buf[at(Ext::Ieth)][field::WORD], rkey);
         }
-        Ok(at)
+        Ok(len)
     }
 }
 

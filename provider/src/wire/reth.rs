@@ -1,7 +1,8 @@
 //! The RDMA Extended Transport Header (16 bytes): where an RDMA WRITE or
 //! READ goes.
 
-use super::{WireError, be32, be64, check_len};
+use super::view::field::reth::{DMA_LEN, RKEY, VA};
+use super::{WireError, be32, be64, check_len, set_be32, set_be64};
 
 /// A parsed RETH.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,16 +26,16 @@ impl RethRepr {
     pub fn parse(buf: &[u8]) -> Result<Self, WireError> {
         check_len("RETH", buf, Self::LEN)?;
         Ok(RethRepr {
-            va: be64(&buf[0..8]),
-            rkey: be32(&buf[8..12]),
-            len: be32(&buf[12..16]),
+            va: be64(&buf[VA]),
+            rkey: be32(&buf[RKEY]),
+            len: be32(&buf[DMA_LEN]),
         })
     }
 
     /// Writes the header into the first 16 bytes of `buf`.
     pub fn emit(&self, buf: &mut [u8]) {
-        buf[0..8].copy_from_slice(&self.va.to_be_bytes());
-        buf[8..12].copy_from_slice(&self.rkey.to_be_bytes());
-        buf[12..16].copy_from_slice(&self.len.to_be_bytes());
+        set_be64(&mut buf[VA], self.va);
+        set_be32(&mut buf[RKEY], self.rkey);
+        set_be32(&mut buf[DMA_LEN], self.len);
     }
 }
