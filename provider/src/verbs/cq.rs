@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -92,8 +92,11 @@ pub(crate) struct CqInner {
     entries: Mutex<VecDeque<WorkCompletion>>,
     capacity: usize,
     ready: Condvar,
+    /// Threads in `poll_wait`; changed only under the `entries` lock, so a
+    /// push that sees 0 under that lock has nobody to wake.
+    waiters: AtomicUsize,
     overflowed: AtomicBool,
-    /// Signalled (counter incremented) on every completion, for `epoll`.
+    /// Signalled when a completion arrives in an empty queue, for `epoll`.
     event_fd: OwnedFd,
 }
 
@@ -106,13 +109,21 @@ impl CqInner {
             self.overflowed.store(true, Ordering::Relaxed);
             return;
         }
+        let was_empty = entries.is_empty();
         entries.push_back(wc);
+        let wake = self.waiters.load(Ordering::Relaxed) > 0;
         drop(entries);
-        self.ready.notify_all();
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a valid u64 to our eventfd; a full
-        // counter (EAGAIN) only means the reader is far behind.
-        unsafe { libc::write(self.event_fd.as_raw_fd(), (&raw const one).cast(), 8) };
+        // Both cost a system call, so only when someone can be waiting: a
+        // thread in poll_wait, or an epoll user who drained the queue.
+        if wake {
+            self.ready.notify_all();
+        }
+        if was_empty {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a valid u64 to our eventfd; a full
+            // counter (EAGAIN) only means the reader is far behind.
+            unsafe { libc::write(self.event_fd.as_raw_fd(), (&raw const one).cast(), 8) };
+        }
     }
 }
 
@@ -145,6 +156,7 @@ impl CompletionQueue {
                 entries: Mutex::new(VecDeque::with_capacity(capacity.min(1 << 16))),
                 capacity,
                 ready: Condvar::new(),
+                waiters: AtomicUsize::new(0),
                 overflowed: AtomicBool::new(false),
                 // SAFETY: `fd` is a fresh descriptor nobody else owns.
                 event_fd: unsafe { OwnedFd::from_raw_fd(fd) },
@@ -180,12 +192,14 @@ impl CompletionQueue {
             if now >= deadline {
                 return 0;
             }
+            self.inner.waiters.fetch_add(1, Ordering::Relaxed);
             entries = self
                 .inner
                 .ready
                 .wait_timeout(entries, deadline - now)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
+            self.inner.waiters.fetch_sub(1, Ordering::Relaxed);
         }
         let n = out.len().min(entries.len());
         for (slot, wc) in out.iter_mut().zip(entries.drain(..n)) {
@@ -194,8 +208,11 @@ impl CompletionQueue {
         n
     }
 
-    /// An eventfd whose counter goes up with every completion, for use with
-    /// `epoll` (the completion channel of verbs). Reading it resets it.
+    /// An eventfd for `epoll` (the completion channel of verbs): it becomes
+    /// readable when a completion arrives in an empty queue. After an event,
+    /// read the eventfd (which resets it) and poll until the queue is empty
+    /// before waiting again, as with `ibv_get_cq_event` and
+    /// `ibv_req_notify_cq`.
     pub fn event_fd(&self) -> RawFd {
         self.inner.event_fd.as_raw_fd()
     }
