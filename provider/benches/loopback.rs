@@ -14,7 +14,7 @@
 //!   datagrams through the device's socket type, another receives them.
 //!   The physical limit of this design on this machine.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -22,186 +22,21 @@ use std::time::Duration;
 
 use divan::Bencher;
 use divan::counter::BytesCount;
-use odp::{AddressSpace, Mapping};
 use provider::net::{OutPacket, RecvSlot, RoceSocket, SocketConfig};
-use provider::{
-    AccessFlags, CompletionQueue, Context, MemoryRegion, Mtu, ProtectionDomain, QpCaps, QueuePair,
-    RecvWr, SendOp, SendWr, WcStatus, WorkCompletion,
-};
+use provider::{SendOp, SendWr, WorkCompletion};
+
+mod harness;
+
+use harness::*;
 
 fn main() {
     divan::main();
 }
 
-const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const SIZES: [usize; 6] = [64, 1024, 4096, 65_536, 1 << 20, 4 << 20];
-/// Bytes moved per iteration, at least (one message if larger).
-const MIN_BYTES: usize = 1 << 20;
-/// Work requests outstanding at most, like perftest's default tx depth.
-const TX_DEPTH: usize = 128;
-/// Registered bytes per side.
-const REGION: usize = 8 << 20;
-const MTU: usize = 4096;
-
-fn messages(size: usize) -> usize {
-    (MIN_BYTES / size).max(1)
-}
 
 fn bytes(size: usize) -> BytesCount {
     BytesCount::new(messages(size) * size)
-}
-
-/// One side: device, registered memory, queue pair.
-struct End {
-    _ctx: Context,
-    _pd: ProtectionDomain,
-    cq: CompletionQueue,
-    qp: QueuePair,
-    mr: MemoryRegion,
-    _buf: Mapping,
-}
-
-impl End {
-    fn new(odp: bool) -> End {
-        let ctx = Context::open_with_port(LOCALHOST, 0).expect("device");
-        let pd = ctx.alloc_pd().unwrap();
-        let cq = ctx.create_cq(8192).unwrap();
-        let qp = pd
-            .create_qp(&cq, &cq)
-            .caps(QpCaps {
-                max_send_wr: 4096,
-                max_recv_wr: 4096,
-            })
-            // As perftest does: the device's limit of outstanding READs.
-            .max_rd_atomic(128)
-            .build()
-            .unwrap();
-        let buf = AddressSpace::process().map_anonymous(REGION, 0).unwrap();
-        // Present pages for both kinds, so that ODP is measured in its
-        // steady state from the start.
-        // SAFETY: a fresh mapping owned by this struct.
-        unsafe { std::ptr::write_bytes(buf.ptr(), 1, REGION) };
-        let mut access =
-            AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE | AccessFlags::REMOTE_READ;
-        if odp {
-            access = access | AccessFlags::ON_DEMAND;
-        }
-        // SAFETY: the mapping outlives the region (field order) and backs
-        // no Rust objects.
-        let mr = unsafe { pd.reg_mr(buf.addr(), REGION, access) }.unwrap();
-        End {
-            _ctx: ctx,
-            _pd: pd,
-            cq,
-            qp,
-            mr,
-            _buf: buf,
-        }
-    }
-}
-
-fn pair(odp: bool) -> (End, End) {
-    let (a, b) = (End::new(odp), End::new(odp));
-    a.qp.connect(&b.qp.endpoint(Mtu::Mtu4096)).unwrap();
-    b.qp.connect(&a.qp.endpoint(Mtu::Mtu4096)).unwrap();
-    (a, b)
-}
-
-/// Waits for completions on `cq`; returns how many, all successful.
-fn reap(cq: &CompletionQueue, wc: &mut [WorkCompletion]) -> usize {
-    let n = cq.poll_wait(wc, Duration::from_secs(10));
-    assert!(n > 0, "no completion within 10 s");
-    for c in &wc[..n] {
-        assert_eq!(c.status, WcStatus::Success);
-    }
-    n
-}
-
-/// Posts `count` messages of `size` bytes from `a`, at most [`TX_DEPTH`]
-/// outstanding, and waits for all of them. With `receiver`, `b`'s receive
-/// completions are drained and its receives reposted as they are used.
-fn stream(a: &End, b: &End, op: fn(&End, usize) -> SendOp, size: usize, receiver: bool) {
-    let count = messages(size);
-    let slots = REGION / size;
-    let mut wc = vec![WorkCompletion::default(); 64];
-    let mut rwc = vec![WorkCompletion::default(); 256];
-    let (mut posted, mut done, mut received) = (0, 0, 0);
-    let mut sges = Vec::with_capacity(64);
-    while done < count {
-        let first = posted;
-        while posted < count && posted - done < TX_DEPTH && sges.len() < 64 {
-            sges.push([a.mr.sge(((posted % slots) * size) as u64, size as u32)]);
-            posted += 1;
-        }
-        if !sges.is_empty() {
-            let batch: Vec<SendWr<'_>> = sges
-                .iter()
-                .enumerate()
-                .map(|(k, sge)| SendWr {
-                    wr_id: (first + k) as u64,
-                    op: op(b, ((first + k) % slots) * size),
-                    sg_list: sge,
-                    signaled: true,
-                    solicited: false,
-                })
-                .collect();
-            a.qp.post_send(&batch).unwrap();
-            sges.clear();
-        }
-        if receiver {
-            loop {
-                let n = b.cq.poll(&mut rwc);
-                if n == 0 {
-                    break;
-                }
-                received += n;
-                repost(b, n, size);
-            }
-        }
-        done += reap(&a.cq, &mut wc);
-    }
-    while receiver && received < count {
-        let n = reap(&b.cq, &mut rwc);
-        received += n;
-        repost(b, n, size);
-    }
-}
-
-/// Posts `used` receives of `size` bytes on `b`, replacing those just
-/// consumed.
-fn repost(b: &End, used: usize, size: usize) {
-    let sge = [b.mr.sge(0, size as u32)];
-    let wrs: Vec<RecvWr<'_>> = (0..used)
-        .map(|_| RecvWr {
-            wr_id: 0,
-            sg_list: &sge,
-        })
-        .collect();
-    if !wrs.is_empty() {
-        b.qp.post_recv(&wrs).unwrap();
-    }
-}
-
-fn prime_receives(b: &End, size: usize) {
-    repost(b, 2 * TX_DEPTH, size);
-}
-
-fn write_op(b: &End, at: usize) -> SendOp {
-    SendOp::Write {
-        remote_addr: b.mr.addr() + at as u64,
-        rkey: b.mr.rkey(),
-    }
-}
-
-fn read_op(b: &End, at: usize) -> SendOp {
-    SendOp::Read {
-        remote_addr: b.mr.addr() + at as u64,
-        rkey: b.mr.rkey(),
-    }
-}
-
-fn send_op(_: &End, _: usize) -> SendOp {
-    SendOp::Send
 }
 
 fn bandwidth(bencher: Bencher, odp: bool, op: fn(&End, usize) -> SendOp, size: usize) {

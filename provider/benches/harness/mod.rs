@@ -1,0 +1,181 @@
+//! What the loopback benchmark and the pinned-versus-ODP comparison share:
+//! two connected ends and a perftest-style stream of work requests.
+
+#![allow(dead_code)] // Each user takes a different part.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use odp::{AddressSpace, Mapping};
+use provider::{
+    AccessFlags, CompletionQueue, Context, MemoryRegion, Mtu, ProtectionDomain, QpCaps, QueuePair,
+    RecvWr, SendOp, SendWr, WcStatus, WorkCompletion,
+};
+
+pub const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+/// Bytes moved per iteration, at least (one message if larger).
+pub const MIN_BYTES: usize = 1 << 20;
+/// Work requests outstanding at most, like perftest's default tx depth.
+pub const TX_DEPTH: usize = 128;
+/// Registered bytes per side.
+pub const REGION: usize = 8 << 20;
+pub const MTU: usize = 4096;
+
+pub fn messages(size: usize) -> usize {
+    (MIN_BYTES / size).max(1)
+}
+
+/// One side: device, registered memory, queue pair.
+pub struct End {
+    pub ctx: Context,
+    _pd: ProtectionDomain,
+    pub cq: CompletionQueue,
+    pub qp: QueuePair,
+    pub mr: MemoryRegion,
+    _buf: Mapping,
+}
+
+impl End {
+    /// A device on 127.0.0.1 with [`REGION`] bytes registered, pinned or
+    /// on demand, and a queue pair sized for [`TX_DEPTH`] streams.
+    pub fn new(odp: bool) -> End {
+        let ctx = Context::open_with_port(LOCALHOST, 0).expect("device");
+        let pd = ctx.alloc_pd().unwrap();
+        let cq = ctx.create_cq(8192).unwrap();
+        let qp = pd
+            .create_qp(&cq, &cq)
+            .caps(QpCaps {
+                max_send_wr: 4096,
+                max_recv_wr: 4096,
+            })
+            // As perftest does: the device's limit of outstanding READs.
+            .max_rd_atomic(128)
+            .build()
+            .unwrap();
+        let buf = AddressSpace::process().map_anonymous(REGION, 0).unwrap();
+        // Present pages for both kinds, so that ODP is measured in its
+        // steady state from the start.
+        // SAFETY: a fresh mapping owned by this struct.
+        unsafe { std::ptr::write_bytes(buf.ptr(), 1, REGION) };
+        let mut access =
+            AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE | AccessFlags::REMOTE_READ;
+        if odp {
+            access = access | AccessFlags::ON_DEMAND;
+        }
+        // SAFETY: the mapping outlives the region (field order) and backs
+        // no Rust objects.
+        let mr = unsafe { pd.reg_mr(buf.addr(), REGION, access) }.unwrap();
+        End {
+            ctx,
+            _pd: pd,
+            cq,
+            qp,
+            mr,
+            _buf: buf,
+        }
+    }
+}
+
+pub fn pair(odp: bool) -> (End, End) {
+    let (a, b) = (End::new(odp), End::new(odp));
+    a.qp.connect(&b.qp.endpoint(Mtu::Mtu4096)).unwrap();
+    b.qp.connect(&a.qp.endpoint(Mtu::Mtu4096)).unwrap();
+    (a, b)
+}
+
+/// Waits for completions on `cq`; returns how many, all successful.
+pub fn reap(cq: &CompletionQueue, wc: &mut [WorkCompletion]) -> usize {
+    let n = cq.poll_wait(wc, Duration::from_secs(10));
+    assert!(n > 0, "no completion within 10 s");
+    for c in &wc[..n] {
+        assert_eq!(c.status, WcStatus::Success);
+    }
+    n
+}
+
+/// Posts `count` messages of `size` bytes from `a`, at most [`TX_DEPTH`]
+/// outstanding, and waits for all of them. With `receiver`, `b`'s receive
+/// completions are drained and its receives reposted as they are used.
+pub fn stream(a: &End, b: &End, op: fn(&End, usize) -> SendOp, size: usize, receiver: bool) {
+    let count = messages(size);
+    let slots = REGION / size;
+    let mut wc = vec![WorkCompletion::default(); 64];
+    let mut rwc = vec![WorkCompletion::default(); 256];
+    let (mut posted, mut done, mut received) = (0, 0, 0);
+    let mut sges = Vec::with_capacity(64);
+    while done < count {
+        let first = posted;
+        while posted < count && posted - done < TX_DEPTH && sges.len() < 64 {
+            sges.push([a.mr.sge(((posted % slots) * size) as u64, size as u32)]);
+            posted += 1;
+        }
+        if !sges.is_empty() {
+            let batch: Vec<SendWr<'_>> = sges
+                .iter()
+                .enumerate()
+                .map(|(k, sge)| SendWr {
+                    wr_id: (first + k) as u64,
+                    op: op(b, ((first + k) % slots) * size),
+                    sg_list: sge,
+                    signaled: true,
+                    solicited: false,
+                })
+                .collect();
+            a.qp.post_send(&batch).unwrap();
+            sges.clear();
+        }
+        if receiver {
+            loop {
+                let n = b.cq.poll(&mut rwc);
+                if n == 0 {
+                    break;
+                }
+                received += n;
+                repost(b, n, size);
+            }
+        }
+        done += reap(&a.cq, &mut wc);
+    }
+    while receiver && received < count {
+        let n = reap(&b.cq, &mut rwc);
+        received += n;
+        repost(b, n, size);
+    }
+}
+
+/// Posts `used` receives of `size` bytes on `b`, replacing those just
+/// consumed.
+pub fn repost(b: &End, used: usize, size: usize) {
+    let sge = [b.mr.sge(0, size as u32)];
+    let wrs: Vec<RecvWr<'_>> = (0..used)
+        .map(|_| RecvWr {
+            wr_id: 0,
+            sg_list: &sge,
+        })
+        .collect();
+    if !wrs.is_empty() {
+        b.qp.post_recv(&wrs).unwrap();
+    }
+}
+
+pub fn prime_receives(b: &End, size: usize) {
+    repost(b, 2 * TX_DEPTH, size);
+}
+
+pub fn write_op(b: &End, at: usize) -> SendOp {
+    SendOp::Write {
+        remote_addr: b.mr.addr() + at as u64,
+        rkey: b.mr.rkey(),
+    }
+}
+
+pub fn read_op(b: &End, at: usize) -> SendOp {
+    SendOp::Read {
+        remote_addr: b.mr.addr() + at as u64,
+        rkey: b.mr.rkey(),
+    }
+}
+
+pub fn send_op(_: &End, _: usize) -> SendOp {
+    SendOp::Send
+}
