@@ -187,24 +187,25 @@ impl Shared {
         };
         let mut slots: Vec<RecvSlot> = (0..BATCH).map(|_| RecvSlot::new(slot_bytes)).collect();
         let mut out = Outbox::default();
+        // Reused: the loop allocates nothing per turn.
+        let mut qps: Vec<Arc<QpCore>> = Vec::new();
         while !self.stop.load(Relaxed) {
             let now = Instant::now();
-            let qps: Vec<Arc<QpCore>> = self
-                .qps
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .values()
-                .cloned()
-                .collect();
+            qps.extend(
+                self.qps
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .values()
+                    .cloned(),
+            );
             let mut wait = Duration::from_millis(20);
-            for qp in &qps {
+            for qp in qps.drain(..) {
                 match qp.deadline() {
                     Some(t) if t <= now => qp.on_timer(self, now, &mut out),
                     Some(t) => wait = wait.min(t - now),
                     None => {}
                 }
             }
-            drop(qps);
             self.send(&mut out);
             match self.transport.recv_batch(&mut slots, Some(wait)) {
                 Ok(n) => {
