@@ -3,75 +3,32 @@
 //! byte for byte.
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
+use pcap_file::pcap::PcapReader;
 use provider::wire::{
-    ICRC_LEN, IpHeader, Opcode, PacketRepr, ROCE_V2_PORT, Syndrome, WireError, icrc_of_udp_payload,
+    ICRC_LEN, IpHeader, Opcode, PacketRepr, Syndrome, UdpDatagram, WireError, icrc_of_udp_payload,
 };
 
 const CAPTURE: &[u8] = include_bytes!("data/rxe-7.3.4-perftest.pcap");
 
-/// The records of a classic little-endian pcap file.
-fn pcap_records(file: &[u8]) -> Vec<&[u8]> {
-    assert_eq!(&file[..4], &[0xd4, 0xc3, 0xb2, 0xa1], "little-endian pcap");
-    assert_eq!(
-        u32::from_le_bytes(file[20..24].try_into().unwrap()),
-        1,
-        "Ethernet"
-    );
+/// The capture's frames, read once.
+static RECORDS: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
+    let mut reader = PcapReader::new(CAPTURE).expect("a pcap file");
     let mut records = Vec::new();
-    let mut at = 24;
-    while at + 16 <= file.len() {
-        let len = u32::from_le_bytes(file[at + 8..at + 12].try_into().unwrap()) as usize;
-        records.push(&file[at + 16..at + 16 + len]);
-        at += 16 + len;
+    while let Some(packet) = reader.next_packet() {
+        records.push(packet.expect("a whole record").data.into_owned());
     }
-    assert_eq!(at, file.len(), "no trailing garbage");
     records
-}
+});
 
-/// A RoCEv2 frame: its IP header, UDP header and UDP payload.
-struct Frame<'a> {
-    ip: IpHeader<'a>,
-    udp: &'a [u8; 8],
-    payload: &'a [u8],
-}
-
-fn roce_frame(eth: &[u8]) -> Option<Frame<'_>> {
-    let ethertype = u16::from_be_bytes([eth[12], eth[13]]);
-    let (ip, rest) = match ethertype {
-        0x0800 => {
-            let ip = &eth[14..];
-            assert_eq!(ip[0], 0x45, "no IPv4 options in rxe traffic");
-            if ip[9] != 17 {
-                return None;
-            }
-            (IpHeader::V4(ip[..20].try_into().ok()?), &ip[20..])
-        }
-        0x86dd => {
-            let ip = &eth[14..];
-            if ip[6] != 17 {
-                return None;
-            }
-            (IpHeader::V6(ip[..40].try_into().ok()?), &ip[40..])
-        }
-        _ => return None,
-    };
-    let udp: &[u8; 8] = rest[..8].try_into().ok()?;
-    if u16::from_be_bytes([udp[2], udp[3]]) != ROCE_V2_PORT {
-        return None;
-    }
-    let udp_len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
-    Some(Frame {
-        ip,
-        udp,
-        payload: &rest[8..udp_len],
-    })
-}
-
-fn frames() -> Vec<Frame<'static>> {
-    pcap_records(CAPTURE)
-        .into_iter()
-        .filter_map(roce_frame)
+/// The RoCEv2 frames: UDP to port 4791 (the capture holds nothing else
+/// over UDP, and only IP without options).
+fn frames() -> Vec<UdpDatagram<'static>> {
+    RECORDS
+        .iter()
+        .filter_map(|r| UdpDatagram::from_ethernet(r).ok())
+        .filter(UdpDatagram::is_roce)
         .collect()
 }
 

@@ -21,19 +21,9 @@ fn seal(src: SocketAddr, dst: SocketAddr, mut roce: Vec<u8>) -> Vec<u8> {
 
 fn bth(opcode: Opcode, dest_qp: u32, psn: u32, payload: usize) -> BthRepr {
     BthRepr {
-        opcode,
-        solicited: false,
-        mig_req: false,
         pad: PacketRepr::pad_for(payload),
-        tver: 0,
-        pkey: 0xffff,
-        fecn: false,
-        becn: false,
-        resv6a: 0,
-        dest_qp,
         ack_req: true,
-        resv7: 0,
-        psn,
+        ..BthRepr::new(opcode, dest_qp, psn)
     }
 }
 
@@ -43,20 +33,6 @@ fn packet(h: PacketRepr<'_>) -> Vec<u8> {
     let n = h.emit(&mut buf).unwrap();
     buf.truncate(n);
     buf
-}
-
-fn headers(bth: BthRepr, payload: &[u8]) -> PacketRepr<'_> {
-    PacketRepr {
-        bth,
-        reth: None,
-        atomic_eth: None,
-        aeth: None,
-        atomic_ack_eth: None,
-        immdt: None,
-        ieth: None,
-        payload,
-        pad_bytes: [0; 3],
-    }
 }
 
 /// The responses the device sends back to the attacker socket.
@@ -131,7 +107,7 @@ fn garbage_is_dropped_and_counted() {
     let mut bad = seal(
         me,
         dev,
-        packet(headers(
+        packet(PacketRepr::new(
             bth(Opcode::RC_SEND_ONLY, qpn, 100, 4),
             &[1, 2, 3, 4],
         )),
@@ -139,14 +115,17 @@ fn garbage_is_dropped_and_counted() {
     bad[13] ^= 1;
     sock.send_to(&bad, dev).unwrap();
     // Reserved opcode, version 1, ACK with a payload.
-    let mut unknown = packet(headers(bth(Opcode::RC_SEND_ONLY, qpn, 100, 0), &[]));
+    let mut unknown = packet(PacketRepr::new(bth(Opcode::RC_SEND_ONLY, qpn, 100, 0), &[]));
     unknown[0] = 0x15;
     sock.send_to(&seal(me, dev, unknown), dev).unwrap();
-    let mut version = packet(headers(bth(Opcode::RC_SEND_ONLY, qpn, 100, 0), &[]));
+    let mut version = packet(PacketRepr::new(bth(Opcode::RC_SEND_ONLY, qpn, 100, 0), &[]));
     version[1] |= 1;
     sock.send_to(&seal(me, dev, version), dev).unwrap();
     // A queue pair that does not exist.
-    let nobody = packet(headers(bth(Opcode::RC_SEND_ONLY, 0xabcd, 100, 0), &[]));
+    let nobody = packet(PacketRepr::new(
+        bth(Opcode::RC_SEND_ONLY, 0xabcd, 100, 0),
+        &[],
+    ));
     sock.send_to(&seal(me, dev, nobody), dev).unwrap();
     // Random datagrams, sealed so they reach the parser.
     let mut seed = 0xdead_beefu32;
@@ -176,7 +155,7 @@ fn garbage_is_dropped_and_counted() {
     assert!(s.rx_unknown_qp >= 1, "{s:?}");
     let _ = responses(&sock);
     // The device still works: a proper write at the expected PSN lands.
-    let mut h = headers(bth(Opcode::RC_RDMA_WRITE_ONLY, qpn, 100, 4), &[9, 9, 9, 9]);
+    let mut h = PacketRepr::new(bth(Opcode::RC_RDMA_WRITE_ONLY, qpn, 100, 4), &[9, 9, 9, 9]);
     h.reth = Some(RethRepr {
         va: t.mr.addr() + 8,
         rkey: t.mr.rkey(),
@@ -205,7 +184,7 @@ fn bad_keys_ranges_lengths_and_psns_are_naked() {
         responses(&sock)
     };
     let write = |t: &Target, psn: u32, reth: RethRepr, payload: &'static [u8]| {
-        let mut h = headers(
+        let mut h = PacketRepr::new(
             bth(
                 Opcode::RC_RDMA_WRITE_ONLY,
                 t.qp.qp_num(),

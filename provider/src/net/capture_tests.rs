@@ -3,14 +3,10 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use super::testutil::{capture_frames, send_only};
+use super::testutil::send_only;
 use super::{IcrcVerdict, Ipv4IdPolicy, payload_icrc, verify};
+use crate::wire::golden;
 use crate::wire::{IpHeader, icrc_of_udp_payload};
-
-const CAPTURE: &[u8] = include_bytes!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/data/rxe-7.3.4-perftest.pcap"
-));
 
 fn ipv4_id(ip: &IpHeader<'_>) -> Option<u16> {
     match ip {
@@ -43,7 +39,7 @@ fn next(x: &mut u64) -> u64 {
 
 #[test]
 fn every_capture_frame_is_accepted_and_its_ipv4_id_recovered() {
-    let frames = capture_frames(CAPTURE);
+    let frames = golden::frames();
     assert_eq!(frames.len(), 615);
     let (mut v4, mut v6, mut nonzero) = (0, 0, 0);
     for (i, f) in frames.iter().enumerate() {
@@ -81,7 +77,7 @@ fn every_capture_frame_is_accepted_and_its_ipv4_id_recovered() {
 fn a_flipped_bit_in_a_capture_frame_is_bad() {
     let mut x = 0x1234_5678_9abc_def0u64;
     let (mut flips, mut bad) = (0, 0);
-    for f in capture_frames(CAPTURE) {
+    for f in golden::frames() {
         // Three random single-bit flips per frame, anywhere from the BTH to
         // the ICRC trailer.
         for _ in 0..3 {
@@ -107,7 +103,7 @@ fn a_flipped_bit_in_a_capture_frame_is_bad() {
 /// residual check misses (IPv4) and checks IPv6 misses none.
 #[test]
 fn exhaustive_single_bit_flips_on_sample_frames() {
-    let frames = capture_frames(CAPTURE);
+    let frames = golden::frames();
     let mut report = Vec::new();
     let mut seen_v4_lens = Vec::new();
     let mut seen_v6 = false;

@@ -2,11 +2,11 @@
 //! on `lo`.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use crate::wire::{BthRepr, ICRC_LEN, IpHeader, Opcode, PacketRepr, ROCE_V2_PORT};
+use crate::wire::{BthRepr, ICRC_LEN, Opcode, PacketRepr, UdpDatagram};
 
 /// A SEND_ONLY packet with `payload_len` bytes of pattern derived from
 /// `psn`, plus 4 spare bytes for the ICRC.
@@ -14,31 +14,12 @@ pub(crate) fn send_only(psn: u32, payload_len: usize) -> Vec<u8> {
     let payload: Vec<u8> = (0..payload_len)
         .map(|i| (i as u32).wrapping_mul(31).wrapping_add(psn) as u8)
         .collect();
-    let p = PacketRepr {
-        bth: BthRepr {
-            opcode: Opcode::RC_SEND_ONLY,
-            solicited: false,
-            mig_req: false,
-            pad: PacketRepr::pad_for(payload_len),
-            tver: 0,
-            pkey: 0xffff,
-            fecn: false,
-            becn: false,
-            resv6a: 0,
-            dest_qp: 0x11,
-            ack_req: true,
-            resv7: 0,
-            psn: psn & 0xff_ffff,
-        },
-        reth: None,
-        atomic_eth: None,
-        aeth: None,
-        atomic_ack_eth: None,
-        immdt: None,
-        ieth: None,
-        payload: &payload,
-        pad_bytes: [0; 3],
+    let bth = BthRepr {
+        pad: PacketRepr::pad_for(payload_len),
+        ack_req: true,
+        ..BthRepr::new(Opcode::RC_SEND_ONLY, 0x11, psn)
     };
+    let p = PacketRepr::new(bth, &payload);
     let mut buf = vec![0u8; p.len()];
     let n = p.emit(&mut buf).unwrap();
     assert_eq!(n + ICRC_LEN, buf.len());
@@ -50,72 +31,9 @@ pub(crate) fn psn_of(payload: &[u8]) -> u32 {
     BthRepr::parse(payload).unwrap().psn
 }
 
-/// The records of a classic little-endian pcap file.
-pub(crate) fn pcap_records(file: &[u8]) -> Vec<&[u8]> {
-    assert_eq!(&file[..4], &[0xd4, 0xc3, 0xb2, 0xa1], "little-endian pcap");
-    assert_eq!(
-        u32::from_le_bytes(file[20..24].try_into().unwrap()),
-        1,
-        "Ethernet"
-    );
-    let mut records = Vec::new();
-    let mut at = 24;
-    while at + 16 <= file.len() {
-        let len = u32::from_le_bytes(file[at + 8..at + 12].try_into().unwrap()) as usize;
-        records.push(&file[at + 16..at + 16 + len]);
-        at += 16 + len;
-    }
-    records
-}
-
-/// A UDP frame: IP header, UDP header, UDP payload, and the addresses.
-pub(crate) struct Frame<'a> {
-    pub ip: IpHeader<'a>,
-    pub udp: &'a [u8; 8],
-    pub payload: &'a [u8],
-    pub src: SocketAddr,
-    pub dst: SocketAddr,
-}
-
-/// Parses an Ethernet frame carrying UDP over IPv4 (no options) or IPv6.
-pub(crate) fn udp_frame(eth: &[u8]) -> Option<Frame<'_>> {
-    let ethertype = u16::from_be_bytes([*eth.get(12)?, *eth.get(13)?]);
-    let ip = eth.get(14..)?;
-    let (header, src, dst, rest) = match ethertype {
-        0x0800 if ip.first() == Some(&0x45) && ip.get(9) == Some(&17) => {
-            let h: &[u8; 20] = ip.get(..20)?.try_into().ok()?;
-            let s = IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(&h[12..16]).ok()?));
-            let d = IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(&h[16..20]).ok()?));
-            (IpHeader::V4(h), s, d, &ip[20..])
-        }
-        0x86dd if ip.get(6) == Some(&17) => {
-            let h: &[u8; 40] = ip.get(..40)?.try_into().ok()?;
-            let s = IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&h[8..24]).ok()?));
-            let d = IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&h[24..40]).ok()?));
-            (IpHeader::V6(h), s, d, &ip[40..])
-        }
-        _ => return None,
-    };
-    let udp: &[u8; 8] = rest.get(..8)?.try_into().ok()?;
-    let sport = u16::from_be_bytes([udp[0], udp[1]]);
-    let dport = u16::from_be_bytes([udp[2], udp[3]]);
-    let len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
-    Some(Frame {
-        ip: header,
-        udp,
-        payload: rest.get(8..len)?,
-        src: SocketAddr::new(src, sport),
-        dst: SocketAddr::new(dst, dport),
-    })
-}
-
-/// RoCEv2 frames (UDP destination port 4791) of the kernel-rxe capture.
-pub(crate) fn capture_frames(file: &[u8]) -> Vec<Frame<'_>> {
-    pcap_records(file)
-        .into_iter()
-        .filter_map(udp_frame)
-        .filter(|f| f.dst.port() == ROCE_V2_PORT)
-        .collect()
+/// Decodes an Ethernet frame carrying UDP.
+pub(crate) fn udp_frame(eth: &[u8]) -> Option<UdpDatagram<'_>> {
+    UdpDatagram::from_ethernet(eth).ok()
 }
 
 /// An AF_PACKET socket on `lo` that keeps the frames the kernel sends

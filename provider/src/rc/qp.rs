@@ -225,33 +225,13 @@ pub(crate) fn bth(
     ack_req: bool,
 ) -> BthRepr {
     BthRepr {
-        opcode,
-        solicited: false,
-        mig_req: false,
         pad: PacketRepr::pad_for(payload_len),
-        tver: 0,
-        pkey: 0xffff,
-        fecn: false,
-        becn: false,
-        resv6a: 0,
-        dest_qp: peer.qpn,
         ack_req,
-        resv7: 0,
-        psn: psn & super::PSN_MASK,
+        ..BthRepr::new(opcode, peer.qpn, psn)
     }
 }
 
 /// Headers with no extended header and no payload set.
 pub(crate) fn headers(bth: BthRepr) -> PacketRepr<'static> {
-    PacketRepr {
-        bth,
-        reth: None,
-        atomic_eth: None,
-        aeth: None,
-        atomic_ack_eth: None,
-        immdt: None,
-        ieth: None,
-        payload: &[],
-        pad_bytes: [0; 3],
-    }
+    PacketRepr::new(bth, &[])
 }

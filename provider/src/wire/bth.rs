@@ -38,6 +38,27 @@ impl BthRepr {
     /// Length on the wire.
     pub const LEN: usize = 12;
 
+    /// A BTH as senders fill it: `opcode` to `dest_qp` at `psn` (masked to
+    /// 24 bits), default partition key 0xffff, version 0, and every flag,
+    /// the pad count and the reserved bits zero.
+    pub fn new(opcode: Opcode, dest_qp: u32, psn: u32) -> Self {
+        BthRepr {
+            opcode,
+            solicited: false,
+            mig_req: false,
+            pad: 0,
+            tver: 0,
+            pkey: 0xffff,
+            fecn: false,
+            becn: false,
+            resv6a: 0,
+            dest_qp: dest_qp & 0xff_ffff,
+            ack_req: false,
+            resv7: 0,
+            psn: psn & 0xff_ffff,
+        }
+    }
+
     /// Parses the first 12 bytes of `buf`.
     ///
     /// # Errors

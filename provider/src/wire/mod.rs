@@ -22,6 +22,9 @@
 mod aeth;
 mod atomic;
 mod bth;
+mod encap;
+#[cfg(test)]
+pub(crate) mod golden;
 mod icrc;
 mod opcode;
 mod packet;
@@ -33,6 +36,7 @@ mod view_tests;
 pub use aeth::{AethRepr, NakCode, Syndrome};
 pub use atomic::{AtomicAckEthRepr, AtomicEthRepr};
 pub use bth::BthRepr;
+pub use encap::UdpDatagram;
 pub use icrc::{ICRC_LEN, IpHeader, icrc, icrc_of_udp_payload};
 pub use opcode::{Layout, Opcode};
 pub use packet::PacketRepr;

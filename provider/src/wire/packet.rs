@@ -70,6 +70,24 @@ impl<'a> PacketRepr<'a> {
         })
     }
 
+    /// A packet with `bth`, no extended headers and `payload`, its pad
+    /// bytes zero. The BTH's pad count is used as given (see
+    /// [`Self::pad_for`]); senders that place the payload themselves leave
+    /// `payload` empty and emit only the headers.
+    pub fn new(bth: BthRepr, payload: &'a [u8]) -> Self {
+        PacketRepr {
+            bth,
+            reth: None,
+            atomic_eth: None,
+            aeth: None,
+            atomic_ack_eth: None,
+            immdt: None,
+            ieth: None,
+            payload,
+            pad_bytes: [0; 3],
+        }
+    }
+
     /// The extended headers present.
     fn layout(&self) -> Layout {
         Layout {

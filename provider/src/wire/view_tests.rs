@@ -3,33 +3,8 @@
 
 use super::{
     AethRepr, AtomicAckEthRepr, AtomicEthRepr, BthRepr, ICRC_LEN, Opcode, Packet, PacketRepr,
-    ROCE_V2_PORT, RethRepr, Syndrome, WireError,
+    RethRepr, Syndrome, WireError,
 };
-
-const CAPTURE: &[u8] = include_bytes!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/data/rxe-7.3.4-perftest.pcap"
-));
-
-/// The UDP payloads to port 4791 in a little-endian Ethernet pcap.
-fn roce_payloads(file: &[u8]) -> Vec<&[u8]> {
-    let mut out = Vec::new();
-    let mut at = 24;
-    while at + 16 <= file.len() {
-        let len = u32::from_le_bytes(file[at + 8..at + 12].try_into().unwrap()) as usize;
-        let eth = &file[at + 16..at + 16 + len];
-        at += 16 + len;
-        let udp = match u16::from_be_bytes([eth[12], eth[13]]) {
-            0x0800 if eth[14 + 9] == 17 => &eth[14 + 4 * usize::from(eth[14] & 0xf)..],
-            0x86dd if eth[14 + 6] == 17 => &eth[14 + 40..],
-            _ => continue,
-        };
-        if u16::from_be_bytes([udp[2], udp[3]]) == ROCE_V2_PORT {
-            out.push(&udp[8..usize::from(u16::from_be_bytes([udp[4], udp[5]]))]);
-        }
-    }
-    out
-}
 
 /// The opcodes with a layout.
 fn known_opcodes() -> Vec<Opcode> {
@@ -110,7 +85,7 @@ fn assert_view_matches(p: &Packet<&[u8]>, r: &PacketRepr<'_>) {
 
 #[test]
 fn every_golden_frame_reads_the_same_through_the_view() {
-    let frames = roce_payloads(CAPTURE);
+    let frames: Vec<&[u8]> = super::golden::frames().iter().map(|f| f.payload).collect();
     assert_eq!(frames.len(), 615);
     for (i, f) in frames.iter().enumerate() {
         let p = Packet::new_checked(*f).unwrap_or_else(|e| panic!("frame {i}: {e}"));

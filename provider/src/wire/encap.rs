@@ -1,0 +1,228 @@
+//! The encapsulation around a RoCEv2 packet on the wire: an Ethernet frame
+//! (optionally VLAN-tagged) or a bare IP packet, carrying UDP over IPv4
+//! (no options, as rxe sends) or IPv6 (no extension headers). For tools and
+//! tests that read captured frames; the device itself never sees these
+//! headers (a UDP socket strips them).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use super::{IpHeader, ROCE_V2_PORT, WireError, be16, icrc_of_udp_payload};
+
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_IPV6: u16 = 0x86dd;
+const ETHERTYPE_VLAN: u16 = 0x8100;
+const IPPROTO_UDP: u8 = 17;
+
+/// A UDP datagram taken out of a captured frame, with the IP header the
+/// ICRC covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UdpDatagram<'a> {
+    /// The IP header (IPv4 without options, or IPv6).
+    pub ip: IpHeader<'a>,
+    /// The UDP header.
+    pub udp: &'a [u8; 8],
+    /// The UDP payload, as long as the UDP header says (Ethernet padding
+    /// after it is dropped).
+    pub payload: &'a [u8],
+    /// Source address and UDP port.
+    pub src: SocketAddr,
+    /// Destination address and UDP port.
+    pub dst: SocketAddr,
+}
+
+fn bad(what: &'static str) -> WireError {
+    WireError::BadEncapsulation(what)
+}
+
+impl<'a> UdpDatagram<'a> {
+    /// Decodes an Ethernet frame (with at most one VLAN tag) carrying UDP
+    /// over IPv4 or IPv6.
+    ///
+    /// # Errors
+    /// [`WireError::BadEncapsulation`] for anything else or a frame cut
+    /// short; never panics.
+    pub fn from_ethernet(frame: &'a [u8]) -> Result<Self, WireError> {
+        let mut at = 12;
+        let mut ethertype = be16(frame.get(at..at + 2).ok_or(bad("short Ethernet header"))?);
+        if ethertype == ETHERTYPE_VLAN {
+            at += 4;
+            ethertype = be16(frame.get(at..at + 2).ok_or(bad("short VLAN tag"))?);
+        }
+        match ethertype {
+            ETHERTYPE_IPV4 | ETHERTYPE_IPV6 => Self::from_ip(&frame[at + 2..]),
+            _ => Err(bad("not IPv4 or IPv6")),
+        }
+    }
+
+    /// Decodes an IP packet (version from its first nibble) carrying UDP.
+    ///
+    /// # Errors
+    /// [`WireError::BadEncapsulation`] for other protocols, IPv4 options,
+    /// IPv6 extension headers, fragments, or lengths that do not fit;
+    /// never panics.
+    pub fn from_ip(packet: &'a [u8]) -> Result<Self, WireError> {
+        let (ip, src, dst, rest) = match packet.first().map(|b| b >> 4) {
+            Some(4) => {
+                let h: &[u8; 20] = packet
+                    .get(..20)
+                    .and_then(|h| h.try_into().ok())
+                    .ok_or(bad("short IPv4 header"))?;
+                if h[0] != 0x45 {
+                    return Err(bad("IPv4 options"));
+                }
+                if h[9] != IPPROTO_UDP {
+                    return Err(bad("not UDP"));
+                }
+                if be16(&h[6..8]) & 0x3fff != 0 {
+                    return Err(bad("IPv4 fragment"));
+                }
+                let s = Ipv4Addr::from([h[12], h[13], h[14], h[15]]);
+                let d = Ipv4Addr::from([h[16], h[17], h[18], h[19]]);
+                let total = usize::from(be16(&h[2..4]));
+                let rest = packet
+                    .get(20..total)
+                    .ok_or(bad("IPv4 total length beyond the frame"))?;
+                (IpHeader::V4(h), IpAddr::V4(s), IpAddr::V4(d), rest)
+            }
+            Some(6) => {
+                let h: &[u8; 40] = packet
+                    .get(..40)
+                    .and_then(|h| h.try_into().ok())
+                    .ok_or(bad("short IPv6 header"))?;
+                if h[6] != IPPROTO_UDP {
+                    return Err(bad("not UDP (or IPv6 extension headers)"));
+                }
+                let mut s = [0u8; 16];
+                s.copy_from_slice(&h[8..24]);
+                let mut d = [0u8; 16];
+                d.copy_from_slice(&h[24..40]);
+                let total = 40 + usize::from(be16(&h[4..6]));
+                let rest = packet
+                    .get(40..total)
+                    .ok_or(bad("IPv6 payload length beyond the frame"))?;
+                let (s, d) = (Ipv6Addr::from(s), Ipv6Addr::from(d));
+                (IpHeader::V6(h), IpAddr::V6(s), IpAddr::V6(d), rest)
+            }
+            _ => return Err(bad("not an IPv4 or IPv6 packet")),
+        };
+        let udp: &[u8; 8] = rest
+            .get(..8)
+            .and_then(|u| u.try_into().ok())
+            .ok_or(bad("short UDP header"))?;
+        let len = usize::from(be16(&udp[4..6]));
+        let payload = rest
+            .get(8..len.max(8))
+            .filter(|_| len >= 8)
+            .ok_or(bad("UDP length does not fit the IP packet"))?;
+        Ok(UdpDatagram {
+            ip,
+            udp,
+            payload,
+            src: SocketAddr::new(src, be16(&udp[0..2])),
+            dst: SocketAddr::new(dst, be16(&udp[2..4])),
+        })
+    }
+
+    /// Whether it goes to the RoCEv2 port (4791).
+    pub fn is_roce(&self) -> bool {
+        self.dst.port() == ROCE_V2_PORT
+    }
+
+    /// The ICRC the payload carries and the one its contents and these
+    /// headers give, as `(found, expected)`.
+    ///
+    /// # Errors
+    /// [`WireError::Truncated`] if the payload cannot hold a BTH and an
+    /// ICRC.
+    pub fn icrc(&self) -> Result<(u32, u32), WireError> {
+        icrc_of_udp_payload(self.ip, self.udp, self.payload)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An Ethernet frame of UDP over IPv4 from 10.0.0.1:5000 to
+    /// 10.0.0.2:4791 with `payload`, plus 6 bytes of Ethernet padding.
+    fn ipv4_frame(payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 12];
+        f.extend_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+        let total = (20 + 8 + payload.len()) as u16;
+        let mut ip = [0u8; 20];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&total.to_be_bytes());
+        ip[6] = 0x40;
+        ip[9] = IPPROTO_UDP;
+        ip[12..16].copy_from_slice(&[10, 0, 0, 1]);
+        ip[16..20].copy_from_slice(&[10, 0, 0, 2]);
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(&5000u16.to_be_bytes());
+        f.extend_from_slice(&ROCE_V2_PORT.to_be_bytes());
+        f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        f.extend_from_slice(&[0, 0]);
+        f.extend_from_slice(payload);
+        f.extend_from_slice(&[0; 6]);
+        f
+    }
+
+    #[test]
+    fn an_ipv4_frame_decodes_and_its_padding_is_dropped() {
+        let f = ipv4_frame(&[1, 2, 3]);
+        let d = UdpDatagram::from_ethernet(&f).unwrap();
+        assert_eq!(d.payload, &[1, 2, 3]);
+        assert_eq!(d.src, "10.0.0.1:5000".parse().unwrap());
+        assert_eq!(d.dst, "10.0.0.2:4791".parse().unwrap());
+        assert!(d.is_roce());
+        // A VLAN tag in front changes nothing.
+        let mut tagged = f[..12].to_vec();
+        tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x05]);
+        tagged.extend_from_slice(&f[12..]);
+        assert_eq!(UdpDatagram::from_ethernet(&tagged).unwrap(), d);
+    }
+
+    #[test]
+    fn every_cut_and_bad_field_is_an_error() {
+        let f = ipv4_frame(&[1, 2, 3]);
+        // Cut anywhere before the end of the UDP payload.
+        for len in 0..f.len() - 6 {
+            assert!(UdpDatagram::from_ethernet(&f[..len]).is_err(), "{len}");
+        }
+        for (at, value, what) in [
+            (14, 0x46, "IPv4 options"),
+            (14 + 9, 6, "not UDP"),
+            (14 + 7, 1, "IPv4 fragment"),
+            (13, 0x06, "not IPv4 or IPv6"),
+        ] {
+            let mut g = f.clone();
+            g[at] = value;
+            assert_eq!(
+                UdpDatagram::from_ethernet(&g),
+                Err(WireError::BadEncapsulation(what))
+            );
+        }
+        let mut short_udp = f.clone();
+        short_udp[14 + 20 + 5] = 7; // UDP length 7
+        assert!(UdpDatagram::from_ethernet(&short_udp).is_err());
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut seed = 0x1234_5678_9abc_def0u64;
+        let f = ipv4_frame(&[9; 40]);
+        for _ in 0..100_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let mut g = f.clone();
+            // A few random bytes anywhere, and a random length.
+            for k in 0..3 {
+                let at = (seed >> (k * 16)) as usize % g.len();
+                g[at] = (seed >> (k * 8 + 40)) as u8;
+            }
+            g.truncate((seed >> 52) as usize % (f.len() + 1));
+            let _ = UdpDatagram::from_ethernet(&g);
+            let _ = UdpDatagram::from_ip(g.get(14..).unwrap_or(&[]));
+        }
+    }
+}
