@@ -1,3 +1,5 @@
 //! Tools built on the provider: perftest-style benchmarks (`write_bw`,
-//! `read_bw`, `send_bw`, latency tools) and capture tools. They arrive with
-//! the soft-RoCE device; until then this crate holds no code.
+//! `read_bw`, `send_bw`, latency tools) and `roce-dump`, which decodes and
+//! verifies RoCEv2 captures.
+
+pub mod dump;

@@ -34,6 +34,25 @@ fn bad(what: &'static str) -> WireError {
     WireError::BadEncapsulation(what)
 }
 
+/// The IPv4 or IPv6 packet in an Ethernet frame (with at most one VLAN
+/// tag).
+///
+/// # Errors
+/// [`WireError::BadEncapsulation`] for other EtherTypes or a frame too
+/// short for its link headers.
+pub fn ip_of_ethernet(frame: &[u8]) -> Result<&[u8], WireError> {
+    let mut at = 12;
+    let mut ethertype = be16(frame.get(at..at + 2).ok_or(bad("short Ethernet header"))?);
+    if ethertype == ETHERTYPE_VLAN {
+        at += 4;
+        ethertype = be16(frame.get(at..at + 2).ok_or(bad("short VLAN tag"))?);
+    }
+    match ethertype {
+        ETHERTYPE_IPV4 | ETHERTYPE_IPV6 => Ok(&frame[at + 2..]),
+        _ => Err(bad("not IPv4 or IPv6")),
+    }
+}
+
 impl<'a> UdpDatagram<'a> {
     /// Decodes an Ethernet frame (with at most one VLAN tag) carrying UDP
     /// over IPv4 or IPv6.
@@ -42,16 +61,7 @@ impl<'a> UdpDatagram<'a> {
     /// [`WireError::BadEncapsulation`] for anything else or a frame cut
     /// short; never panics.
     pub fn from_ethernet(frame: &'a [u8]) -> Result<Self, WireError> {
-        let mut at = 12;
-        let mut ethertype = be16(frame.get(at..at + 2).ok_or(bad("short Ethernet header"))?);
-        if ethertype == ETHERTYPE_VLAN {
-            at += 4;
-            ethertype = be16(frame.get(at..at + 2).ok_or(bad("short VLAN tag"))?);
-        }
-        match ethertype {
-            ETHERTYPE_IPV4 | ETHERTYPE_IPV6 => Self::from_ip(&frame[at + 2..]),
-            _ => Err(bad("not IPv4 or IPv6")),
-        }
+        Self::from_ip(ip_of_ethernet(frame)?)
     }
 
     /// Decodes an IP packet (version from its first nibble) carrying UDP.

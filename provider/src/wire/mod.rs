@@ -36,7 +36,7 @@ mod view_tests;
 pub use aeth::{AethRepr, NakCode, Syndrome};
 pub use atomic::{AtomicAckEthRepr, AtomicEthRepr};
 pub use bth::BthRepr;
-pub use encap::UdpDatagram;
+pub use encap::{UdpDatagram, ip_of_ethernet};
 pub use icrc::{ICRC_LEN, IpHeader, icrc, icrc_of_udp_payload};
 pub use opcode::{Layout, Opcode};
 pub use packet::PacketRepr;
