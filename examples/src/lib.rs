@@ -3,3 +3,4 @@
 //! verifies RoCEv2 captures.
 
 pub mod dump;
+pub mod perftest;

@@ -213,7 +213,10 @@ mod tests {
         ));
         assert!(matches!(
             read(&[0x0a, 0x0d, 0x0d, 0x0a, 0, 0, 0]),
-            Err(CaptureError::Header { format: "pcapng", .. })
+            Err(CaptureError::Header {
+                format: "pcapng",
+                ..
+            })
         ));
     }
 }

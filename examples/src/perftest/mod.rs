@@ -1,0 +1,4 @@
+//! perftest-compatible tools: the connection exchange, flags and reports.
+
+pub mod exchange;
+pub mod report;
