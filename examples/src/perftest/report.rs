@@ -43,6 +43,34 @@ pub fn bw_header(units: Units) -> &'static str {
 pub const LAT_HEADER: &str = " #bytes #iterations    t_min[usec]    t_max[usec]  t_typical[usec]    \
      t_avg[usec]    t_stdev[usec]   99% percentile[usec]   99.9% percentile[usec] ";
 
+/// The header of a latency table in duration mode (`-D`).
+pub const LAT_DURATION_HEADER: &str = " #bytes        #iterations       t_avg[usec]    tps average";
+
+/// A latency row in duration mode (perftest's `REPORT_FMT_LAT_DUR`):
+/// `iters` round trips in `elapsed`; SEND and WRITE report half of each.
+pub fn lat_duration_row(
+    size: u64,
+    iters: u64,
+    elapsed: std::time::Duration,
+    tool: super::Tool,
+) -> String {
+    let iters_f = iters.max(1) as f64;
+    let factor = if matches!(tool, super::Tool::WriteLat | super::Tool::SendLat) {
+        2.0
+    } else {
+        1.0
+    };
+    let t_avg = elapsed.as_secs_f64() * 1e6 / iters_f / factor;
+    let tps = iters_f / elapsed.as_secs_f64().max(1e-9);
+    format!(
+        " {:<7}       {}            {}        {}",
+        size,
+        iters,
+        left(t_avg, 7, 2),
+        left(tps, 7, 2)
+    )
+}
+
 /// One bandwidth result.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BwReport {

@@ -59,6 +59,25 @@ impl Tool {
             Tool::WriteBw | Tool::ReadBw | Tool::SendBw | Tool::AtomicBw
         )
     }
+
+    /// Whether the tool runs atomics (8-byte messages).
+    pub fn is_atomic(self) -> bool {
+        matches!(self, Tool::AtomicBw | Tool::AtomicLat)
+    }
+
+    /// The title perftest prints above its parameters.
+    pub fn title(self) -> &'static str {
+        match self {
+            Tool::WriteBw => "RDMA_Write BW Test",
+            Tool::ReadBw => "RDMA_Read BW Test",
+            Tool::SendBw => "Send BW Test",
+            Tool::AtomicBw => "Atomic FETCH_AND_ADD BW Test",
+            Tool::WriteLat => "RDMA_Write Latency Test",
+            Tool::ReadLat => "RDMA_Read Latency Test",
+            Tool::SendLat => "Send Latency Test",
+            Tool::AtomicLat => "Atomic FETCH_AND_ADD Latency Test",
+        }
+    }
 }
 
 /// One step of a tool's sequence. Steps other than [`Step::ConnectQps`] and

@@ -1,0 +1,7 @@
+//! `atomic_bw`: perftest's `ib_atomic_bw` over this project's soft-RoCE device, with
+//! the same flags, exchange and output. `atomic_bw --help` lists the flags; with
+//! no server and no device it runs both sides over loopback.
+
+fn main() -> std::process::ExitCode {
+    examples::perftest::main(examples::perftest::Tool::AtomicBw)
+}
