@@ -124,7 +124,10 @@ pub fn main(tool: Tool) -> ExitCode {
     match session::run(tool, &flags, &mut std::io::stdout().lock()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(ToolError::Interrupted) => {
-            eprintln!("{}: interrupted", tool.perftest_binary());
+            eprintln!(
+                "{}: interrupted",
+                tool.perftest_binary().trim_start_matches("ib_")
+            );
             ExitCode::from(130)
         }
         Err(e @ ToolError::Flags(_)) => {

@@ -73,6 +73,10 @@ pub fn run(tool: Tool, flags: &Flags, out: &mut dyn Write) -> Result<(), ToolErr
             }
             Ok(())
         }
+        // Ctrl-C stops both; the server then sees the client go away.
+        (Err(ToolError::Interrupted), _) | (_, Err(ToolError::Interrupted)) => {
+            Err(ToolError::Interrupted)
+        }
         // The first cause: a server failure usually makes the client fail.
         (_, Err(e)) => Err(ToolError::Protocol(format!("server side: {e}"))),
         (Err(e), Ok(())) => Err(e),
