@@ -168,6 +168,13 @@ impl Shared {
         result
     }
 
+    /// Like [`Self::with_outbox`], holding `qp`'s send-order lock until the
+    /// packets are sent: for everything that builds requester packets.
+    fn in_send_order<T>(&self, qp: &QpCore, f: impl FnOnce(&mut Outbox) -> T) -> T {
+        let _order = qp.send_order.lock().unwrap_or_else(PoisonError::into_inner);
+        self.with_outbox(f)
+    }
+
     fn qp(&self, qpn: u32) -> Option<Arc<QpCore>> {
         self.qps
             .read()
@@ -201,7 +208,9 @@ impl Shared {
             let mut wait = Duration::from_millis(20);
             for qp in qps.drain(..) {
                 match qp.deadline() {
-                    Some(t) if t <= now => qp.on_timer(self, now, &mut out),
+                    Some(t) if t <= now => {
+                        self.in_send_order(&qp, |out| qp.on_timer(self, now, out));
+                    }
                     Some(t) => wait = wait.min(t - now),
                     None => {}
                 }
@@ -245,7 +254,14 @@ impl Shared {
             return;
         };
         self.counters.rx_packets.fetch_add(1, Relaxed);
-        qp.receive(self, &pkt, out);
+        if pkt.bth.opcode.is_request() {
+            // Responses to requests (ACKs coalesce) go out with the batch.
+            qp.receive(self, &pkt, out);
+        } else {
+            // An acknowledgement may open the window: the requester packets
+            // it releases go out at once, in order with the poster's.
+            self.in_send_order(&qp, |out| qp.receive(self, &pkt, out));
+        }
     }
 }
 
@@ -370,9 +386,10 @@ impl Device {
         &*self.shared
     }
 
-    /// Runs `f` with an outbox, then sends what it queued.
-    pub(crate) fn with_outbox<T>(&self, f: impl FnOnce(&mut Outbox) -> T) -> T {
-        self.shared.with_outbox(f)
+    /// Runs `f` with an outbox, then sends what it queued, in send order
+    /// for `qp` (see [`QpCore::send_order`]).
+    pub(crate) fn in_send_order<T>(&self, qp: &QpCore, f: impl FnOnce(&mut Outbox) -> T) -> T {
+        self.shared.in_send_order(qp, f)
     }
 
     /// A snapshot of the counters.

@@ -58,6 +58,11 @@ pub(crate) struct QpCore {
     pub(crate) max_send_wr: usize,
     pub(crate) max_recv_wr: usize,
     pub(crate) state: Mutex<QpState>,
+    /// Held from building requester packets until they are on the socket,
+    /// by whichever thread builds them (the poster, or the device's thread
+    /// on an acknowledgement or a timeout), so that they leave in PSN
+    /// order. Taken before `state`, never while holding it.
+    pub(crate) send_order: Mutex<()>,
 }
 
 impl QpCore {
@@ -76,6 +81,7 @@ impl QpCore {
             recv_cq,
             max_send_wr,
             max_recv_wr,
+            send_order: Mutex::new(()),
             state: Mutex::new(QpState {
                 kind: QpStateKind::Reset,
                 peer: None,

@@ -280,8 +280,9 @@ impl QueuePair {
     /// [`VerbsError::InvalidArgument`] for an atomic whose SGEs do not add
     /// up to 8 bytes.
     pub fn post_send(&self, wrs: &[SendWr<'_>]) -> Result<(), VerbsError> {
-        self.dev
-            .with_outbox(|out| self.core.post_send(self.dev.regions(), wrs, out))
+        self.dev.in_send_order(&self.core, |out| {
+            self.core.post_send(self.dev.regions(), wrs, out)
+        })
     }
 
     /// Posts receive work requests (`ibv_post_recv`).
