@@ -5,29 +5,17 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use provider::wire::{
-    AethRepr, AtomicAckEthRepr, AtomicEthRepr, BthRepr, ICRC_LEN, PacketRepr, ROCE_V2_PORT,
-    RethRepr, UdpDatagram, WireError, ip_of_ethernet,
+    BthRepr, ICRC_LEN, PacketRepr, ROCE_V2_PORT, UdpDatagram, WireError, ip_of_ethernet,
 };
 
 use super::capture::{Link, Record};
 
-/// The headers of a parsed packet (the payload itself is not kept).
+/// The headers of a parsed packet: its repr with the payload left out (it
+/// borrowed the capture), and the payload's length. Derefs to the repr.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Headers {
-    /// Base transport header.
-    pub bth: BthRepr,
-    /// RDMA extended header.
-    pub reth: Option<RethRepr>,
-    /// Atomic extended header.
-    pub atomic_eth: Option<AtomicEthRepr>,
-    /// ACK extended header.
-    pub aeth: Option<AethRepr>,
-    /// Atomic ACK extended header.
-    pub atomic_ack_eth: Option<AtomicAckEthRepr>,
-    /// Immediate data.
-    pub immdt: Option<u32>,
-    /// Invalidated rkey.
-    pub ieth: Option<u32>,
+    /// The packet's headers (`payload` empty).
+    pub repr: PacketRepr<'static>,
     /// Payload bytes, without pad.
     pub payload_len: usize,
 }
@@ -35,15 +23,17 @@ pub struct Headers {
 impl From<&PacketRepr<'_>> for Headers {
     fn from(p: &PacketRepr<'_>) -> Self {
         Headers {
-            bth: p.bth,
-            reth: p.reth,
-            atomic_eth: p.atomic_eth,
-            aeth: p.aeth,
-            atomic_ack_eth: p.atomic_ack_eth,
-            immdt: p.immdt,
-            ieth: p.ieth,
+            repr: p.headers_only(),
             payload_len: p.payload.len(),
         }
+    }
+}
+
+impl std::ops::Deref for Headers {
+    type Target = PacketRepr<'static>;
+
+    fn deref(&self) -> &PacketRepr<'static> {
+        &self.repr
     }
 }
 

@@ -88,6 +88,22 @@ impl<'a> PacketRepr<'a> {
         }
     }
 
+    /// The same headers without the payload (borrowed from a buffer that
+    /// may not live on), for keeping after parsing.
+    pub fn headers_only(&self) -> PacketRepr<'static> {
+        PacketRepr {
+            bth: self.bth,
+            reth: self.reth,
+            atomic_eth: self.atomic_eth,
+            aeth: self.aeth,
+            atomic_ack_eth: self.atomic_ack_eth,
+            immdt: self.immdt,
+            ieth: self.ieth,
+            payload: &[],
+            pad_bytes: self.pad_bytes,
+        }
+    }
+
     /// The extended headers present.
     fn layout(&self) -> Layout {
         Layout {
