@@ -505,3 +505,25 @@ fn a_clean_stream_is_never_retransmitted() {
     }
     assert_eq!(a.ctx.stats().tx_packets - before, 2 * count as u64);
 }
+
+#[test]
+fn the_port_mtu_follows_the_interface_even_for_unlisted_loopback_addresses() {
+    let lo: usize = std::fs::read_to_string("/sys/class/net/lo/mtu")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // As rxe: the largest IB MTU that fits with 80 bytes of headers.
+    let want = [4096, 2048, 1024, 512]
+        .into_iter()
+        .find(|m| m + 80 <= lo)
+        .unwrap_or(256);
+    for last in [1, 2, 77] {
+        let ip = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, last));
+        let ctx = provider::Context::open_with_port(ip, 0).unwrap();
+        let port = ctx.query_port();
+        assert_eq!(port.active_mtu.bytes(), want, "{ip}");
+        assert_eq!(port.max_mtu, Mtu::Mtu4096);
+        assert!(ctx.query_device().odp_caps.rc_write);
+    }
+}

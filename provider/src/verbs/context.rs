@@ -187,9 +187,17 @@ impl Context {
     /// fault rate outside 0..=1.
     pub fn open_with(addr: IpAddr, options: &DeviceOptions) -> Result<Context, VerbsError> {
         let dev = Device::open(addr, options)?;
-        let if_mtu = devices()
-            .ok()
-            .and_then(|d| d.into_iter().find(|d| d.addr == addr))
+        // A loopback address without an entry of its own (127.0.0.2, ...)
+        // is on the loopback interface all the same.
+        let listed = devices().unwrap_or_default();
+        let if_mtu = listed
+            .iter()
+            .find(|d| d.addr == addr)
+            .or_else(|| {
+                listed.iter().find(|d| {
+                    addr.is_loopback() && d.addr.is_loopback() && d.addr.is_ipv4() == addr.is_ipv4()
+                })
+            })
             .map_or(1500, |d| d.if_mtu);
         Ok(Context { dev, if_mtu })
     }
