@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pcap_file::DataLink;
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter};
@@ -23,9 +24,12 @@ const GOLDEN_COUNTS: &str = "frames read: 1104, RoCEv2 frames: 615, ICRC good: 6
 
 /// Writes `bytes` to a fresh file and runs roce-dump on it.
 fn dump(name: &str, bytes: &[u8], flags: &[&str]) -> (i32, String, String) {
+    // Tests run in parallel: every call gets a file of its own.
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("roce-dump-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let path: PathBuf = dir.join(name);
+    let path: PathBuf = dir.join(format!("{call}-{name}"));
     std::fs::write(&path, bytes).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_roce-dump"))
         .args(flags)
