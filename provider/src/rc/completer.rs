@@ -57,13 +57,7 @@ impl QpCore {
                             NakCode::RemoteOperationalError => WcStatus::RemoteOperationalError,
                             _ => WcStatus::RemoteInvalidRequest,
                         };
-                        let failed = st
-                            .req
-                            .sq
-                            .iter()
-                            .position(|w| w.done.is_none())
-                            .and_then(|i| st.req.sq.remove(i))
-                            .map(|w| (w.wr_id, w.opcode(), status));
+                        let failed = st.req.take_failed(status);
                         self.fail(st, failed);
                         return;
                     }
@@ -76,7 +70,7 @@ impl QpCore {
             | Opcode::RC_RDMA_READ_RESPONSE_ONLY => {
                 // Responses implicitly acknowledge everything before them.
                 acknowledge_through(st, psn_add(psn, 0xff_ffff));
-                let Some(index) = st.req.sq.iter().position(|w| w.done.is_none()) else {
+                let Some(index) = st.req.oldest_unfinished() else {
                     return;
                 };
                 let w = &mut st.req.sq[index];
@@ -115,7 +109,7 @@ impl QpCore {
                 let Some(orig) = pkt.atomic_ack_eth.map(|a| a.orig) else {
                     return;
                 };
-                let Some(index) = st.req.sq.iter().position(|w| w.done.is_none()) else {
+                let Some(index) = st.req.oldest_unfinished() else {
                     return;
                 };
                 let w = &mut st.req.sq[index];

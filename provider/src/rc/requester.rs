@@ -85,6 +85,18 @@ pub(crate) struct Requester {
 }
 
 impl Requester {
+    /// Index in `sq` of the oldest request not finished.
+    pub(crate) fn oldest_unfinished(&self) -> Option<usize> {
+        self.sq.iter().position(|w| w.done.is_none())
+    }
+
+    /// Takes the oldest unfinished request out, as the failure the queue
+    /// pair reports with `status` when it goes to the error state.
+    pub(crate) fn take_failed(&mut self, status: WcStatus) -> Option<(u64, WcOpcode, WcStatus)> {
+        let index = self.oldest_unfinished()?;
+        self.sq.remove(index).map(|w| (w.wr_id, w.opcode(), status))
+    }
+
     pub(crate) fn reset(&mut self, attrs: &QpAttrs) {
         self.next_psn = attrs.sq_psn;
         self.una = attrs.sq_psn;
@@ -378,13 +390,7 @@ impl QpCore {
                 return;
             }
             if st.req.retries_left == 0 {
-                let failed = st
-                    .req
-                    .sq
-                    .iter()
-                    .position(|w| w.done.is_none())
-                    .and_then(|i| st.req.sq.remove(i))
-                    .map(|w| (w.wr_id, w.opcode(), WcStatus::RetryExceeded));
+                let failed = st.req.take_failed(WcStatus::RetryExceeded);
                 self.fail(&mut st, failed);
                 return;
             }
@@ -402,13 +408,7 @@ impl QpCore {
     pub(crate) fn rnr_wait(&self, st: &mut QpState, psn: u32, timer: u8) {
         let mtu = st.peer.map_or(256, |p| p.mtu);
         if st.req.rnr_left == 0 {
-            let failed = st
-                .req
-                .sq
-                .iter()
-                .position(|w| w.done.is_none())
-                .and_then(|i| st.req.sq.remove(i))
-                .map(|w| (w.wr_id, w.opcode(), WcStatus::RnrRetryExceeded));
+            let failed = st.req.take_failed(WcStatus::RnrRetryExceeded);
             self.fail(st, failed);
             return;
         }
