@@ -4,9 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use provider::wire::{
-    BthRepr, ICRC_LEN, PacketRepr, ROCE_V2_PORT, UdpDatagram, WireError, ip_of_ethernet,
-};
+use provider::wire::{BthRepr, ICRC_LEN, PacketRepr, UdpDatagram, WireError, ip_of_ethernet};
 
 use super::capture::{Link, Record};
 
@@ -139,34 +137,6 @@ fn ip_packet(record: &Record) -> Result<&[u8], &'static str> {
     }
 }
 
-/// The UDP destination port and announced/captured payload lengths of an
-/// IP packet too short to decode whole, if its headers are there.
-fn peek_udp(ip: &[u8]) -> Option<(SocketAddr, SocketAddr, usize, usize)> {
-    let (udp_at, src, dst) = match ip.first()? >> 4 {
-        4 if ip.first() == Some(&0x45) && *ip.get(9)? == 17 => {
-            let a: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
-            let b: [u8; 4] = ip.get(16..20)?.try_into().ok()?;
-            (20, a.into(), b.into())
-        }
-        6 if *ip.get(6)? == 17 => {
-            let a: [u8; 16] = ip.get(8..24)?.try_into().ok()?;
-            let b: [u8; 16] = ip.get(24..40)?.try_into().ok()?;
-            (40, a.into(), b.into())
-        }
-        _ => return None,
-    };
-    let udp = ip.get(udp_at..udp_at + 8)?;
-    let port = |i: usize| u16::from_be_bytes([udp[i], udp[i + 1]]);
-    let announced = usize::from(port(4)).saturating_sub(8);
-    let captured = ip.len() - udp_at - 8;
-    Some((
-        SocketAddr::new(src, port(0)),
-        SocketAddr::new(dst, port(2)),
-        announced,
-        captured,
-    ))
-}
-
 /// Classifies and checks one record.
 pub fn examine(record: &Record) -> Classified {
     let ip = match ip_packet(record) {
@@ -188,14 +158,13 @@ pub fn examine(record: &Record) -> Classified {
         Ok(d) if d.is_roce() => d,
         Ok(_) => return Classified::Other("UDP, not to port 4791"),
         Err(_) => {
-            return match peek_udp(ip) {
-                Some((src, dst, announced, captured)) if dst.port() == ROCE_V2_PORT => {
-                    let mut f = frame(src, dst);
-                    let start = ip.len() - captured;
-                    f.bth = BthRepr::parse(&ip[start..]).ok();
+            return match UdpDatagram::from_ip_cut(ip) {
+                Ok(d) if d.is_roce() => {
+                    let mut f = frame(d.src, d.dst);
+                    f.bth = BthRepr::parse(d.payload).ok();
                     f.problems.push(Problem::Truncated {
-                        announced,
-                        captured,
+                        announced: d.udp_payload_len(),
+                        captured: d.payload.len(),
                     });
                     Classified::Roce(Box::new(f))
                 }

@@ -71,6 +71,35 @@ impl<'a> UdpDatagram<'a> {
     /// IPv6 extension headers, fragments, or lengths that do not fit;
     /// never panics.
     pub fn from_ip(packet: &'a [u8]) -> Result<Self, WireError> {
+        Self::decode(packet, false)
+    }
+
+    /// Like [`Self::from_ip`], for a packet the capture cut short: the IP
+    /// and UDP lengths may announce more than is there, and the payload is
+    /// what was captured of it ([`Self::udp_payload_len`] says how much
+    /// there was on the wire).
+    ///
+    /// # Errors
+    /// As [`Self::from_ip`], except for the lengths beyond the packet.
+    pub fn from_ip_cut(packet: &'a [u8]) -> Result<Self, WireError> {
+        Self::decode(packet, true)
+    }
+
+    /// The UDP payload length the UDP header announces.
+    pub fn udp_payload_len(&self) -> usize {
+        usize::from(be16(&self.udp[4..6])).saturating_sub(8)
+    }
+
+    /// Decodes the headers; with `cut`, lengths beyond the end of `packet`
+    /// are taken as truncation rather than errors.
+    fn decode(packet: &'a [u8], cut: bool) -> Result<Self, WireError> {
+        // Bytes `from..to` of `bytes`, or, for a cut packet, as many of
+        // them as there are.
+        let within = |bytes: &'a [u8], from: usize, to: usize| {
+            bytes
+                .get(from..to)
+                .or_else(|| if cut { bytes.get(from..) } else { None })
+        };
         let (ip, src, dst, rest) = match packet.first().map(|b| b >> 4) {
             Some(4) => {
                 let h: &[u8; 20] = packet
@@ -89,9 +118,8 @@ impl<'a> UdpDatagram<'a> {
                 let s = Ipv4Addr::from([h[12], h[13], h[14], h[15]]);
                 let d = Ipv4Addr::from([h[16], h[17], h[18], h[19]]);
                 let total = usize::from(be16(&h[2..4]));
-                let rest = packet
-                    .get(20..total)
-                    .ok_or(bad("IPv4 total length beyond the frame"))?;
+                let rest =
+                    within(packet, 20, total).ok_or(bad("IPv4 total length beyond the frame"))?;
                 (IpHeader::V4(h), IpAddr::V4(s), IpAddr::V4(d), rest)
             }
             Some(6) => {
@@ -107,9 +135,8 @@ impl<'a> UdpDatagram<'a> {
                 let mut d = [0u8; 16];
                 d.copy_from_slice(&h[24..40]);
                 let total = 40 + usize::from(be16(&h[4..6]));
-                let rest = packet
-                    .get(40..total)
-                    .ok_or(bad("IPv6 payload length beyond the frame"))?;
+                let rest =
+                    within(packet, 40, total).ok_or(bad("IPv6 payload length beyond the frame"))?;
                 let (s, d) = (Ipv6Addr::from(s), Ipv6Addr::from(d));
                 (IpHeader::V6(h), IpAddr::V6(s), IpAddr::V6(d), rest)
             }
@@ -120,8 +147,7 @@ impl<'a> UdpDatagram<'a> {
             .and_then(|u| u.try_into().ok())
             .ok_or(bad("short UDP header"))?;
         let len = usize::from(be16(&udp[4..6]));
-        let payload = rest
-            .get(8..len.max(8))
+        let payload = within(rest, 8, len.max(8))
             .filter(|_| len >= 8)
             .ok_or(bad("UDP length does not fit the IP packet"))?;
         Ok(UdpDatagram {
@@ -214,6 +240,15 @@ mod tests {
         let mut short_udp = f.clone();
         short_udp[14 + 20 + 5] = 7; // UDP length 7
         assert!(UdpDatagram::from_ethernet(&short_udp).is_err());
+        // Cut inside the payload: decodable as cut, with what is there.
+        let cut = UdpDatagram::from_ip_cut(&f[14..14 + 20 + 8 + 2]).unwrap();
+        assert_eq!((cut.payload, cut.udp_payload_len()), (&[1, 2][..], 3));
+        assert!(cut.is_roce());
+        // Cut inside the UDP header: not even that.
+        assert!(UdpDatagram::from_ip_cut(&f[14..14 + 20 + 7]).is_err());
+        // A whole packet decodes the same either way.
+        let whole = UdpDatagram::from_ethernet(&f).unwrap();
+        assert_eq!(UdpDatagram::from_ip_cut(&f[14..]).unwrap(), whole);
     }
 
     #[test]
