@@ -87,36 +87,48 @@ pub struct BwReport {
 }
 
 /// Computes a bandwidth result from when each message was posted and
-/// completed (nanoseconds from any origin). Completions are reaped every
-/// `cq_mod` messages (perftest's `-Q`), which bounds the windows the peak
-/// is taken over, as in perftest.
+/// completed (nanoseconds from any origin). With `peak_every`, completions
+/// were reaped every that many messages (perftest's `-Q`), which bounds the
+/// windows the peak is taken over, as in perftest; without it the peak is
+/// not computed and reported as 0 (perftest's duration mode), since the
+/// search is quadratic in the number of messages.
 ///
 /// # Panics
 /// If the two slices differ in length or are empty.
-pub fn bw(size: u64, posted: &[u64], completed: &[u64], cq_mod: usize, units: Units) -> BwReport {
+pub fn bw(
+    size: u64,
+    posted: &[u64],
+    completed: &[u64],
+    peak_every: Option<usize>,
+    units: Units,
+) -> BwReport {
     assert!(!posted.is_empty() && posted.len() == completed.len());
     let n = posted.len();
-    let cq_mod = cq_mod.max(1);
-    // Nanoseconds per message over the whole run, then the best window.
-    let mut best = completed[0].saturating_sub(posted[0]) as f64;
-    for (i, &start) in posted.iter().enumerate() {
-        let per_message = |j: usize| completed[j].saturating_sub(start) as f64 / (j - i + 1) as f64;
-        let mut j = (i + 1).div_ceil(cq_mod) * cq_mod - 1;
-        while j < n {
-            best = best.min(per_message(j));
-            j += cq_mod;
+    let peak = peak_every.map_or(0.0, |cq_mod| {
+        let cq_mod = cq_mod.max(1);
+        // Nanoseconds per message over the whole run, then the best window.
+        let mut best = completed[0].saturating_sub(posted[0]) as f64;
+        for (i, &start) in posted.iter().enumerate() {
+            let per_message =
+                |j: usize| completed[j].saturating_sub(start) as f64 / (j - i + 1) as f64;
+            let mut j = (i + 1).div_ceil(cq_mod) * cq_mod - 1;
+            while j < n {
+                best = best.min(per_message(j));
+                j += cq_mod;
+            }
+            // The last completion is always reaped, whatever cq_mod says.
+            if !n.is_multiple_of(cq_mod) {
+                best = best.min(per_message(n - 1));
+            }
         }
-        // The last completion is always reaped, whatever cq_mod says.
-        if !n.is_multiple_of(cq_mod) {
-            best = best.min(per_message(n - 1));
-        }
-    }
+        size as f64 / (best.max(1.0) / 1e9) / units.factor()
+    });
     let total = completed[n - 1].saturating_sub(posted[0]).max(1) as f64 / 1e9;
     let per_second = |x: f64| x / total;
     BwReport {
         size,
         iters: n as u64,
-        peak: size as f64 / (best.max(1.0) / 1e9) / units.factor(),
+        peak,
         average: per_second((size * n as u64) as f64) / units.factor(),
         msg_rate: per_second(n as f64) / 1e6,
     }
@@ -265,13 +277,17 @@ mod tests {
         // 4 messages of 1 MiB: posted at 0, completed 1 ms apart.
         let posted = [0, 0, 0, 0];
         let completed = [1_000_000, 2_000_000, 3_000_000, 4_000_000];
-        let r = bw(1 << 20, &posted, &completed, 1, Units::MegaBytes);
+        let r = bw(1 << 20, &posted, &completed, Some(1), Units::MegaBytes);
         assert_eq!(r.iters, 4);
         assert!((r.average - 1000.0).abs() < 1e-9, "{r:?}");
         assert!((r.msg_rate - 0.001).abs() < 1e-12);
         // Best window: every window ends 1 ms per message later: 1000 MB/s.
         assert!((r.peak - 1000.0).abs() < 1e-9, "{r:?}");
-        let g = bw(1 << 20, &posted, &completed, 1, Units::GigaBits);
+        let g = bw(1 << 20, &posted, &completed, Some(1), Units::GigaBits);
+        assert_eq!(
+            bw(1 << 20, &posted, &completed, None, Units::MegaBytes).peak,
+            0.0
+        );
         assert!((g.average - 8.388608).abs() < 1e-9, "{g:?}");
     }
 

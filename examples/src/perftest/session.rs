@@ -361,11 +361,9 @@ fn measure(
         if t.posted.is_empty() {
             return Err(ToolError::Protocol("nothing was transferred".into()));
         }
-        let mut r = report::bw(size, &t.posted, &t.completed, flags.cq_mod as usize, units);
-        if flags.duration.is_some() {
-            // perftest reports no peak in duration mode.
-            r.peak = 0.0;
-        }
+        // perftest reports no peak in duration mode.
+        let peak_every = flags.duration.is_none().then_some(flags.cq_mod as usize);
+        let r = report::bw(size, &t.posted, &t.completed, peak_every, units);
         return Ok(Measured::Bw(r));
     }
     let start = std::time::Instant::now();
