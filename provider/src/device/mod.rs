@@ -11,8 +11,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::net::{
-    GRO_SLOT_CAPACITY, IcrcVerdict, Lossy, LossySocket, LossyStats, OutPacket, RecvSlot,
-    RoceSocket, SocketConfig, Transport,
+    GRO_SLOT_CAPACITY, IcrcVerdict, Ipv4IdPolicy, Lossy, LossySocket, LossyStats, OutPacket,
+    RecvSlot, RoceSocket, SocketConfig, Transport,
 };
 use crate::rc::{Outbox, QpCore, Regions};
 use crate::verbs::MrInner;
@@ -93,6 +93,7 @@ struct Shared {
     transport: Box<dyn Transport>,
     local: SocketAddr,
     gro: bool,
+    ipv4_id: Ipv4IdPolicy,
     /// Outboxes for the application's threads to reuse, keeping their
     /// arenas' capacity.
     outboxes: Mutex<Vec<Outbox>>,
@@ -219,8 +220,9 @@ impl Shared {
             match self.transport.recv_batch(&mut slots, Some(wait)) {
                 Ok(n) => {
                     for slot in &slots[..n] {
+                        let dst = slot.dst().unwrap_or(self.local.ip());
                         for (bytes, verdict) in slot.packets() {
-                            self.dispatch(bytes, verdict, &mut out);
+                            self.dispatch(slot.src(), dst, bytes, verdict, &mut out);
                         }
                     }
                 }
@@ -230,7 +232,17 @@ impl Shared {
         }
     }
 
-    fn dispatch(&self, datagram: &[u8], verdict: IcrcVerdict, out: &mut Outbox) {
+    /// Hands one received packet, sent from `src` to the local address
+    /// `dst`, to its queue pair.
+    fn dispatch(
+        &self,
+        src: SocketAddr,
+        dst: IpAddr,
+        datagram: &[u8],
+        verdict: IcrcVerdict,
+        out: &mut Outbox,
+    ) {
+        let _ = (src, dst);
         match verdict {
             IcrcVerdict::Good => {}
             IcrcVerdict::GoodWithIpId(_) => {
@@ -304,6 +316,7 @@ impl Device {
             transport,
             local,
             gro: options.socket.gro,
+            ipv4_id: options.socket.ipv4_id,
             outboxes: Mutex::new(Vec::new()),
             mrs: RwLock::new(HashMap::new()),
             qps: RwLock::new(HashMap::new()),
@@ -390,6 +403,17 @@ impl Device {
     /// for `qp` (see [`QpCore::send_order`]).
     pub(crate) fn in_send_order<T>(&self, qp: &QpCore, f: impl FnOnce(&mut Outbox) -> T) -> T {
         self.shared.in_send_order(qp, f)
+    }
+
+    /// Runs `datagram` (BTH to ICRC) through the receive path as if the
+    /// socket had delivered it from `src` to the device's own address:
+    /// ICRC check, parse, dispatch; responses are sent.
+    pub(crate) fn receive_datagram(&self, src: SocketAddr, datagram: &[u8]) {
+        let shared = &self.shared;
+        let verdict = crate::net::verify(&src, &shared.local, datagram, shared.ipv4_id);
+        let mut out = Outbox::default();
+        shared.dispatch(src, shared.local.ip(), datagram, verdict, &mut out);
+        shared.send(&mut out);
     }
 
     /// A snapshot of the counters.

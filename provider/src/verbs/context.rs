@@ -274,6 +274,15 @@ impl Context {
         CompletionQueue::new(capacity)
     }
 
+    /// Runs one RoCEv2 datagram (the UDP payload: BTH to ICRC) through the
+    /// device's receive path in the calling thread, as if it had arrived
+    /// from `src` at this device's address: the ICRC check, the parser, the
+    /// queue-pair checks and the engine, with responses sent for real. For
+    /// fuzzing and for tests that play a hostile peer without a socket.
+    pub fn receive_datagram(&self, src: SocketAddr, datagram: &[u8]) {
+        self.dev.receive_datagram(src, datagram);
+    }
+
     /// Packet counters of the device.
     pub fn stats(&self) -> DeviceStats {
         self.dev.stats()
