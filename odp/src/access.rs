@@ -14,6 +14,7 @@ use std::sync::{MutexGuard, RwLockReadGuard};
 
 use crate::OdpError;
 use crate::page_table::PageTable;
+use crate::safe_atomic::{AtomicOp, atomic_nofault};
 use crate::safe_copy::{CopyFault, FaultKind, copy_nofault};
 use crate::umem::Umem;
 
@@ -120,27 +121,50 @@ impl Umem {
         })
     }
 
+    /// Runs the RDMA atomic `op` on the 8 bytes at `va` (a remote
+    /// FETCH_ADD or COMPARE_SWAP); returns the old value.
+    ///
+    /// # Errors
+    /// [`OdpError::Misaligned`] unless `va` is 8-byte aligned; otherwise as
+    /// [`Self::write`]: memory that went away without an invalidation gives
+    /// an error, never a crash, and is left unchanged.
+    pub fn atomic(&self, va: usize, op: AtomicOp) -> Result<u64, OdpError> {
+        if !va.is_multiple_of(8) {
+            return Err(OdpError::Misaligned { va });
+        }
+        self.copy(va, 8, Access::Write, |mr, _| {
+            // SAFETY: `mr` is 8-byte aligned (checked above) application
+            // memory, not a Rust object; other writers to it are expected
+            // to use atomics too, as with hardware RDMA atomics. It may
+            // fault, which atomic_nofault reports.
+            unsafe { atomic_nofault(mr.cast(), op) }.map_err(|kind| CopyFault { copied: 0, kind })
+        })
+    }
+
     /// A device copy under the driver lock with every page present. A fault
     /// there means the address space changed without an invalidation
     /// first: an event source that reports after the fact (userfaultfd's
     /// unmap), or none at all. The copy then fails instead of crashing, and
     /// the stale entries are dropped so that the next access faults afresh.
-    fn copy(
+    fn copy<R>(
         &self,
         va: usize,
         len: usize,
         access: Access,
-        copy: impl FnOnce(*mut u8, usize) -> Result<(), CopyFault>,
-    ) -> Result<(), OdpError> {
+        copy: impl FnOnce(*mut u8, usize) -> Result<R, CopyFault>,
+    ) -> Result<R, OdpError> {
         let (first, last) = self.inner.pages_of(va, len)?;
         let write = access == Access::Write;
         self.check_write(va, len, write)?;
         let mut view = self.lock_present(first, last, write)?;
-        let Err(fault) = copy(va as *mut u8, len) else {
-            if write {
-                view.table.mark_dirty(first, last);
+        let fault = match copy(va as *mut u8, len) {
+            Ok(result) => {
+                if write {
+                    view.table.mark_dirty(first, last);
+                }
+                return Ok(result);
             }
-            return Ok(());
+            Err(fault) => fault,
         };
         self.inner.drop_stale(&mut view.table, first, last);
         drop(view);

@@ -16,6 +16,7 @@ use crate::access::Access;
 use crate::address_space::AddressSpace;
 use crate::counters::OdpCounters;
 use crate::fault::Advice;
+use crate::safe_atomic::AtomicOp;
 use crate::umem::{Umem, UmemOptions};
 
 /// Each child covers `1 << IMPLICIT_CHILD_SHIFT` bytes (1 GiB).
@@ -145,6 +146,20 @@ impl ImplicitUmem {
         self.for_each_piece(va, src.len(), |child, at, len, offset| {
             child.write(at, &src[offset..offset + len])
         })
+    }
+
+    /// Runs the RDMA atomic `op` on the 8 bytes at `va` (see
+    /// [`Umem::atomic`]; an aligned 8-byte range never crosses children).
+    ///
+    /// # Errors
+    /// As [`Umem::atomic`].
+    pub fn atomic(&self, va: usize, op: AtomicOp) -> Result<u64, OdpError> {
+        let mut old = 0;
+        self.for_each_piece(va, 8, |child, at, _, _| {
+            old = child.atomic(at, op)?;
+            Ok(())
+        })?;
+        Ok(old)
     }
 
     /// Runs `f(ptr, len, offset)` on each child-sized piece of

@@ -38,6 +38,7 @@ mod events;
 mod fault;
 mod implicit;
 mod page_table;
+mod safe_atomic;
 mod safe_copy;
 mod sys;
 mod umem;
@@ -49,6 +50,7 @@ pub use events::uffd::UserfaultfdStats;
 pub use fault::Advice;
 pub use implicit::{IMPLICIT_CHILD_SHIFT, ImplicitStats, ImplicitUmem};
 pub use page_table::PageEntry;
+pub use safe_atomic::AtomicOp;
 pub use sys::page_size;
 pub use umem::{Umem, UmemOptions};
 
@@ -103,6 +105,12 @@ pub enum OdpError {
         len: usize,
         /// The `mlock` errno.
         errno: i32,
+    },
+    /// An atomic operation on an address that is not 8-byte aligned.
+    #[error("atomic access to {va:#x} is not 8-byte aligned")]
+    Misaligned {
+        /// The address.
+        va: usize,
     },
     /// The address space has been released.
     #[error("address space released")]

@@ -94,7 +94,7 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Decodes the value the handler leaves in RDX: `sig << 8 | si_code`.
-    fn from_code(code: usize) -> Self {
+    pub(crate) fn from_code(code: usize) -> Self {
         let sig = (code >> 8) as c_int;
         let si_code = (code & 0xff) as c_int;
         match (sig, si_code) {
@@ -180,6 +180,19 @@ fn fault_ip() -> usize {
 #[inline(always)]
 fn fixup_ip() -> usize {
     odp_safe_copy_fixup_ip as unsafe extern "C" fn() as usize
+}
+
+/// The fixup address for a fault at `rip`, if `rip` is one of the instructions whose faults
+/// are recovered: the copy's `rep movsb` or one of [`crate::safe_atomic`]'s locked
+/// instructions. Async-signal-safe (compares addresses only).
+fn fixup_for(rip: usize) -> Option<usize> {
+    if rip == fault_ip() {
+        return Some(fixup_ip());
+    }
+    crate::safe_atomic::fixups()
+        .into_iter()
+        .find(|&(fault, _)| fault == rip)
+        .map(|(_, fixup)| fixup)
 }
 
 /// Maximum number of bytes re-tried one at a time after a fault, to turn the (possibly
@@ -435,11 +448,12 @@ extern "C" fn handler(sig: c_int, info: *mut siginfo_t, ctx: *mut c_void) {
         // is modified for the sigreturn.
         unsafe {
             let rip = &raw mut (*uc).uc_mcontext.gregs[libc::REG_RIP as usize];
-            if *rip as usize == fault_ip() {
-                // The fault happened on our `rep movsb`: resume at the fixup, which returns RCX
-                // (bytes remaining) and RDX, where the fault's class goes. All other registers
-                // are left as the CPU reported them.
-                *rip = fixup_ip() as libc::greg_t;
+            if let Some(fixup) = fixup_for(*rip as usize) {
+                // The fault happened on one of our instructions: resume at its fixup, which
+                // returns what the routine reports (bytes remaining, or the old value) and RDX,
+                // where the fault's class goes. All other registers are left as the CPU
+                // reported them.
+                *rip = fixup as libc::greg_t;
                 let code = ((sig as usize) << 8) | ((*info).si_code as usize & 0xff);
                 (*uc).uc_mcontext.gregs[libc::REG_RDX as usize] = code as libc::greg_t;
                 return;

@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use odp::{Access, AddressSpace, Advice, Mapping, OdpError, Umem, UmemOptions, page_size};
+use odp::{
+    Access, AddressSpace, Advice, AtomicOp, Mapping, OdpError, Umem, UmemOptions, page_size,
+};
 
 fn setup(pages: usize) -> (Arc<AddressSpace>, Mapping, Umem) {
     let aspace = AddressSpace::process();
@@ -455,6 +457,69 @@ fn an_unreported_unmap_makes_device_copies_fail_instead_of_crashing() {
     );
     drop(umem);
     for page in [0, 2, 3] {
+        // SAFETY: our own pages; the hole is left alone.
+        unsafe { libc::munmap((base + page * ps) as *mut libc::c_void, ps) };
+    }
+}
+
+#[test]
+fn an_unreported_unmap_makes_device_atomics_fail_instead_of_crashing() {
+    let aspace = AddressSpace::process();
+    let ps = page_size();
+    let (base, len) = aspace.map_anonymous(3 * ps, 0).unwrap().into_raw();
+    let umem = Umem::new(&aspace, base, len, UmemOptions::default()).unwrap();
+    let add = |va, n| umem.atomic(va, AtomicOp::FetchAdd { add: n });
+    assert_eq!(add(base + ps, 3), Ok(0));
+    assert_eq!(add(base + ps, 4), Ok(3));
+    assert_eq!(
+        add(base + ps + 4, 1),
+        Err(OdpError::Misaligned { va: base + ps + 4 })
+    );
+    let cas = AtomicOp::CompareSwap {
+        compare: 7,
+        swap: 1,
+    };
+    assert_eq!(
+        umem.atomic(base + 2 * ps, cas),
+        Ok(0),
+        "no swap on a mismatch"
+    );
+    // SAFETY: page 1 of our own mapping; nothing reports the unmap.
+    let rc = unsafe { libc::munmap((base + ps) as *mut libc::c_void, ps) };
+    assert_eq!(rc, 0);
+    assert!(umem.entry(base + ps).unwrap().is_present(), "stale entry");
+    assert_eq!(
+        add(base + ps, 1),
+        Err(OdpError::Unmapped {
+            va: base + ps,
+            len: 8
+        })
+    );
+    assert_eq!(
+        umem.counters().stale_pages,
+        1,
+        "the stale entry was dropped"
+    );
+    assert!(matches!(
+        umem.atomic(base + ps, cas),
+        Err(OdpError::Unmapped { .. })
+    ));
+    // A protection change nobody reported: a denial, and memory unchanged.
+    // SAFETY: our own last page.
+    let rc = unsafe { libc::mprotect((base + 2 * ps) as *mut libc::c_void, ps, libc::PROT_READ) };
+    assert_eq!(rc, 0);
+    let cas = AtomicOp::CompareSwap {
+        compare: 0,
+        swap: 9,
+    };
+    assert!(matches!(
+        umem.atomic(base + 2 * ps, cas),
+        Err(OdpError::AccessDenied { write: true, .. })
+    ));
+    assert_eq!(cpu_read(base + 2 * ps, 8), [0; 8]);
+    assert_eq!(add(base, 1), Ok(0), "the rest of the umem keeps working");
+    drop(umem);
+    for page in [0, 2] {
         // SAFETY: our own pages; the hole is left alone.
         unsafe { libc::munmap((base + page * ps) as *mut libc::c_void, ps) };
     }

@@ -10,11 +10,15 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+mod keys;
+
+use keys::KeyTable;
+
 use crate::net::{
     GRO_SLOT_CAPACITY, IcrcVerdict, Ipv4IdPolicy, Lossy, LossySocket, LossyStats, OutPacket,
     RecvSlot, RoceSocket, SocketConfig, Transport,
 };
-use crate::rc::{Outbox, QpCore, Regions};
+use crate::rc::{Outbox, QpCore, Regions, RxDrop};
 use crate::verbs::MrInner;
 use crate::wire::PacketRepr;
 
@@ -59,7 +63,7 @@ impl Default for DeviceOptions {
 pub struct DeviceStats {
     /// Packets sent.
     pub tx_packets: u64,
-    /// Packets received and handed to a queue pair.
+    /// Packets received and accepted by a queue pair.
     pub rx_packets: u64,
     /// Received datagrams that did not parse.
     pub rx_malformed: u64,
@@ -70,6 +74,14 @@ pub struct DeviceStats {
     pub rx_icrc_solved_ip_id: u64,
     /// Packets for a queue pair that does not exist.
     pub rx_unknown_qp: u64,
+    /// Packets for a queue pair that cannot take them in its state (a
+    /// request before RTR, a response before RTS, anything in ERROR).
+    pub rx_qp_not_ready: u64,
+    /// Packets whose source or destination address is not the one the
+    /// queue pair was connected with (an off-path sender).
+    pub rx_wrong_address: u64,
+    /// Packets whose P_Key does not admit the queue pair's partition.
+    pub rx_bad_pkey: u64,
     /// Packets the socket refused to send (each is recovered by the
     /// transport's retransmission).
     pub tx_errors: u64,
@@ -85,6 +97,9 @@ struct Counters {
     rx_bad_icrc: AtomicU64,
     rx_icrc_solved_ip_id: AtomicU64,
     rx_unknown_qp: AtomicU64,
+    rx_qp_not_ready: AtomicU64,
+    rx_wrong_address: AtomicU64,
+    rx_bad_pkey: AtomicU64,
     tx_errors: AtomicU64,
 }
 
@@ -97,7 +112,7 @@ struct Shared {
     /// Outboxes for the application's threads to reuse, keeping their
     /// arenas' capacity.
     outboxes: Mutex<Vec<Outbox>>,
-    mrs: RwLock<HashMap<u32, Arc<MrInner>>>,
+    mrs: RwLock<KeyTable<MrInner>>,
     qps: RwLock<HashMap<u32, Arc<QpCore>>>,
     stop: AtomicBool,
     counters: Counters,
@@ -108,7 +123,7 @@ impl Regions for Shared {
         self.mrs
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
+            .get(key, |mr| mr.key)
             .cloned()
     }
 }
@@ -242,7 +257,6 @@ impl Shared {
         verdict: IcrcVerdict,
         out: &mut Outbox,
     ) {
-        let _ = (src, dst);
         match verdict {
             IcrcVerdict::Good => {}
             IcrcVerdict::GoodWithIpId(_) => {
@@ -265,15 +279,22 @@ impl Shared {
             self.counters.rx_unknown_qp.fetch_add(1, Relaxed);
             return;
         };
-        self.counters.rx_packets.fetch_add(1, Relaxed);
-        if pkt.bth.opcode.is_request() {
+        let (src, dst) = (src.ip(), dst);
+        let received = if pkt.bth.opcode.is_request() {
             // Responses to requests (ACKs coalesce) go out with the batch.
-            qp.receive(self, &pkt, out);
+            qp.receive(self, src, dst, &pkt, out)
         } else {
             // An acknowledgement may open the window: the requester packets
             // it releases go out at once, in order with the poster's.
-            self.in_send_order(&qp, |out| qp.receive(self, &pkt, out));
-        }
+            self.in_send_order(&qp, |out| qp.receive(self, src, dst, &pkt, out))
+        };
+        let counter = match received {
+            Ok(()) => &self.counters.rx_packets,
+            Err(RxDrop::NotReady) => &self.counters.rx_qp_not_ready,
+            Err(RxDrop::WrongAddress) => &self.counters.rx_wrong_address,
+            Err(RxDrop::BadPkey) => &self.counters.rx_bad_pkey,
+        };
+        counter.fetch_add(1, Relaxed);
     }
 }
 
@@ -282,7 +303,6 @@ impl Shared {
 pub(crate) struct Device {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    next_key: AtomicU32,
     next_qpn: AtomicU32,
     next_pd: AtomicU32,
 }
@@ -318,7 +338,7 @@ impl Device {
             gro: options.socket.gro,
             ipv4_id: options.socket.ipv4_id,
             outboxes: Mutex::new(Vec::new()),
-            mrs: RwLock::new(HashMap::new()),
+            mrs: RwLock::new(KeyTable::default()),
             qps: RwLock::new(HashMap::new()),
             stop: AtomicBool::new(false),
             counters: Counters::default(),
@@ -330,7 +350,6 @@ impl Device {
         let dev = Arc::new(Device {
             shared,
             thread: Mutex::new(Some(thread)),
-            next_key: AtomicU32::new(1),
             // QP numbers 0 and 1 are special in InfiniBand; rxe starts at 17.
             next_qpn: AtomicU32::new(17),
             next_pd: AtomicU32::new(1),
@@ -344,12 +363,6 @@ impl Device {
         self.shared.local
     }
 
-    pub(crate) fn new_key(&self) -> u32 {
-        // Index in the upper 24 bits, a varying low byte, like rxe's keys.
-        let index = self.next_key.fetch_add(1, Relaxed);
-        (index << 8) | (index.wrapping_mul(0x9d) & 0xff)
-    }
-
     pub(crate) fn new_pd(&self) -> u32 {
         self.next_pd.fetch_add(1, Relaxed)
     }
@@ -358,12 +371,14 @@ impl Device {
         self.next_qpn.fetch_add(1, Relaxed) & 0xff_ffff
     }
 
-    pub(crate) fn register_mr(&self, mr: Arc<MrInner>) {
+    /// Registers the region `make` builds from its new key (see
+    /// [`KeyTable::insert`]); `None` when the key space is exhausted.
+    pub(crate) fn register_mr(&self, make: impl FnOnce(u32) -> MrInner) -> Option<Arc<MrInner>> {
         self.shared
             .mrs
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(mr.key, mr);
+            .insert(make)
     }
 
     pub(crate) fn deregister_mr(&self, key: u32) {
@@ -371,7 +386,7 @@ impl Device {
             .mrs
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(&key);
+            .remove(key, |mr| mr.key);
     }
 
     pub(crate) fn lookup_mr(&self, key: u32) -> Option<Arc<MrInner>> {
@@ -426,6 +441,9 @@ impl Device {
             rx_bad_icrc: c.rx_bad_icrc.load(Relaxed),
             rx_icrc_solved_ip_id: c.rx_icrc_solved_ip_id.load(Relaxed),
             rx_unknown_qp: c.rx_unknown_qp.load(Relaxed),
+            rx_qp_not_ready: c.rx_qp_not_ready.load(Relaxed),
+            rx_wrong_address: c.rx_wrong_address.load(Relaxed),
+            rx_bad_pkey: c.rx_bad_pkey.load(Relaxed),
             tx_errors: c.tx_errors.load(Relaxed),
             faults: self.shared.transport.fault_stats(),
         }

@@ -18,7 +18,7 @@ mod sge;
 
 pub(crate) use outbox::Outbox;
 pub(crate) use psn::PSN_MASK;
-pub(crate) use qp::{Peer, QpCore, QpStateKind};
+pub(crate) use qp::{DEFAULT_PKEY, Peer, QpCore, QpStateKind, RxDrop};
 
 use std::sync::Arc;
 

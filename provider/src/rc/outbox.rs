@@ -148,8 +148,10 @@ mod tests {
     fn ack(qpn: u32, psn: u32, msn: u32) -> PacketRepr<'static> {
         let peer = Peer {
             addr: A,
+            local: A.ip(),
             qpn,
             mtu: 1024,
+            pkey: crate::rc::qp::DEFAULT_PKEY,
         };
         let mut h = headers(bth(&peer, Opcode::RC_ACKNOWLEDGE, psn, 0, false));
         h.aeth = Some(AethRepr::new(Syndrome::Ack { credits: 31 }, msn));

@@ -1,7 +1,7 @@
 //! One RC queue pair's state, its transitions and what both directions
 //! share: building packets and moving to the error state.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -13,12 +13,43 @@ use crate::wire::{BthRepr, Opcode, PacketRepr};
 
 pub(crate) use crate::verbs::QpState as QpStateKind;
 
-/// The other end of the connection.
+/// The partition key of the default partition, full membership (the only
+/// entry of rxe's P_Key table).
+pub(crate) const DEFAULT_PKEY: u16 = 0xffff;
+
+/// The path of the connection: the other end, and what packets from it
+/// must carry to be accepted (rxe's `check_addr` and `check_keys`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Peer {
+    /// Where packets go: the peer's address and UDP port.
     pub(crate) addr: SocketAddr,
+    /// This end's address: received packets must be addressed to it.
+    pub(crate) local: IpAddr,
     pub(crate) qpn: u32,
     pub(crate) mtu: usize,
+    /// The queue pair's partition key.
+    pub(crate) pkey: u16,
+}
+
+/// Why a packet addressed to a queue pair was dropped without an answer
+/// (each is counted by the device).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RxDrop {
+    /// The queue pair cannot take this packet in its state (RESET, INIT,
+    /// ERROR; or a response before RTS).
+    NotReady,
+    /// The source or destination address is not the connection's.
+    WrongAddress,
+    /// The P_Key does not match the queue pair's partition.
+    BadPkey,
+}
+
+/// Whether two P_Keys admit each other (IBTA 10.9.3): the same partition
+/// (low 15 bits, not the invalid partition 0) and at least one full member
+/// (high bit), as rxe's `pkey_match`.
+pub(crate) fn pkey_match(a: u16, b: u16) -> bool {
+    let partition = |k: u16| k & 0x7fff;
+    partition(a) != 0 && partition(a) == partition(b) && (a | b) & 0x8000 != 0
 }
 
 /// Connection attributes set by the transitions.
@@ -162,17 +193,30 @@ impl QpCore {
         Ok(())
     }
 
-    /// Handles one received packet addressed to this queue pair.
-    pub(crate) fn receive(&self, regions: &dyn Regions, pkt: &PacketRepr<'_>, out: &mut Outbox) {
+    /// Handles one received packet addressed to this queue pair, sent from
+    /// `src` to `dst`. Packets that fail the checks of rxe's `rxe_recv.c`
+    /// (state, addresses, P_Key) are dropped silently, with the reason.
+    pub(crate) fn receive(
+        &self,
+        regions: &dyn Regions,
+        src: IpAddr,
+        dst: IpAddr,
+        pkt: &PacketRepr<'_>,
+        out: &mut Outbox,
+    ) -> Result<(), RxDrop> {
         let mut st = self.lock();
-        if pkt.bth.opcode.is_request() {
-            if matches!(st.kind, QpStateKind::Rtr | QpStateKind::Rts) {
-                self.respond(&mut st, regions, pkt, out);
-            }
-        } else if st.kind == QpStateKind::Rts {
+        let request = pkt.bth.opcode.is_request();
+        check_state(st.kind, request)?;
+        let peer = st.peer.ok_or(RxDrop::NotReady)?;
+        check_addr(&peer, src, dst)?;
+        check_keys(&peer, pkt.bth.pkey)?;
+        if request {
+            self.respond(&mut st, regions, pkt, out);
+        } else {
             self.complete(&mut st, regions, pkt, out);
             self.fill(&mut st, regions, out);
         }
+        Ok(())
     }
 
     /// The next time [`Self::on_timer`] has work, if any.
@@ -207,6 +251,36 @@ impl QpCore {
     }
 }
 
+/// Requests are served from RTR on, responses only in RTS.
+fn check_state(kind: QpStateKind, request: bool) -> Result<(), RxDrop> {
+    let ready = match kind {
+        QpStateKind::Rtr => request,
+        QpStateKind::Rts => true,
+        QpStateKind::Reset | QpStateKind::Init | QpStateKind::Error => false,
+    };
+    if ready { Ok(()) } else { Err(RxDrop::NotReady) }
+}
+
+/// The packet must come from the peer's address to this end's (the UDP
+/// source port is not checked: rxe varies it per queue pair).
+fn check_addr(peer: &Peer, src: IpAddr, dst: IpAddr) -> Result<(), RxDrop> {
+    let canonical = |ip: IpAddr| ip.to_canonical();
+    if canonical(src) == canonical(peer.addr.ip()) && canonical(dst) == canonical(peer.local) {
+        Ok(())
+    } else {
+        Err(RxDrop::WrongAddress)
+    }
+}
+
+/// The packet's P_Key must admit the queue pair's.
+fn check_keys(peer: &Peer, pkey: u16) -> Result<(), RxDrop> {
+    if pkey_match(pkey, peer.pkey) {
+        Ok(())
+    } else {
+        Err(RxDrop::BadPkey)
+    }
+}
+
 fn flushed(wr_id: u64, opcode: WcOpcode, qpn: u32) -> WorkCompletion {
     WorkCompletion {
         wr_id,
@@ -233,6 +307,7 @@ pub(crate) fn bth(
     BthRepr {
         pad: PacketRepr::pad_for(payload_len),
         ack_req,
+        pkey: peer.pkey,
         ..BthRepr::new(opcode, peer.qpn, psn)
     }
 }

@@ -1,9 +1,9 @@
 //! Protection domains and memory regions.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use odp::{Access, AddressSpace, Advice, ImplicitUmem, OdpError, Umem, UmemOptions};
+pub(crate) use odp::AtomicOp;
+use odp::{AddressSpace, Advice, ImplicitUmem, OdpError, Umem, UmemOptions};
 
 use super::qp::QueuePairBuilder;
 use super::{CompletionQueue, Sge, VerbsError};
@@ -74,13 +74,6 @@ impl From<OdpError> for MrAccessError {
     }
 }
 
-/// An atomic operation on 8 bytes of a region.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum AtomicOp {
-    CompareSwap { compare: u64, swap: u64 },
-    FetchAdd { add: u64 },
-}
-
 impl MrInner {
     /// Checks that `[va, va + len)` lies in the region, that it belongs to
     /// `pd`, and that it grants `need`.
@@ -126,37 +119,19 @@ impl MrInner {
     }
 
     /// Runs `op` atomically on the 8 bytes at `va`; returns the old value.
+    /// Memory that vanished without an invalidation gives
+    /// [`MrAccessError::Fault`], never a crash (the ODP layer's atomics
+    /// recover from the fault as its copies do).
     pub(crate) fn atomic(&self, va: u64, op: AtomicOp) -> Result<u64, MrAccessError> {
         if !va.is_multiple_of(8) {
             return Err(MrAccessError::Misaligned);
         }
-        let mut old = 0;
-        let run = |ptr: *mut u8, _len: usize, old: &mut u64| {
-            // SAFETY: the ODP layer holds the driver lock with this 8-byte
-            // aligned page range present and writable for the duration of
-            // the closure, and other writers to it (the application, other
-            // devices) are expected to use atomics too, as with hardware
-            // RDMA atomics.
-            let cell = unsafe { AtomicU64::from_ptr(ptr.cast::<u64>()) };
-            // Values travel big-endian on the wire but are stored in host
-            // order in memory, as rxe stores them.
-            *old = match op {
-                AtomicOp::CompareSwap { compare, swap } => {
-                    match cell.compare_exchange(compare, swap, Ordering::SeqCst, Ordering::SeqCst) {
-                        Ok(v) | Err(v) => v,
-                    }
-                }
-                AtomicOp::FetchAdd { add } => cell.fetch_add(add, Ordering::SeqCst),
-            };
+        // Values travel big-endian on the wire but are stored in host order
+        // in memory, as rxe stores them.
+        let old = match &self.memory {
+            MrMemory::Umem(u) => u.atomic(va as usize, op)?,
+            MrMemory::Implicit(i) => i.atomic(va as usize, op)?,
         };
-        match &self.memory {
-            MrMemory::Umem(u) => {
-                u.with_range(va as usize, 8, Access::Write, |p, l| run(p, l, &mut old))?
-            }
-            MrMemory::Implicit(i) => {
-                i.with_pieces(va as usize, 8, Access::Write, |p, l, _| run(p, l, &mut old))?
-            }
-        }
         Ok(old)
     }
 
@@ -248,16 +223,17 @@ impl ProtectionDomain {
             }
             MrMemory::Umem(umem)
         };
-        let key = self.dev.new_key();
-        let inner = Arc::new(MrInner {
-            key,
-            pd: self.id,
-            addr: addr as u64,
-            len: len as u64,
-            access,
-            memory,
-        });
-        self.dev.register_mr(Arc::clone(&inner));
+        let inner = self
+            .dev
+            .register_mr(|key| MrInner {
+                key,
+                pd: self.id,
+                addr: addr as u64,
+                len: len as u64,
+                access,
+                memory,
+            })
+            .ok_or(VerbsError::InvalidArgument("every memory key is in use"))?;
         Ok(MemoryRegion {
             inner,
             dev: Arc::clone(&self.dev),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::{CompletionQueue, Gid, Mtu, ProtectionDomain, RecvWr, SendWr, VerbsError};
 use crate::device::Device;
-use crate::rc::{Peer, QpCore};
+use crate::rc::{DEFAULT_PKEY, Peer, QpCore};
 use crate::wire::ROCE_V2_PORT;
 
 /// Queue pair states (verbs' `ibv_qp_state`, the ones RC uses here).
@@ -162,12 +162,10 @@ impl<'a> QueuePairBuilder<'a> {
     }
 }
 
-/// A random initial PSN (perftest draws one with `lrand48`).
+/// A random initial PSN: with the addresses checked, the PSN window is
+/// what a blind sender spoofing the peer's address must guess.
 fn initial_psn() -> u32 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    nanos.wrapping_mul(0x9e37_79b9) & 0xff_ffff
+    rand::random::<u32>() & 0xff_ffff
 }
 
 /// A reliable-connected queue pair; dropping it destroys it.
@@ -238,8 +236,10 @@ impl QueuePair {
         };
         let peer = Peer {
             addr: SocketAddr::new(remote.gid.ip(), port),
+            local: self.dev.local_addr().ip(),
             qpn: remote.qp_num & 0xff_ffff,
             mtu: remote.mtu.bytes(),
+            pkey: DEFAULT_PKEY,
         };
         self.core.to_rtr(peer, remote.psn, self.min_rnr_timer)
     }
