@@ -223,6 +223,11 @@ impl Shared {
             );
             let mut wait = Duration::from_millis(20);
             for qp in qps.drain(..) {
+                // READ replies in progress go on a budget at a time, one
+                // queue pair after the other, between receive batches.
+                if qp.continue_reply(self, &mut out) {
+                    wait = Duration::ZERO;
+                }
                 match qp.deadline() {
                     Some(t) if t <= now => {
                         self.in_send_order(&qp, |out| qp.on_timer(self, now, out));

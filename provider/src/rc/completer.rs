@@ -5,6 +5,7 @@ use super::Outbox;
 use super::Regions;
 use super::psn::{psn_add, psn_diff};
 use super::qp::{QpCore, QpState};
+use super::requester::read_segment_end;
 use super::sge;
 use crate::verbs::{SendOp, WcStatus};
 use crate::wire::{NakCode, Opcode, PacketRepr, Syndrome};
@@ -77,7 +78,15 @@ impl QpCore {
                 let SendOp::Read { .. } = w.op else { return };
                 let expected = psn_add(w.first_psn, w.read_done / mtu as u32);
                 if !w.started || psn != expected {
-                    return; // duplicate or out of order: the timer recovers
+                    // A response past the next one expected means some were
+                    // lost: ask once for the rest, from the first missing
+                    // one (the timer covers a lost request). Duplicates
+                    // are ignored.
+                    if w.started && psn_diff(psn, expected) > 0 && w.reread_from != Some(expected) {
+                        w.reread_from = Some(expected);
+                        st.req.go_back(expected, mtu);
+                    }
+                    return;
                 }
                 let room = (w.len - w.read_done) as usize;
                 let len = pkt.payload.len();
@@ -95,11 +104,16 @@ impl QpCore {
                 w.read_done += len as u32;
                 st.req.acked_to(psn_add(psn, 1));
                 let w = &mut st.req.sq[index];
-                if last {
-                    w.done = Some(if w.read_done == w.len {
-                        WcStatus::Success
-                    } else {
+                // The last response of a segment ends exactly where the
+                // segment (or the READ) does.
+                let k = psn_diff(psn, w.first_psn) as u32;
+                let segment_end = read_segment_end(k, w.npsn) as u64 * mtu as u64;
+                let short = last && u64::from(w.read_done) != segment_end.min(u64::from(w.len));
+                if w.read_done == w.len || short {
+                    w.done = Some(if short {
                         WcStatus::RemoteInvalidRequest
+                    } else {
+                        WcStatus::Success
                     });
                     st.req.rd_atomic_out = st.req.rd_atomic_out.saturating_sub(1);
                 }

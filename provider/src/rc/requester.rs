@@ -14,6 +14,18 @@ use crate::wire::{AtomicEthRepr, Opcode, RethRepr};
 
 /// PSNs the requester may have outstanding (rxe's `RXE_MAX_UNACKED_PSNS`).
 const MAX_UNACKED_PSNS: i32 = 128;
+/// Response PSNs one READ request asks for: a longer READ goes out as
+/// several requests, one per segment, each sent when the window has room.
+/// The responder then never answers more than the window at once, so READ
+/// responses are paced like WRITEs instead of overrunning the requester's
+/// receive buffer (a lost response costs a go-back).
+pub(crate) const READ_SEGMENT_PSNS: u32 = 64;
+
+/// The PSN offset (from a READ's first) where the segment holding offset
+/// `k` ends, for a READ of `npsn` response PSNs.
+pub(crate) fn read_segment_end(k: u32, npsn: u32) -> u32 {
+    ((k / READ_SEGMENT_PSNS + 1) * READ_SEGMENT_PSNS).min(npsn)
+}
 /// Packets between acknowledgement requests within one message.
 const MAX_PKTS_PER_ACK: u32 = 64;
 
@@ -34,6 +46,9 @@ pub(crate) struct SendWqe {
     pub(crate) transmitted: bool,
     /// READ: response bytes received in order.
     pub(crate) read_done: u32,
+    /// READ: the PSN from which the rest was last asked for again after a
+    /// gap in the responses (asked once per gap).
+    pub(crate) reread_from: Option<u32>,
     /// Finished, with this status.
     pub(crate) done: Option<WcStatus>,
 }
@@ -218,6 +233,7 @@ impl QpCore {
                 npsn: 0,
                 transmitted: false,
                 read_done: 0,
+                reread_from: None,
                 done: None,
             });
         }
@@ -281,9 +297,13 @@ impl QpCore {
             }
             let psn = req.next_psn;
             let k = psn_diff(psn, w.first_psn) as u32;
-            // A READ or atomic request is one packet, however many PSNs
-            // its responses use.
-            let last = w.is_read_or_atomic() || k + 1 >= w.npsn;
+            // An atomic request is one packet; a READ one request per
+            // segment of its response PSNs; a SEND or WRITE one per PSN.
+            let last = match w.op {
+                SendOp::Read { .. } => read_segment_end(k, w.npsn) == w.npsn,
+                SendOp::CompareSwap { .. } | SendOp::FetchAdd { .. } => true,
+                _ => k + 1 >= w.npsn,
+            };
             req.pkts_since_ack_req += 1;
             let ack_req = last || req.pkts_since_ack_req >= MAX_PKTS_PER_ACK;
             if ack_req {
@@ -291,14 +311,17 @@ impl QpCore {
             }
             let packet = match w.op {
                 SendOp::Read { remote_addr, rkey } => {
-                    let done = w.read_done;
+                    let end = read_segment_end(k, w.npsn);
+                    let offset = u64::from(k) * mtu as u64;
+                    let seg_bytes = u64::from(end - k) * mtu as u64;
+                    let len = (u64::from(w.len) - offset).min(seg_bytes) as u32;
                     let mut h = headers(bth(&peer, Opcode::RC_RDMA_READ_REQUEST, psn, 0, true));
                     h.reth = Some(RethRepr {
-                        va: remote_addr + u64::from(done),
+                        va: remote_addr + offset,
                         rkey,
-                        len: w.len - done,
+                        len,
                     });
-                    req.next_psn = w.end_psn();
+                    req.next_psn = psn_add(w.first_psn, end);
                     out.push(peer.addr, &h, 0, |_| Ok(()))
                 }
                 SendOp::CompareSwap {

@@ -1,12 +1,28 @@
 //! The responder: carries out incoming requests in PSN order, answers
-//! duplicates without doing them twice, and NAKs what it cannot do.
+//! duplicates without doing them twice, and NAKs what it cannot do. Its
+//! steps are those of rxe's `rxe_resp.c`, under the same names:
+//! [`check_psn`](QpCore::check_psn), `check_op_seq`, `check_op_valid`,
+//! `check_resource`, `check_length`, `check_rkey`, then `execute`
+//! (`write_data` / `send_data` / `atomic_reply` / `start_read_reply`),
+//! `acknowledge`, `duplicate_request`, and the error path
+//! ([`Refusal`] -> NAK, queue pair to error).
+//!
+//! Bounded by construction, whatever the peer sends:
+//! - a READ is answered by [`QpCore::read_reply`] a bounded number of
+//!   packets at a time ([`READ_REPLY_BUDGET`]), resumed by the device's
+//!   progress loop as the send path takes them; requests that arrive
+//!   meanwhile wait in a bounded queue ([`HELD_LIMIT`]) and run in order
+//!   once the reply is out;
+//! - a multi-packet WRITE keeps the region's key, not the region: every
+//!   packet looks the region up again, so deregistering it never waits for
+//!   a peer, and the packets of a message whose region is gone get a
+//!   remote access NAK.
 //!
 //! A request that fails a check (key, range, right, a page that cannot be
-//! made present) is NAKed with a remote access error before any memory is
-//! touched, and the queue pair goes to the error state, as in kernel rxe.
+//! made present) is NAKed before memory is touched where the check allows
+//! it, and the queue pair goes to the error state, as in kernel rxe.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 use super::psn::{psn_add, psn_diff};
 use super::qp::{Peer, QpCore, QpState, bth, headers};
@@ -19,6 +35,15 @@ use crate::wire::{AethRepr, AtomicAckEthRepr, NakCode, Opcode, PacketRepr, RethR
 
 /// READ and atomic requests remembered for duplicates.
 const RESOURCES: usize = 128;
+/// READ response packets produced per call of [`QpCore::read_reply`]:
+/// at most 64 packets (256 KiB at MTU 4096) are built before the device
+/// sends them and serves other queue pairs.
+pub(crate) const READ_REPLY_BUDGET: usize = 64;
+/// Requests held while a READ is being answered (the requester's window);
+/// more are dropped, and the requester sends them again.
+const HELD_LIMIT: usize = 256;
+/// The largest message an RETH may describe (IBTA: 2^31 bytes).
+const MAX_MESSAGE: u32 = 1 << 31;
 
 /// A posted receive work request.
 pub(crate) struct RecvWqe {
@@ -26,24 +51,49 @@ pub(crate) struct RecvWqe {
     pub(crate) sges: Vec<Sge>,
 }
 
-/// A READ or atomic request already carried out.
+/// A READ or atomic request already carried out (rxe's `resp_res`).
 #[derive(Clone, Copy)]
 enum Resource {
     Read { psn: u32, npsn: u32 },
     Atomic { psn: u32, orig: u64 },
 }
 
+impl Resource {
+    /// Whether `psn` lies within the PSNs of a READ (unsigned distance, so
+    /// a READ of 2^23 PSNs, the largest at MTU 256, still compares right).
+    fn read_covers(&self, psn: u32) -> bool {
+        match *self {
+            Resource::Read { psn: first, npsn } => psn.wrapping_sub(first) & 0xff_ffff < npsn,
+            Resource::Atomic { .. } => false,
+        }
+    }
+}
+
 /// A message arriving over several packets.
 enum Inbound {
     /// A SEND filling a receive request.
     Send { wqe: RecvWqe, offset: u32 },
-    /// An RDMA WRITE into a region.
+    /// An RDMA WRITE into the region with key `rkey` (looked up again for
+    /// every packet).
     Write {
-        mr: Arc<MrInner>,
+        rkey: u32,
         va: u64,
         remaining: u32,
         total: u32,
     },
+}
+
+/// The READ being answered: what is left to send (rxe's `res->read`).
+#[derive(Clone, Copy)]
+struct ReadReply {
+    rkey: u32,
+    va: u64,
+    remaining: u32,
+    /// PSN of the next response.
+    psn: u32,
+    /// Whether the next response is the first of the reply.
+    first: bool,
+    msn: u32,
 }
 
 /// The receive side of a queue pair.
@@ -56,6 +106,9 @@ pub(crate) struct Responder {
     resources: VecDeque<Resource>,
     /// A PSN sequence NAK was sent for `epsn` (send one per gap).
     nak_sent: bool,
+    read_reply: Option<ReadReply>,
+    /// Requests that arrived during a READ reply, as packet bytes.
+    held: VecDeque<Vec<u8>>,
 }
 
 impl Responder {
@@ -65,9 +118,13 @@ impl Responder {
         self.inbound = None;
         self.resources.clear();
         self.nak_sent = false;
+        self.read_reply = None;
+        self.held.clear();
     }
 
     pub(crate) fn drain(&mut self) -> Vec<u64> {
+        self.read_reply = None;
+        self.held.clear();
         let mut ids: Vec<u64> = Vec::new();
         if let Some(Inbound::Send { wqe, .. }) = self.inbound.take() {
             ids.push(wqe.wr_id);
@@ -76,15 +133,25 @@ impl Responder {
         ids
     }
 
+    /// Whether a READ reply has responses left to produce.
+    pub(crate) fn replying(&self) -> bool {
+        self.read_reply.is_some()
+    }
+
     fn remember(&mut self, r: Resource) {
         if self.resources.len() == RESOURCES {
             self.resources.pop_front();
         }
         self.resources.push_back(r);
     }
+
+    fn next_msn(&mut self) -> u32 {
+        self.msn = (self.msn + 1) & 0xff_ffff;
+        self.msn
+    }
 }
 
-/// Why a request is refused.
+/// Why a request is refused (rxe's error states).
 enum Refusal {
     /// No receive request posted: RNR NAK, try again later.
     NotReady,
@@ -102,10 +169,20 @@ impl From<MrAccessError> for Refusal {
     }
 }
 
+const INVALID: Refusal = Refusal::Nak(NakCode::InvalidRequest);
+const ACCESS: Refusal = Refusal::Nak(NakCode::RemoteAccessError);
+
 fn ack(peer: &Peer, opcode: Opcode, psn: u32, syndrome: Syndrome, msn: u32) -> PacketRepr<'static> {
     let mut h = headers(bth(peer, opcode, psn, 0, false));
     h.aeth = Some(AethRepr::new(syndrome, msn));
     h
+}
+
+/// Where a request packet stands against the expected PSN.
+enum PsnCheck {
+    Expected,
+    Duplicate,
+    Gap,
 }
 
 impl QpCore {
@@ -117,333 +194,417 @@ impl QpCore {
         pkt: &PacketRepr<'_>,
         out: &mut Outbox,
     ) {
-        let Some(peer) = st.peer else { return };
-        let psn = pkt.bth.psn;
-        let d = psn_diff(psn, st.resp.epsn);
-        if d > 0 {
-            // A gap: ask for the missing PSN once, drop until it comes.
-            if !st.resp.nak_sent {
-                st.resp.nak_sent = true;
-                let h = ack(
-                    &peer,
-                    Opcode::RC_ACKNOWLEDGE,
-                    st.resp.epsn,
-                    Syndrome::Nak(NakCode::PsnSequenceError),
-                    st.resp.msn,
-                );
-                push(out, &peer, &h);
-            }
-            return;
-        }
-        if d < 0 {
-            self.duplicate(st, regions, pkt, out);
-            return;
-        }
-        match self.carry_out(st, regions, pkt, out) {
-            Ok(()) => st.resp.nak_sent = false,
-            Err(Refusal::NotReady) => {
-                let timer = st.attrs.min_rnr_timer;
-                let h = ack(
-                    &peer,
-                    Opcode::RC_ACKNOWLEDGE,
-                    psn,
-                    Syndrome::RnrNak { timer },
-                    st.resp.msn,
-                );
-                push(out, &peer, &h);
-            }
-            Err(Refusal::Nak(code)) => {
-                let h = ack(
-                    &peer,
-                    Opcode::RC_ACKNOWLEDGE,
-                    psn,
-                    Syndrome::Nak(code),
-                    st.resp.msn,
-                );
-                push(out, &peer, &h);
-                // A receive request being filled completes with the error.
-                if let Some(Inbound::Send { wqe, offset }) = st.resp.inbound.take() {
-                    self.recv_cq.push(WorkCompletion {
-                        wr_id: wqe.wr_id,
-                        status: if matches!(code, NakCode::InvalidRequest) {
-                            WcStatus::LocalLengthError
-                        } else {
-                            WcStatus::LocalProtectionError
-                        },
-                        opcode: WcOpcode::Recv,
-                        byte_len: offset,
-                        imm_data: None,
-                        qp_num: self.qpn,
-                    });
-                }
-                self.fail(st, None);
-            }
+        let replying = st.resp.replying();
+        self.respond_one(st, regions, pkt, out);
+        if !replying && st.resp.replying() {
+            // Answer what fits now; the device's progress loop resumes it.
+            self.read_reply(st, regions, out);
         }
     }
 
-    /// Carries out the request at the expected PSN.
-    fn carry_out(
+    /// Handles a request packet without producing READ responses.
+    fn respond_one(
         &self,
         st: &mut QpState,
         regions: &dyn Regions,
         pkt: &PacketRepr<'_>,
         out: &mut Outbox,
-    ) -> Result<(), Refusal> {
-        let Some(peer) = st.peer else { return Ok(()) };
-        let mtu = peer.mtu;
-        let op = pkt.bth.opcode;
-        let len = pkt.payload.len();
-        let (first, last) = (op.is_first(), op.is_last());
-        // Segment lengths: FIRST and MIDDLE are exactly one MTU.
-        let sized = match (first, last) {
-            (true, true) => len <= mtu,
-            (false, true) => len <= mtu,
-            _ => len == mtu,
-        };
-        match op {
-            Opcode::RC_SEND_FIRST
-            | Opcode::RC_SEND_MIDDLE
-            | Opcode::RC_SEND_LAST
-            | Opcode::RC_SEND_LAST_WITH_IMMEDIATE
-            | Opcode::RC_SEND_ONLY
-            | Opcode::RC_SEND_ONLY_WITH_IMMEDIATE => {
-                let continuing = matches!(st.resp.inbound, Some(Inbound::Send { .. }));
-                if continuing == first || !sized {
-                    return Err(Refusal::Nak(NakCode::InvalidRequest));
-                }
-                if first {
-                    let wqe = st.resp.rq.pop_front().ok_or(Refusal::NotReady)?;
-                    st.resp.inbound = Some(Inbound::Send { wqe, offset: 0 });
-                }
-                let Some(Inbound::Send { wqe, offset }) = &mut st.resp.inbound else {
-                    return Err(Refusal::Nak(NakCode::InvalidRequest));
-                };
-                match sge::scatter(regions, self.pd, &wqe.sges, u64::from(*offset), pkt.payload) {
-                    Ok(()) => *offset += len as u32,
-                    Err(SgeError::Length) => return Err(Refusal::Nak(NakCode::InvalidRequest)),
-                    Err(SgeError::Protection) => {
-                        return Err(Refusal::Nak(NakCode::RemoteOperationalError));
-                    }
-                }
-                if last && let Some(Inbound::Send { wqe, offset }) = st.resp.inbound.take() {
-                    self.recv_cq.push(WorkCompletion {
-                        wr_id: wqe.wr_id,
-                        status: WcStatus::Success,
-                        opcode: WcOpcode::Recv,
-                        byte_len: offset,
-                        imm_data: pkt.immdt,
-                        qp_num: self.qpn,
-                    });
-                }
-            }
-            Opcode::RC_RDMA_WRITE_FIRST
-            | Opcode::RC_RDMA_WRITE_MIDDLE
-            | Opcode::RC_RDMA_WRITE_LAST
-            | Opcode::RC_RDMA_WRITE_LAST_WITH_IMMEDIATE
-            | Opcode::RC_RDMA_WRITE_ONLY
-            | Opcode::RC_RDMA_WRITE_ONLY_WITH_IMMEDIATE => {
-                let continuing = matches!(st.resp.inbound, Some(Inbound::Write { .. }));
-                if continuing == first || !sized {
-                    return Err(Refusal::Nak(NakCode::InvalidRequest));
-                }
-                // WRITE with immediate consumes a receive request: make sure
-                // one is there before writing anything.
-                if last && pkt.immdt.is_some() && st.resp.rq.is_empty() {
-                    return Err(Refusal::NotReady);
-                }
-                if first {
-                    let reth = pkt.reth.ok_or(Refusal::Nak(NakCode::InvalidRequest))?;
-                    let mr = self.remote_region(regions, reth, AccessFlags::REMOTE_WRITE)?;
-                    st.resp.inbound = mr.map(|mr| Inbound::Write {
-                        mr,
-                        va: reth.va,
-                        remaining: reth.len,
-                        total: reth.len,
-                    });
-                    if st.resp.inbound.is_none() && len > 0 {
-                        return Err(Refusal::Nak(NakCode::InvalidRequest));
-                    }
-                }
-                let mut total = 0;
-                if let Some(Inbound::Write {
-                    mr,
-                    va,
-                    remaining,
-                    total: t,
-                }) = &mut st.resp.inbound
-                {
-                    if len as u32 > *remaining || (last && len as u32 != *remaining) {
-                        return Err(Refusal::Nak(NakCode::InvalidRequest));
-                    }
-                    mr.write(*va, pkt.payload)?;
-                    *va += len as u64;
-                    *remaining -= len as u32;
-                    total = *t;
-                }
-                if last {
-                    st.resp.inbound = None;
-                    if let Some(imm) = pkt.immdt {
-                        let wqe = st.resp.rq.pop_front().ok_or(Refusal::NotReady)?;
-                        self.recv_cq.push(WorkCompletion {
-                            wr_id: wqe.wr_id,
-                            status: WcStatus::Success,
-                            opcode: WcOpcode::RecvRdmaWithImm,
-                            byte_len: total,
-                            imm_data: Some(imm),
-                            qp_num: self.qpn,
-                        });
-                    }
-                }
-            }
-            Opcode::RC_RDMA_READ_REQUEST => {
-                if st.resp.inbound.is_some() {
-                    return Err(Refusal::Nak(NakCode::InvalidRequest));
-                }
-                let reth = pkt.reth.ok_or(Refusal::Nak(NakCode::InvalidRequest))?;
-                let mr = self.remote_region(regions, reth, AccessFlags::REMOTE_READ)?;
-                let npsn = self.read_response(
-                    &peer,
+    ) {
+        let Some(peer) = st.peer else { return };
+        match self.check_psn(st, pkt) {
+            PsnCheck::Gap => self.nak_gap_once(st, &peer, out),
+            PsnCheck::Duplicate => self.duplicate_request(st, regions, pkt, out),
+            PsnCheck::Expected if st.resp.replying() => hold(st, pkt),
+            PsnCheck::Expected => self.execute_request(st, regions, &peer, pkt, out),
+        }
+    }
+
+    /// Continues the READ reply in progress, if any (called by the device
+    /// between receive batches); returns whether one is still in progress.
+    pub(crate) fn continue_reply(&self, regions: &dyn Regions, out: &mut Outbox) -> bool {
+        let mut st = self.lock();
+        if st.resp.replying()
+            && matches!(st.kind, super::QpStateKind::Rtr | super::QpStateKind::Rts)
+        {
+            self.read_reply(&mut st, regions, out);
+        }
+        st.resp.replying()
+    }
+
+    /// Runs the checks and the operation of the request at the expected
+    /// PSN, and answers it.
+    fn execute_request(
+        &self,
+        st: &mut QpState,
+        regions: &dyn Regions,
+        peer: &Peer,
+        pkt: &PacketRepr<'_>,
+        out: &mut Outbox,
+    ) {
+        let result = check_op_seq(st, pkt)
+            .and_then(|()| check_op_valid(pkt))
+            .and_then(|()| check_resource(st, pkt))
+            .and_then(|()| check_length(peer, pkt))
+            .and_then(|()| self.execute(st, regions, peer, pkt, out));
+        match result {
+            Ok(()) => st.resp.nak_sent = false,
+            Err(Refusal::NotReady) => {
+                let timer = st.attrs.min_rnr_timer;
+                let syndrome = Syndrome::RnrNak { timer };
+                let h = ack(
+                    peer,
+                    Opcode::RC_ACKNOWLEDGE,
                     pkt.bth.psn,
-                    reth,
-                    mr.as_deref(),
-                    st.resp.msn + 1,
-                    out,
-                )?;
-                st.resp.remember(Resource::Read {
-                    psn: pkt.bth.psn,
-                    npsn,
-                });
-                st.resp.epsn = psn_add(st.resp.epsn, npsn);
-                st.resp.msn = (st.resp.msn + 1) & 0xff_ffff;
-                return Ok(());
-            }
-            Opcode::RC_COMPARE_SWAP | Opcode::RC_FETCH_ADD => {
-                if st.resp.inbound.is_some() {
-                    return Err(Refusal::Nak(NakCode::InvalidRequest));
-                }
-                let a = pkt
-                    .atomic_eth
-                    .ok_or(Refusal::Nak(NakCode::InvalidRequest))?;
-                let reth = RethRepr {
-                    va: a.va,
-                    rkey: a.rkey,
-                    len: 8,
-                };
-                let mr = self
-                    .remote_region(regions, reth, AccessFlags::REMOTE_ATOMIC)?
-                    .ok_or(Refusal::Nak(NakCode::InvalidRequest))?;
-                let atomic = if op == Opcode::RC_COMPARE_SWAP {
-                    AtomicOp::CompareSwap {
-                        compare: a.compare,
-                        swap: a.swap_add,
-                    }
-                } else {
-                    AtomicOp::FetchAdd { add: a.swap_add }
-                };
-                let orig = mr.atomic(a.va, atomic)?;
-                st.resp.msn = (st.resp.msn + 1) & 0xff_ffff;
-                let mut h = ack(
-                    &peer,
-                    Opcode::RC_ATOMIC_ACKNOWLEDGE,
-                    pkt.bth.psn,
-                    Syndrome::Ack { credits: 31 },
+                    syndrome,
                     st.resp.msn,
                 );
-                h.atomic_ack_eth = Some(AtomicAckEthRepr { orig });
-                push(out, &peer, &h);
-                st.resp.remember(Resource::Atomic {
-                    psn: pkt.bth.psn,
-                    orig,
-                });
-                st.resp.epsn = psn_add(st.resp.epsn, 1);
-                return Ok(());
+                push(out, peer, &h);
             }
-            _ => return Err(Refusal::Nak(NakCode::InvalidRequest)),
+            Err(Refusal::Nak(code)) => self.error_nak(st, peer, pkt.bth.psn, code, out),
         }
-        st.resp.epsn = psn_add(st.resp.epsn, 1);
-        if last {
-            st.resp.msn = (st.resp.msn + 1) & 0xff_ffff;
+    }
+
+    /// check_psn: expected, duplicate (already done) or ahead (a gap).
+    fn check_psn(&self, st: &QpState, pkt: &PacketRepr<'_>) -> PsnCheck {
+        match psn_diff(pkt.bth.psn, st.resp.epsn) {
+            0 => PsnCheck::Expected,
+            d if d < 0 => PsnCheck::Duplicate,
+            _ => PsnCheck::Gap,
         }
-        if pkt.bth.ack_req {
-            let h = ack(
-                &peer,
-                Opcode::RC_ACKNOWLEDGE,
-                pkt.bth.psn,
-                Syndrome::Ack { credits: 31 },
-                st.resp.msn,
-            );
-            push(out, &peer, &h);
+    }
+
+    /// A gap: ask for the missing PSN once, drop until it comes.
+    fn nak_gap_once(&self, st: &mut QpState, peer: &Peer, out: &mut Outbox) {
+        if st.resp.nak_sent {
+            return;
+        }
+        st.resp.nak_sent = true;
+        let syndrome = Syndrome::Nak(NakCode::PsnSequenceError);
+        let h = ack(
+            peer,
+            Opcode::RC_ACKNOWLEDGE,
+            st.resp.epsn,
+            syndrome,
+            st.resp.msn,
+        );
+        push(out, peer, &h);
+    }
+
+    /// The error path: NAK `psn` with `code`; a receive request being
+    /// filled completes with the error, and the queue pair fails.
+    fn error_nak(&self, st: &mut QpState, peer: &Peer, psn: u32, code: NakCode, out: &mut Outbox) {
+        let h = ack(
+            peer,
+            Opcode::RC_ACKNOWLEDGE,
+            psn,
+            Syndrome::Nak(code),
+            st.resp.msn,
+        );
+        push(out, peer, &h);
+        if let Some(Inbound::Send { wqe, offset }) = st.resp.inbound.take() {
+            let status = match code {
+                NakCode::InvalidRequest => WcStatus::LocalLengthError,
+                _ => WcStatus::LocalProtectionError,
+            };
+            self.recv_cq.push(WorkCompletion {
+                wr_id: wqe.wr_id,
+                status,
+                opcode: WcOpcode::Recv,
+                byte_len: offset,
+                imm_data: None,
+                qp_num: self.qpn,
+            });
+        }
+        self.fail(st, None);
+    }
+
+    /// execute: the operation itself, then its acknowledgement.
+    fn execute(
+        &self,
+        st: &mut QpState,
+        regions: &dyn Regions,
+        peer: &Peer,
+        pkt: &PacketRepr<'_>,
+        out: &mut Outbox,
+    ) -> Result<(), Refusal> {
+        match pkt.bth.opcode {
+            Opcode::RC_RDMA_READ_REQUEST => return self.start_read_reply(st, regions, pkt),
+            Opcode::RC_COMPARE_SWAP | Opcode::RC_FETCH_ADD => {
+                return self.atomic_reply(st, regions, peer, pkt, out);
+            }
+            op if is_write(op) => self.write_data(st, regions, pkt)?,
+            _ => self.send_data(st, regions, pkt)?,
+        }
+        self.acknowledge(st, peer, pkt, out);
+        Ok(())
+    }
+
+    /// A SEND packet: scatter it into the receive request; the last one
+    /// completes it.
+    fn send_data(
+        &self,
+        st: &mut QpState,
+        regions: &dyn Regions,
+        pkt: &PacketRepr<'_>,
+    ) -> Result<(), Refusal> {
+        if pkt.bth.opcode.is_first() {
+            let wqe = st.resp.rq.pop_front().ok_or(Refusal::NotReady)?;
+            st.resp.inbound = Some(Inbound::Send { wqe, offset: 0 });
+        }
+        let Some(Inbound::Send { wqe, offset }) = &mut st.resp.inbound else {
+            return Err(INVALID);
+        };
+        match sge::scatter(regions, self.pd, &wqe.sges, u64::from(*offset), pkt.payload) {
+            Ok(()) => *offset += pkt.payload.len() as u32,
+            Err(SgeError::Length) => return Err(INVALID),
+            Err(SgeError::Protection) => return Err(Refusal::Nak(NakCode::RemoteOperationalError)),
+        }
+        if pkt.bth.opcode.is_last()
+            && let Some(Inbound::Send { wqe, offset }) = st.resp.inbound.take()
+        {
+            self.recv_cq.push(WorkCompletion {
+                wr_id: wqe.wr_id,
+                status: WcStatus::Success,
+                opcode: WcOpcode::Recv,
+                byte_len: offset,
+                imm_data: pkt.immdt,
+                qp_num: self.qpn,
+            });
         }
         Ok(())
     }
 
-    /// The region a RETH names, checked for `need` over its whole range;
-    /// `None` for a zero-length access (whose key is not checked, C9-88).
-    fn remote_region(
+    /// An RDMA WRITE packet: check_rkey for the first, then write. The
+    /// region is looked up by key for every packet.
+    fn write_data(
+        &self,
+        st: &mut QpState,
+        regions: &dyn Regions,
+        pkt: &PacketRepr<'_>,
+    ) -> Result<(), Refusal> {
+        let len = pkt.payload.len() as u32;
+        if pkt.bth.opcode.is_first() {
+            let reth = pkt.reth.ok_or(INVALID)?;
+            // A zero-length WRITE names no region (C9-88): nothing to write.
+            if reth.len == 0 {
+                if len > 0 {
+                    return Err(INVALID);
+                }
+                return self.complete_write_with_imm(st, pkt, 0);
+            }
+            self.check_rkey(regions, reth, AccessFlags::REMOTE_WRITE)?;
+            st.resp.inbound = Some(Inbound::Write {
+                rkey: reth.rkey,
+                va: reth.va,
+                remaining: reth.len,
+                total: reth.len,
+            });
+        }
+        let Some(Inbound::Write {
+            rkey,
+            va,
+            remaining,
+            total,
+        }) = &mut st.resp.inbound
+        else {
+            return Err(INVALID);
+        };
+        let last = pkt.bth.opcode.is_last();
+        if len > *remaining || (last && len != *remaining) {
+            return Err(INVALID);
+        }
+        let reth = RethRepr {
+            va: *va,
+            rkey: *rkey,
+            len,
+        };
+        let mr = self.check_rkey(regions, reth, AccessFlags::REMOTE_WRITE)?;
+        mr.write(*va, pkt.payload)?;
+        *va += u64::from(len);
+        *remaining -= len;
+        let total = *total;
+        if last {
+            st.resp.inbound = None;
+            self.complete_write_with_imm(st, pkt, total)?;
+        }
+        Ok(())
+    }
+
+    /// The last packet of a WRITE with immediate consumes a receive request
+    /// (check_resource made sure there is one).
+    fn complete_write_with_imm(
+        &self,
+        st: &mut QpState,
+        pkt: &PacketRepr<'_>,
+        total: u32,
+    ) -> Result<(), Refusal> {
+        let Some(imm) = pkt.immdt else { return Ok(()) };
+        let wqe = st.resp.rq.pop_front().ok_or(Refusal::NotReady)?;
+        self.recv_cq.push(WorkCompletion {
+            wr_id: wqe.wr_id,
+            status: WcStatus::Success,
+            opcode: WcOpcode::RecvRdmaWithImm,
+            byte_len: total,
+            imm_data: Some(imm),
+            qp_num: self.qpn,
+        });
+        Ok(())
+    }
+
+    /// An atomic: run it once, remember its result for duplicates, answer
+    /// with the original value.
+    fn atomic_reply(
+        &self,
+        st: &mut QpState,
+        regions: &dyn Regions,
+        peer: &Peer,
+        pkt: &PacketRepr<'_>,
+        out: &mut Outbox,
+    ) -> Result<(), Refusal> {
+        let a = pkt.atomic_eth.ok_or(INVALID)?;
+        let reth = RethRepr {
+            va: a.va,
+            rkey: a.rkey,
+            len: 8,
+        };
+        let mr = self.check_rkey(regions, reth, AccessFlags::REMOTE_ATOMIC)?;
+        let op = if pkt.bth.opcode == Opcode::RC_COMPARE_SWAP {
+            AtomicOp::CompareSwap {
+                compare: a.compare,
+                swap: a.swap_add,
+            }
+        } else {
+            AtomicOp::FetchAdd { add: a.swap_add }
+        };
+        let orig = mr.atomic(a.va, op)?;
+        let psn = pkt.bth.psn;
+        let msn = st.resp.next_msn();
+        send_atomic_ack(out, peer, psn, msn, orig);
+        st.resp.remember(Resource::Atomic { psn, orig });
+        st.resp.epsn = psn_add(psn, 1);
+        Ok(())
+    }
+
+    /// A READ request: check_rkey, remember it, and set up the reply that
+    /// [`Self::read_reply`] produces. Its PSNs are taken at once.
+    fn start_read_reply(
+        &self,
+        st: &mut QpState,
+        regions: &dyn Regions,
+        pkt: &PacketRepr<'_>,
+    ) -> Result<(), Refusal> {
+        let reth = pkt.reth.ok_or(INVALID)?;
+        if reth.len > 0 {
+            self.check_rkey(regions, reth, AccessFlags::REMOTE_READ)?;
+        }
+        let mtu = st.peer.map_or(256, |p| p.mtu) as u32;
+        let npsn = reth.len.div_ceil(mtu).max(1);
+        let psn = pkt.bth.psn;
+        let msn = st.resp.next_msn();
+        st.resp.remember(Resource::Read { psn, npsn });
+        st.resp.epsn = psn_add(psn, npsn);
+        st.resp.read_reply = Some(ReadReply {
+            rkey: reth.rkey,
+            va: reth.va,
+            remaining: reth.len,
+            psn,
+            first: true,
+            msn,
+        });
+        Ok(())
+    }
+
+    /// read_reply: produces up to [`READ_REPLY_BUDGET`] responses of the
+    /// READ being answered. When the reply is complete, the requests held
+    /// meanwhile run in order. A region that vanished or a page that cannot
+    /// be read NAKs the READ at the response's PSN (remote access error),
+    /// as rxe's `read_reply` does.
+    pub(crate) fn read_reply(&self, st: &mut QpState, regions: &dyn Regions, out: &mut Outbox) {
+        let Some(peer) = st.peer else { return };
+        let Some(mut reply) = st.resp.read_reply else {
+            return;
+        };
+        let mr = (reply.remaining > 0)
+            .then(|| regions.lookup_mr(reply.rkey))
+            .flatten();
+        if reply.remaining > 0 && mr.is_none() {
+            st.resp.read_reply = None;
+            return self.error_nak(st, &peer, reply.psn, NakCode::RemoteAccessError, out);
+        }
+        for _ in 0..READ_REPLY_BUDGET {
+            let seg = reply.remaining.min(peer.mtu as u32);
+            let last = seg == reply.remaining;
+            let packet = read_response(&peer, &reply, last, mr.as_deref(), seg as usize, out);
+            if let Err(e) = packet {
+                st.resp.read_reply = None;
+                let Refusal::Nak(code) = Refusal::from(e) else {
+                    return;
+                };
+                return self.error_nak(st, &peer, reply.psn, code, out);
+            }
+            reply.va += u64::from(seg);
+            reply.remaining -= seg;
+            reply.psn = psn_add(reply.psn, 1);
+            reply.first = false;
+            if last {
+                st.resp.read_reply = None;
+                return self.run_held(st, regions, out);
+            }
+        }
+        st.resp.read_reply = Some(reply);
+    }
+
+    /// Runs the requests held during a READ reply, in order, until another
+    /// READ reply starts (the rest stay held; the next call of
+    /// [`Self::read_reply`] answers it).
+    fn run_held(&self, st: &mut QpState, regions: &dyn Regions, out: &mut Outbox) {
+        while !st.resp.replying() {
+            let Some(bytes) = st.resp.held.pop_front() else {
+                return;
+            };
+            if let Ok(pkt) = PacketRepr::parse(&bytes) {
+                self.respond_one(st, regions, &pkt, out);
+            }
+        }
+    }
+
+    /// check_rkey: the region `reth` names, checked for `need` over its
+    /// whole range.
+    fn check_rkey(
         &self,
         regions: &dyn Regions,
         reth: RethRepr,
         need: AccessFlags,
-    ) -> Result<Option<Arc<MrInner>>, Refusal> {
-        if reth.len == 0 {
-            return Ok(None);
-        }
-        let mr = regions
-            .lookup_mr(reth.rkey)
-            .ok_or(Refusal::Nak(NakCode::RemoteAccessError))?;
+    ) -> Result<std::sync::Arc<MrInner>, Refusal> {
+        let mr = regions.lookup_mr(reth.rkey).ok_or(ACCESS)?;
         mr.check(self.pd, reth.va, u64::from(reth.len), need)?;
-        Ok(Some(mr))
+        Ok(mr)
     }
 
-    /// Sends the responses to a READ of `reth` starting at `psn`; returns
-    /// the PSNs they use. All memory is read first, so a fault NAKs the
-    /// request instead of cutting a response short.
-    fn read_response(
-        &self,
-        peer: &Peer,
-        psn: u32,
-        reth: RethRepr,
-        mr: Option<&MrInner>,
-        msn: u32,
-        out: &mut Outbox,
-    ) -> Result<u32, Refusal> {
-        let mtu = peer.mtu;
-        let total = reth.len as usize;
-        let npsn = total.div_ceil(mtu).max(1) as u32;
-        let start = out.len();
-        for k in 0..npsn {
-            let offset = k as usize * mtu;
-            let seg = (total - offset).min(mtu);
-            let opcode = match (k == 0, k + 1 == npsn) {
-                (true, true) => Opcode::RC_RDMA_READ_RESPONSE_ONLY,
-                (true, false) => Opcode::RC_RDMA_READ_RESPONSE_FIRST,
-                (false, true) => Opcode::RC_RDMA_READ_RESPONSE_LAST,
-                (false, false) => Opcode::RC_RDMA_READ_RESPONSE_MIDDLE,
-            };
-            let mut h = headers(bth(peer, opcode, psn_add(psn, k), seg, false));
-            if opcode != Opcode::RC_RDMA_READ_RESPONSE_MIDDLE {
-                h.aeth = Some(AethRepr::new(Syndrome::Ack { credits: 31 }, msn));
-            }
-            let va = reth.va + offset as u64;
-            let packet = out.push(peer.addr, &h, seg, |buf| match mr {
-                Some(mr) => mr.read(va, buf),
-                None => Ok(()),
-            });
-            match packet {
-                Ok(()) => {}
-                Err(e) => {
-                    out.truncate(start);
-                    return Err(e.into());
-                }
-            }
+    /// acknowledge: the ACK a SEND or WRITE packet asked for.
+    fn acknowledge(&self, st: &mut QpState, peer: &Peer, pkt: &PacketRepr<'_>, out: &mut Outbox) {
+        st.resp.epsn = psn_add(pkt.bth.psn, 1);
+        if pkt.bth.opcode.is_last() {
+            st.resp.next_msn();
         }
-        Ok(npsn)
+        if pkt.bth.ack_req {
+            let syndrome = Syndrome::Ack { credits: 31 };
+            let h = ack(
+                peer,
+                Opcode::RC_ACKNOWLEDGE,
+                pkt.bth.psn,
+                syndrome,
+                st.resp.msn,
+            );
+            push(out, peer, &h);
+        }
     }
 
-    /// Answers a request whose PSN was already handled: SENDs and WRITEs
-    /// are acknowledged again, READs answered again from memory, atomics
-    /// answered with the value they returned the first time.
-    fn duplicate(
+    /// duplicate_request: SENDs and WRITEs are acknowledged again, READs
+    /// answered again from memory (from the PSN asked for: the request may
+    /// resume a READ in its middle, and replaces a reply in progress),
+    /// atomics answered with the value they returned the first time.
+    fn duplicate_request(
         &self,
         st: &mut QpState,
         regions: &dyn Regions,
@@ -455,22 +616,25 @@ impl QpCore {
         match pkt.bth.opcode {
             Opcode::RC_RDMA_READ_REQUEST => {
                 let Some(reth) = pkt.reth else { return };
-                // The request may resume a READ in its middle; its PSN lies
-                // within a remembered one's range.
-                let known = st.resp.resources.iter().any(|r| match *r {
-                    Resource::Read { psn: p, npsn } => {
-                        psn_diff(psn, p) >= 0 && psn_diff(psn, psn_add(p, npsn)) < 0
-                    }
-                    Resource::Atomic { .. } => false,
-                });
-                if !known {
+                if !st.resp.resources.iter().any(|r| r.read_covers(psn)) {
                     return;
                 }
-                let Ok(mr) = self.remote_region(regions, reth, AccessFlags::REMOTE_READ) else {
+                if reth.len > 0
+                    && self
+                        .check_rkey(regions, reth, AccessFlags::REMOTE_READ)
+                        .is_err()
+                {
                     return;
-                };
-                let msn = st.resp.msn;
-                let _ = self.read_response(&peer, psn, reth, mr.as_deref(), msn, out);
+                }
+                st.resp.read_reply = Some(ReadReply {
+                    rkey: reth.rkey,
+                    va: reth.va,
+                    remaining: reth.len,
+                    psn,
+                    first: true,
+                    msn: st.resp.msn,
+                });
+                self.read_reply(st, regions, out);
             }
             Opcode::RC_COMPARE_SWAP | Opcode::RC_FETCH_ADD => {
                 let orig = st.resp.resources.iter().find_map(|r| match *r {
@@ -478,26 +642,13 @@ impl QpCore {
                     _ => None,
                 });
                 if let Some(orig) = orig {
-                    let mut h = ack(
-                        &peer,
-                        Opcode::RC_ATOMIC_ACKNOWLEDGE,
-                        psn,
-                        Syndrome::Ack { credits: 31 },
-                        st.resp.msn,
-                    );
-                    h.atomic_ack_eth = Some(AtomicAckEthRepr { orig });
-                    push(out, &peer, &h);
+                    send_atomic_ack(out, &peer, psn, st.resp.msn, orig);
                 }
             }
             _ => {
                 let last = psn_add(st.resp.epsn, 0xff_ffff);
-                let h = ack(
-                    &peer,
-                    Opcode::RC_ACKNOWLEDGE,
-                    last,
-                    Syndrome::Ack { credits: 31 },
-                    st.resp.msn,
-                );
+                let syndrome = Syndrome::Ack { credits: 31 };
+                let h = ack(&peer, Opcode::RC_ACKNOWLEDGE, last, syndrome, st.resp.msn);
                 push(out, &peer, &h);
             }
         }
@@ -526,6 +677,135 @@ impl QpCore {
         }
         Ok(())
     }
+}
+
+fn is_write(op: Opcode) -> bool {
+    matches!(
+        op,
+        Opcode::RC_RDMA_WRITE_FIRST
+            | Opcode::RC_RDMA_WRITE_MIDDLE
+            | Opcode::RC_RDMA_WRITE_LAST
+            | Opcode::RC_RDMA_WRITE_LAST_WITH_IMMEDIATE
+            | Opcode::RC_RDMA_WRITE_ONLY
+            | Opcode::RC_RDMA_WRITE_ONLY_WITH_IMMEDIATE
+    )
+}
+
+fn is_send(op: Opcode) -> bool {
+    matches!(
+        op,
+        Opcode::RC_SEND_FIRST
+            | Opcode::RC_SEND_MIDDLE
+            | Opcode::RC_SEND_LAST
+            | Opcode::RC_SEND_LAST_WITH_IMMEDIATE
+            | Opcode::RC_SEND_ONLY
+            | Opcode::RC_SEND_ONLY_WITH_IMMEDIATE
+    )
+}
+
+/// check_op_seq: a FIRST or ONLY packet starts a message only when none is
+/// in progress; a MIDDLE or LAST continues one of its own kind; READs and
+/// atomics never interrupt a message.
+fn check_op_seq(st: &QpState, pkt: &PacketRepr<'_>) -> Result<(), Refusal> {
+    let op = pkt.bth.opcode;
+    let continuing = match st.resp.inbound {
+        None => None,
+        Some(Inbound::Send { .. }) => Some(is_send(op)),
+        Some(Inbound::Write { .. }) => Some(is_write(op)),
+    };
+    let ok = match continuing {
+        None => op.is_first() || !(is_send(op) || is_write(op)),
+        Some(same_kind) => same_kind && !op.is_first(),
+    };
+    if ok { Ok(()) } else { Err(INVALID) }
+}
+
+/// check_op_valid: the operations this responder carries out (SEND with
+/// invalidate is not one of them).
+fn check_op_valid(pkt: &PacketRepr<'_>) -> Result<(), Refusal> {
+    let op = pkt.bth.opcode;
+    let valid = is_send(op)
+        || is_write(op)
+        || matches!(
+            op,
+            Opcode::RC_RDMA_READ_REQUEST | Opcode::RC_COMPARE_SWAP | Opcode::RC_FETCH_ADD
+        );
+    if valid { Ok(()) } else { Err(INVALID) }
+}
+
+/// check_resource: a SEND needs a posted receive; so does a WRITE with
+/// immediate, checked before anything is written.
+fn check_resource(st: &QpState, pkt: &PacketRepr<'_>) -> Result<(), Refusal> {
+    let op = pkt.bth.opcode;
+    let needs_wqe = (is_send(op) && op.is_first()) || (is_write(op) && pkt.immdt.is_some());
+    if needs_wqe && st.resp.rq.is_empty() {
+        Err(Refusal::NotReady)
+    } else {
+        Ok(())
+    }
+}
+
+/// check_length: FIRST and MIDDLE packets carry exactly one MTU, LAST and
+/// ONLY at most one; no message exceeds 2^31 bytes.
+fn check_length(peer: &Peer, pkt: &PacketRepr<'_>) -> Result<(), Refusal> {
+    let op = pkt.bth.opcode;
+    let len = pkt.payload.len();
+    let sized = if op.is_last() || !(is_send(op) || is_write(op)) {
+        len <= peer.mtu
+    } else {
+        len == peer.mtu
+    };
+    let message_ok = pkt.reth.is_none_or(|r| r.len <= MAX_MESSAGE);
+    if sized && message_ok {
+        Ok(())
+    } else {
+        Err(INVALID)
+    }
+}
+
+/// Keeps a request that arrived during a READ reply for later, or drops it
+/// when the queue is full (the requester sends it again).
+fn hold(st: &mut QpState, pkt: &PacketRepr<'_>) {
+    if st.resp.held.len() >= HELD_LIMIT {
+        return;
+    }
+    let mut bytes = vec![0u8; pkt.len()];
+    if pkt.emit(&mut bytes).is_ok() {
+        st.resp.held.push_back(bytes);
+    }
+}
+
+/// Queues the next response of `reply` (`seg` bytes read from `mr`).
+fn read_response(
+    peer: &Peer,
+    reply: &ReadReply,
+    last: bool,
+    mr: Option<&MrInner>,
+    seg: usize,
+    out: &mut Outbox,
+) -> Result<(), MrAccessError> {
+    let opcode = match (reply.first, last) {
+        (true, true) => Opcode::RC_RDMA_READ_RESPONSE_ONLY,
+        (true, false) => Opcode::RC_RDMA_READ_RESPONSE_FIRST,
+        (false, true) => Opcode::RC_RDMA_READ_RESPONSE_LAST,
+        (false, false) => Opcode::RC_RDMA_READ_RESPONSE_MIDDLE,
+    };
+    let mut h = headers(bth(peer, opcode, reply.psn, seg, false));
+    if opcode != Opcode::RC_RDMA_READ_RESPONSE_MIDDLE {
+        h.aeth = Some(AethRepr::new(Syndrome::Ack { credits: 31 }, reply.msn));
+    }
+    let va = reply.va;
+    out.push(peer.addr, &h, seg, |buf| match mr {
+        Some(mr) => mr.read(va, buf),
+        None => Ok(()),
+    })
+}
+
+fn send_atomic_ack(out: &mut Outbox, peer: &Peer, psn: u32, msn: u32, orig: u64) {
+    let syndrome = Syndrome::Ack { credits: 31 };
+    let mut h = ack(peer, Opcode::RC_ATOMIC_ACKNOWLEDGE, psn, syndrome, msn);
+    h.atomic_ack_eth = Some(AtomicAckEthRepr { orig });
+    push(out, peer, &h);
 }
 
 /// Queues a header-only response; plain ACKs coalesce (see
