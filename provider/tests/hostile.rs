@@ -5,49 +5,13 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use odp::AddressSpace;
-use provider::wire::{
-    AethRepr, BthRepr, ICRC_LEN, NakCode, Opcode, PacketRepr, RethRepr, Syndrome,
-};
+mod common;
+
+use common::raw::{bth, packet, responses, seal};
+use provider::wire::{AethRepr, NakCode, Opcode, PacketRepr, RethRepr, Syndrome};
 use provider::{AccessFlags, Context, Gid, Mtu, QpState, RemoteInfo};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-
-/// Appends the ICRC a Linux IPv4 sender (ID 0, DF) would produce.
-fn seal(src: SocketAddr, dst: SocketAddr, mut roce: Vec<u8>) -> Vec<u8> {
-    roce.extend_from_slice(&[0; ICRC_LEN]);
-    provider::net::seal(&src, &dst, 0, &mut roce).unwrap();
-    roce
-}
-
-fn bth(opcode: Opcode, dest_qp: u32, psn: u32, payload: usize) -> BthRepr {
-    BthRepr {
-        pad: PacketRepr::pad_for(payload),
-        ack_req: true,
-        ..BthRepr::new(opcode, dest_qp, psn)
-    }
-}
-
-/// Headers, payload and pad (the ICRC is added by `seal`).
-fn packet(h: PacketRepr<'_>) -> Vec<u8> {
-    let mut buf = vec![0u8; h.len()];
-    let n = h.emit(&mut buf).unwrap();
-    buf.truncate(n);
-    buf
-}
-
-/// The responses the device sends back to the attacker socket.
-fn responses(sock: &UdpSocket) -> Vec<AethRepr> {
-    let mut buf = [0u8; 2048];
-    let mut out = Vec::new();
-    while let Ok((n, _)) = sock.recv_from(&mut buf) {
-        if let Ok(p) = PacketRepr::parse(&buf[..n])
-            && let Some(a) = p.aeth
-        {
-            out.push(a);
-        }
-    }
-    out
-}
 
 struct Target {
     ctx: Context,

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // Each test binary uses a different part.
 
+pub mod raw;
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 

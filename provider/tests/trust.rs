@@ -1,0 +1,346 @@
+//! The trust boundary, tested from each position an attacker can hold:
+//! - an off-path host on the same network, which knows the queue pair's
+//!   number, the PSN it expects and a region's key, but not the peer's
+//!   address: its packets are dropped and counted, nothing is executed;
+//! - the peer itself, sending a wrong P_Key, or stopping in the middle of
+//!   a message: dropped, or the application's deregistration and teardown
+//!   still finish at once;
+//! - the application unmapping registered memory behind the device (no
+//!   event source sees a plain `munmap` unless one is enabled): a remote
+//!   atomic into it fails as a remote access error, the process lives on.
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use common::raw::{bth, packet, responses, seal};
+use common::{End, LOCALHOST, connect, send};
+use odp::AddressSpace;
+use provider::wire::{NakCode, Opcode, PacketRepr, RethRepr, Syndrome};
+use provider::{
+    AccessFlags, Context, Gid, MemoryRegion, Mtu, QpState, RemoteInfo, SendOp, WcStatus,
+};
+
+/// The queue pair's peer: a plain socket on 127.0.0.11.
+const PEER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11));
+/// An off-path host: 127.0.0.99.
+const OFF_PATH: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 99));
+/// The first PSN the target expects from its peer.
+const PSN: u32 = 100;
+
+fn socket(ip: IpAddr) -> UdpSocket {
+    let sock = UdpSocket::bind((ip, 0)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    sock
+}
+
+/// A device with a queue pair connected to `peer` (QPN 0x77) and a 64 KiB
+/// ODP region every peer right is granted on.
+struct Target {
+    ctx: Context,
+    qp: provider::QueuePair,
+    mr: MemoryRegion,
+    buf: odp::Mapping,
+    _cq: provider::CompletionQueue,
+    _pd: provider::ProtectionDomain,
+}
+
+impl Target {
+    fn new(peer: SocketAddr) -> Target {
+        let ctx = Context::open_with_port(LOCALHOST, 0).unwrap();
+        let pd = ctx.alloc_pd().unwrap();
+        let cq = ctx.create_cq(64).unwrap();
+        let qp = pd.create_qp(&cq, &cq).build().unwrap();
+        qp.connect(&RemoteInfo {
+            qp_num: 0x77,
+            psn: PSN,
+            gid: Gid::from_ip(peer.ip()),
+            port: peer.port(),
+            mtu: Mtu::Mtu1024,
+        })
+        .unwrap();
+        let buf = AddressSpace::process().map_anonymous(1 << 16, 0).unwrap();
+        let access = AccessFlags::LOCAL_WRITE
+            | AccessFlags::REMOTE_WRITE
+            | AccessFlags::REMOTE_READ
+            | AccessFlags::ON_DEMAND;
+        // SAFETY: the mapping outlives the region and backs no Rust objects.
+        let mr = unsafe { pd.reg_mr(buf.addr(), 1 << 16, access) }.unwrap();
+        Target {
+            ctx,
+            qp,
+            mr,
+            buf,
+            _cq: cq,
+            _pd: pd,
+        }
+    }
+
+    fn first_bytes(&self) -> [u8; 4] {
+        let mut b = [0u8; 4];
+        // SAFETY: reading the target's own mapping while nothing writes it.
+        unsafe { std::ptr::copy_nonoverlapping(self.buf.ptr(), b.as_mut_ptr(), 4) };
+        b
+    }
+
+    /// A WRITE_ONLY of `data` to the start of the region.
+    fn write(&self, psn: u32, pkey: u16, data: &'static [u8]) -> PacketRepr<'static> {
+        let mut h = PacketRepr::new(
+            bth(
+                Opcode::RC_RDMA_WRITE_ONLY,
+                self.qp.qp_num(),
+                psn,
+                data.len(),
+            ),
+            data,
+        );
+        h.bth.pkey = pkey;
+        h.reth = Some(RethRepr {
+            va: self.mr.addr(),
+            rkey: self.mr.rkey(),
+            len: data.len() as u32,
+        });
+        h
+    }
+
+    fn send_from(&self, sock: &UdpSocket, h: PacketRepr<'_>) -> Vec<provider::wire::AethRepr> {
+        let me = sock.local_addr().unwrap();
+        let dev = self.ctx.local_addr();
+        sock.send_to(&seal(me, dev, packet(h)), dev).unwrap();
+        responses(sock)
+    }
+}
+
+#[test]
+fn an_off_path_sender_cannot_write_even_with_the_qpn_psn_and_rkey() {
+    let (peer, attacker) = (socket(PEER), socket(OFF_PATH));
+    let t = Target::new(peer.local_addr().unwrap());
+    let answers = t.send_from(&attacker, t.write(PSN, 0xffff, b"evil"));
+    assert!(answers.is_empty(), "no answer to an off-path sender");
+    assert_eq!(t.first_bytes(), [0; 4], "nothing was written");
+    let s = t.ctx.stats();
+    assert_eq!((s.rx_wrong_address, s.rx_packets), (1, 0), "{s:?}");
+    // The same packet from the peer's address is carried out.
+    let answers = t.send_from(&peer, t.write(PSN, 0xffff, b"good"));
+    assert_eq!(answers[0].decode(), Syndrome::Ack { credits: 31 });
+    assert_eq!(&t.first_bytes(), b"good");
+    assert_eq!(t.ctx.stats().rx_packets, 1);
+    assert_eq!(t.qp.state(), QpState::Rts);
+}
+
+#[test]
+fn p_keys_follow_the_partition_membership_rules() {
+    let peer = socket(PEER);
+    let t = Target::new(peer.local_addr().unwrap());
+    // Another partition, the invalid partition (as full and limited
+    // member): dropped and counted.
+    for (i, pkey) in [0x8001u16, 0x0001, 0x0000, 0x8000].into_iter().enumerate() {
+        assert!(t.send_from(&peer, t.write(PSN, pkey, b"evil")).is_empty());
+        assert_eq!(t.ctx.stats().rx_bad_pkey, i as u64 + 1, "{pkey:#x}");
+    }
+    assert_eq!(t.first_bytes(), [0; 4]);
+    // A limited member of the default partition may talk to a full one.
+    let answers = t.send_from(&peer, t.write(PSN, 0x7fff, b"lim "));
+    assert_eq!(answers[0].decode(), Syndrome::Ack { credits: 31 });
+    assert_eq!(&t.first_bytes(), b"lim ");
+}
+
+#[test]
+fn a_queue_pair_that_is_not_connected_takes_nothing() {
+    let ctx = Context::open_with_port(LOCALHOST, 0).unwrap();
+    let pd = ctx.alloc_pd().unwrap();
+    let cq = ctx.create_cq(8).unwrap();
+    let qp = pd.create_qp(&cq, &cq).build().unwrap();
+    qp.to_init().unwrap();
+    let sock = socket(LOCALHOST);
+    let h = PacketRepr::new(bth(Opcode::RC_SEND_ONLY, qp.qp_num(), 0, 4), b"abcd");
+    let dev = ctx.local_addr();
+    sock.send_to(&seal(sock.local_addr().unwrap(), dev, packet(h)), dev)
+        .unwrap();
+    assert!(responses(&sock).is_empty());
+    assert_eq!(ctx.stats().rx_qp_not_ready, 1);
+}
+
+#[test]
+fn keys_of_successive_registrations_carry_random_bits() {
+    let ctx = Context::open_with_port(LOCALHOST, 0).unwrap();
+    let pd = ctx.alloc_pd().unwrap();
+    let buf = AddressSpace::process().map_anonymous(4096, 0).unwrap();
+    let mut low_bytes: Vec<u32> = (0..32)
+        .map(|_| {
+            // SAFETY: the mapping outlives the region.
+            let mr = unsafe { pd.reg_mr(buf.addr(), 4096, AccessFlags::ON_DEMAND) }.unwrap();
+            mr.rkey() & 0xff
+        })
+        .collect();
+    assert!(low_bytes.windows(2).all(|w| w[0] != w[1]));
+    low_bytes.sort_unstable();
+    low_bytes.dedup();
+    assert!(low_bytes.len() > 4, "{low_bytes:?}");
+}
+
+/// A peer that starts a WRITE and never finishes it: the application
+/// still deregisters at once, and the rest of the message is NAKed.
+#[test]
+fn deregistration_and_teardown_never_wait_for_a_stalled_peer() {
+    let peer = socket(PEER);
+    let t = Target::new(peer.local_addr().unwrap());
+    let mut first = PacketRepr::new(
+        bth(Opcode::RC_RDMA_WRITE_FIRST, t.qp.qp_num(), PSN, 1024),
+        &[5; 1024],
+    );
+    first.reth = Some(RethRepr {
+        va: t.mr.addr(),
+        rkey: t.mr.rkey(),
+        len: 4096,
+    });
+    t.send_from(&peer, first);
+    let Target {
+        ctx,
+        qp,
+        mr,
+        buf,
+        _cq,
+        _pd,
+    } = t;
+    let qpn = qp.qp_num();
+    let start = Instant::now();
+    drop(mr);
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_millis(100),
+        "deregistration took {took:?}"
+    );
+    // The rest of the message names a region that is gone.
+    let middle = PacketRepr::new(
+        bth(Opcode::RC_RDMA_WRITE_MIDDLE, qpn, PSN + 1, 1024),
+        &[6; 1024],
+    );
+    let me = peer.local_addr().unwrap();
+    peer.send_to(
+        &seal(me, ctx.local_addr(), packet(middle)),
+        ctx.local_addr(),
+    )
+    .unwrap();
+    let answers = responses(&peer);
+    assert_eq!(
+        answers[0].decode(),
+        Syndrome::Nak(NakCode::RemoteAccessError),
+        "{answers:?}"
+    );
+    assert_eq!(qp.state(), QpState::Error);
+    let start = Instant::now();
+    drop((qp, _pd, _cq));
+    drop(ctx);
+    let took = start.elapsed();
+    assert!(took < Duration::from_millis(100), "teardown took {took:?}");
+    drop(buf);
+}
+
+/// A real peer whose large WRITE fails half way (its source memory is
+/// gone): it completes with a local protection error and stops sending;
+/// the target deregisters at once.
+#[test]
+fn a_write_abandoned_half_way_does_not_hold_the_target_region() {
+    const LEN: usize = 16 << 20;
+    let (a, b) = (End::new(LEN, true), End::new(LEN, true));
+    connect(&a, &b, Mtu::Mtu1024);
+    // The second half of A's source goes away without any event source
+    // seeing it; the pages were never faulted, so the device finds out
+    // when it faults them.
+    let half = a.buf.addr() + LEN / 2;
+    // SAFETY: the second half of A's own mapping; the mapping's owner
+    // unmaps it again at the end, which is harmless for an unmapped range
+    // only if nothing else was mapped there meanwhile: so it is mapped
+    // again right after the test's WRITE.
+    unsafe { libc::munmap(half as *mut libc::c_void, LEN / 2) };
+    let op = SendOp::Write {
+        remote_addr: b.mr.addr(),
+        rkey: b.mr.rkey(),
+    };
+    send(&a.qp, 1, op, a.mr.sge(0, LEN as u32));
+    let wc = a.wait();
+    assert_eq!(wc.status, WcStatus::LocalProtectionError);
+    std::thread::sleep(Duration::from_millis(50));
+    let End { mr, .. } = b;
+    let start = Instant::now();
+    drop(mr);
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_millis(100),
+        "deregistration took {took:?}"
+    );
+    // SAFETY: re-map the hole so that the mapping's owner unmaps only its
+    // own pages.
+    let again = unsafe {
+        libc::mmap(
+            half as *mut libc::c_void,
+            LEN / 2,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    assert_eq!(again as usize, half);
+}
+
+/// The application unmaps registered memory behind the device (a plain
+/// `munmap` no event source reports); the peer's atomics into it fail as
+/// remote access errors and the target process lives on.
+#[test]
+fn remote_atomics_into_memory_unmapped_behind_the_device_fail_cleanly() {
+    let page = odp::page_size();
+    for op in ["fetch-add", "compare-swap"] {
+        let a = End::new(4096, true);
+        let ctx = Context::open_with_port(LOCALHOST, 0).unwrap();
+        let pd = ctx.alloc_pd().unwrap();
+        let cq = ctx.create_cq(8).unwrap();
+        let qp = pd.create_qp(&cq, &cq).build().unwrap();
+        // Owned by hand: after the hole is made, only pages 0 and 2 are
+        // unmapped at the end.
+        let (base, len) = AddressSpace::process()
+            .map_anonymous(3 * page, 0)
+            .unwrap()
+            .into_raw();
+        let access = AccessFlags::REMOTE_ATOMIC | AccessFlags::ON_DEMAND;
+        // SAFETY: the memory is this test's own and backs no Rust objects.
+        let mr = unsafe { pd.reg_mr(base, len, access) }.unwrap();
+        qp.connect(&a.qp.endpoint(Mtu::Mtu1024)).unwrap();
+        a.qp.connect(&qp.endpoint(Mtu::Mtu1024)).unwrap();
+        let target = mr.addr() + page as u64;
+        let atomic = |wr_id| {
+            let sop = match op {
+                "fetch-add" => SendOp::FetchAdd {
+                    remote_addr: target,
+                    rkey: mr.rkey(),
+                    add: 1,
+                },
+                _ => SendOp::CompareSwap {
+                    remote_addr: target,
+                    rkey: mr.rkey(),
+                    compare: 0,
+                    swap: 1,
+                },
+            };
+            send(&a.qp, wr_id, sop, a.mr.sge(0, 8));
+            a.wait()
+        };
+        // The first atomic faults the page in: the device's page table
+        // then says present.
+        assert_eq!(atomic(1).status, WcStatus::Success, "{op}");
+        // SAFETY: page 1 of the test's own memory.
+        let rc = unsafe { libc::munmap(target as *mut libc::c_void, page) };
+        assert_eq!(rc, 0);
+        let wc = atomic(2);
+        assert_eq!(wc.status, WcStatus::RemoteAccessError, "{op}");
+        assert_eq!(qp.state(), QpState::Error, "{op}");
+        drop((mr, qp));
+        for p in [0, 2] {
+            // SAFETY: the test's own pages; the hole is left alone.
+            unsafe { libc::munmap((base + p * page) as *mut libc::c_void, page) };
+        }
+    }
+}
