@@ -239,23 +239,20 @@ fn deregistration_and_teardown_never_wait_for_a_stalled_peer() {
     drop(buf);
 }
 
-/// A real peer whose large WRITE fails half way (its source memory is
-/// gone): it completes with a local protection error and stops sending;
-/// the target deregisters at once.
+/// A real peer whose large WRITE fails half way (the second half of its
+/// source is made inaccessible behind its device): it completes with a
+/// local protection error and stops sending; the target deregisters at
+/// once. (`PROT_NONE` rather than `munmap`: a hole in a test process
+/// whose other threads map memory could be reused by one of them.)
 #[test]
 fn a_write_abandoned_half_way_does_not_hold_the_target_region() {
     const LEN: usize = 16 << 20;
     let (a, b) = (End::new(LEN, true), End::new(LEN, true));
     connect(&a, &b, Mtu::Mtu1024);
-    // The second half of A's source goes away without any event source
-    // seeing it; the pages were never faulted, so the device finds out
-    // when it faults them.
     let half = a.buf.addr() + LEN / 2;
-    // SAFETY: the second half of A's own mapping; the mapping's owner
-    // unmaps it again at the end, which is harmless for an unmapped range
-    // only if nothing else was mapped there meanwhile: so it is mapped
-    // again right after the test's WRITE.
-    unsafe { libc::munmap(half as *mut libc::c_void, LEN / 2) };
+    // SAFETY: the second half of A's own mapping, never touched so far.
+    let rc = unsafe { libc::mprotect(half as *mut libc::c_void, LEN / 2, libc::PROT_NONE) };
+    assert_eq!(rc, 0);
     let op = SendOp::Write {
         remote_addr: b.mr.addr(),
         rkey: b.mr.rkey(),
@@ -272,19 +269,6 @@ fn a_write_abandoned_half_way_does_not_hold_the_target_region() {
         took < Duration::from_millis(100),
         "deregistration took {took:?}"
     );
-    // SAFETY: re-map the hole so that the mapping's owner unmaps only its
-    // own pages.
-    let again = unsafe {
-        libc::mmap(
-            half as *mut libc::c_void,
-            LEN / 2,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-            -1,
-            0,
-        )
-    };
-    assert_eq!(again as usize, half);
 }
 
 /// The application unmaps registered memory behind the device (a plain
@@ -343,4 +327,128 @@ fn remote_atomics_into_memory_unmapped_behind_the_device_fail_cleanly() {
             unsafe { libc::munmap((base + p * page) as *mut libc::c_void, page) };
         }
     }
+}
+
+/// A queue pair connected to `peer` at `mtu` over a fresh, untouched ODP
+/// region of `len` bytes that peers may READ.
+fn read_target(
+    peer: SocketAddr,
+    len: usize,
+    mtu: Mtu,
+) -> (Context, provider::QueuePair, MemoryRegion, odp::Mapping) {
+    let ctx = Context::open_with_port(LOCALHOST, 0).unwrap();
+    let pd = ctx.alloc_pd().unwrap();
+    let cq = ctx.create_cq(8).unwrap();
+    let qp = pd.create_qp(&cq, &cq).build().unwrap();
+    qp.to_init().unwrap();
+    qp.post_recv(&[provider::RecvWr {
+        wr_id: 1,
+        sg_list: &[],
+    }])
+    .unwrap();
+    qp.connect(&RemoteInfo {
+        qp_num: 0x77,
+        psn: PSN,
+        gid: Gid::from_ip(peer.ip()),
+        port: peer.port(),
+        mtu,
+    })
+    .unwrap();
+    let buf = AddressSpace::process().map_anonymous(len, 0).unwrap();
+    let access = AccessFlags::REMOTE_READ | AccessFlags::ON_DEMAND;
+    // SAFETY: the mapping outlives the region and backs no Rust objects.
+    let mr = unsafe { pd.reg_mr(buf.addr(), len, access) }.unwrap();
+    (ctx, qp, mr, buf)
+}
+
+fn read_request(qpn: u32, psn: u32, va: u64, rkey: u32, len: u32) -> PacketRepr<'static> {
+    let mut h = PacketRepr::new(bth(Opcode::RC_RDMA_READ_REQUEST, qpn, psn, 0), &[]);
+    h.reth = Some(RethRepr { va, rkey, len });
+    h
+}
+
+/// Every packet the device sends to `sock` until it goes quiet.
+fn all_packets(sock: &UdpSocket) -> Vec<(Opcode, u32)> {
+    let mut buf = [0u8; 4200];
+    let mut out = Vec::new();
+    while let Ok((n, _)) = sock.recv_from(&mut buf) {
+        if let Ok(p) = PacketRepr::parse(&buf[..n]) {
+            out.push((p.bth.opcode, p.bth.psn));
+        }
+    }
+    out
+}
+
+/// The peer asks for 2^31 bytes at MTU 256 (2^23 response PSNs, half the
+/// PSN space), then sends the next request and asks again for the READ's
+/// last PSN only: the duplicate is recognised inside the huge READ, its
+/// answer replaces the reply in progress, and the next request is carried
+/// out at the PSN after the READ's 2^23.
+#[test]
+fn the_largest_read_keeps_the_psn_arithmetic_right() {
+    const LEN: u32 = 1 << 31;
+    let peer = socket(PEER);
+    let me = peer.local_addr().unwrap();
+    let (ctx, qp, mr, _buf) = read_target(me, LEN as usize, Mtu::Mtu256);
+    let dev = ctx.local_addr();
+    let qpn = qp.qp_num();
+    let after = (PSN + (1 << 23)) & 0xff_ffff;
+    let last = (after + 0xff_ffff) & 0xff_ffff;
+    let send = |h: PacketRepr<'_>| peer.send_to(&seal(me, dev, packet(h)), dev).unwrap();
+    send(read_request(qpn, PSN, mr.addr(), mr.rkey(), LEN));
+    send(PacketRepr::new(
+        bth(Opcode::RC_SEND_ONLY, qpn, after, 0),
+        &[],
+    ));
+    let tail = mr.addr() + u64::from(LEN) - 256;
+    send(read_request(qpn, last, tail, mr.rkey(), 256));
+    let got = all_packets(&peer);
+    assert!(
+        got.contains(&(Opcode::RC_RDMA_READ_RESPONSE_ONLY, last)),
+        "the duplicate for PSN {last:#x} was answered: {:?}",
+        &got[got.len().saturating_sub(4)..]
+    );
+    assert!(
+        got.contains(&(Opcode::RC_ACKNOWLEDGE, after)),
+        "the request after the READ was carried out at {after:#x}"
+    );
+    assert_eq!(qp.state(), QpState::Rts);
+    assert!(
+        got.len() < 200,
+        "the abandoned reply stopped: {} packets",
+        got.len()
+    );
+}
+
+/// One READ request for 1 GiB whose responses nobody reads (a spoofed or
+/// greedy peer): the responder streams them without building the reply in
+/// memory.
+#[test]
+fn an_unread_gigabyte_read_costs_the_responder_little_memory() {
+    const LEN: u32 = 1 << 30;
+    let peer = socket(PEER);
+    let me = peer.local_addr().unwrap();
+    let (ctx, qp, mr, _buf) = read_target(me, LEN as usize, Mtu::Mtu4096);
+    let dev = ctx.local_addr();
+    let rss = || {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            .unwrap();
+        kib >> 10
+    };
+    let before = rss();
+    let mut peak = before;
+    let h = read_request(qp.qp_num(), PSN, mr.addr(), mr.rkey(), LEN);
+    peer.send_to(&seal(me, dev, packet(h)), dev).unwrap();
+    let responses = (LEN >> 12) as u64;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while ctx.stats().tx_packets < responses && Instant::now() < deadline {
+        peak = peak.max(rss());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(ctx.stats().tx_packets, responses, "every response went out");
+    assert!(peak - before < 64, "RSS grew by {} MiB", peak - before);
 }
