@@ -12,6 +12,7 @@ mod completer;
 mod outbox;
 mod psn;
 mod qp;
+mod read_reply;
 mod requester;
 mod responder;
 mod sge;

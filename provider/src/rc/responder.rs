@@ -8,10 +8,10 @@
 //! ([`Refusal`] -> NAK, queue pair to error).
 //!
 //! Bounded by construction, whatever the peer sends:
-//! - a READ is answered by [`QpCore::read_reply`] a bounded number of
-//!   packets at a time ([`READ_REPLY_BUDGET`]), resumed by the device's
+//! - a READ is answered by `read_reply` ([`super::read_reply`]) a bounded
+//!   number of packets at a time, resumed by the device's
 //!   progress loop as the send path takes them; requests that arrive
-//!   meanwhile wait in a bounded queue ([`HELD_LIMIT`]) and run in order
+//!   meanwhile wait in a bounded queue and run in order
 //!   once the reply is out;
 //! - a multi-packet WRITE keeps the region's key, not the region: every
 //!   packet looks the region up again, so deregistering it never waits for
@@ -26,6 +26,7 @@ use std::collections::VecDeque;
 
 use super::psn::{psn_add, psn_diff};
 use super::qp::{Peer, QpCore, QpState, bth, headers};
+use super::read_reply::{ReadReply, hold};
 use super::sge::{self, SgeError};
 use super::{Outbox, Regions};
 use crate::verbs::{
@@ -35,13 +36,6 @@ use crate::wire::{AethRepr, AtomicAckEthRepr, NakCode, Opcode, PacketRepr, RethR
 
 /// READ and atomic requests remembered for duplicates.
 const RESOURCES: usize = 128;
-/// READ response packets produced per call of [`QpCore::read_reply`]:
-/// at most 64 packets (256 KiB at MTU 4096) are built before the device
-/// sends them and serves other queue pairs.
-pub(crate) const READ_REPLY_BUDGET: usize = 64;
-/// Requests held while a READ is being answered (the requester's window);
-/// more are dropped, and the requester sends them again.
-const HELD_LIMIT: usize = 256;
 /// The largest message an RETH may describe (IBTA: 2^31 bytes).
 const MAX_MESSAGE: u32 = 1 << 31;
 
@@ -53,7 +47,7 @@ pub(crate) struct RecvWqe {
 
 /// A READ or atomic request already carried out (rxe's `resp_res`).
 #[derive(Clone, Copy)]
-enum Resource {
+pub(super) enum Resource {
     Read { psn: u32, npsn: u32 },
     Atomic { psn: u32, orig: u64 },
 }
@@ -83,32 +77,19 @@ enum Inbound {
     },
 }
 
-/// The READ being answered: what is left to send (rxe's `res->read`).
-#[derive(Clone, Copy)]
-struct ReadReply {
-    rkey: u32,
-    va: u64,
-    remaining: u32,
-    /// PSN of the next response.
-    psn: u32,
-    /// Whether the next response is the first of the reply.
-    first: bool,
-    msn: u32,
-}
-
 /// The receive side of a queue pair.
 #[derive(Default)]
 pub(crate) struct Responder {
     pub(crate) rq: VecDeque<RecvWqe>,
-    epsn: u32,
-    msn: u32,
+    pub(super) epsn: u32,
+    pub(super) msn: u32,
     inbound: Option<Inbound>,
-    resources: VecDeque<Resource>,
+    pub(super) resources: VecDeque<Resource>,
     /// A PSN sequence NAK was sent for `epsn` (send one per gap).
     nak_sent: bool,
-    read_reply: Option<ReadReply>,
+    pub(super) read_reply: Option<ReadReply>,
     /// Requests that arrived during a READ reply, as packet bytes.
-    held: VecDeque<Vec<u8>>,
+    pub(super) held: VecDeque<Vec<u8>>,
 }
 
 impl Responder {
@@ -138,21 +119,21 @@ impl Responder {
         self.read_reply.is_some()
     }
 
-    fn remember(&mut self, r: Resource) {
+    pub(super) fn remember(&mut self, r: Resource) {
         if self.resources.len() == RESOURCES {
             self.resources.pop_front();
         }
         self.resources.push_back(r);
     }
 
-    fn next_msn(&mut self) -> u32 {
+    pub(super) fn next_msn(&mut self) -> u32 {
         self.msn = (self.msn + 1) & 0xff_ffff;
         self.msn
     }
 }
 
 /// Why a request is refused (rxe's error states).
-enum Refusal {
+pub(super) enum Refusal {
     /// No receive request posted: RNR NAK, try again later.
     NotReady,
     Nak(NakCode),
@@ -169,8 +150,8 @@ impl From<MrAccessError> for Refusal {
     }
 }
 
-const INVALID: Refusal = Refusal::Nak(NakCode::InvalidRequest);
-const ACCESS: Refusal = Refusal::Nak(NakCode::RemoteAccessError);
+pub(super) const INVALID: Refusal = Refusal::Nak(NakCode::InvalidRequest);
+pub(super) const ACCESS: Refusal = Refusal::Nak(NakCode::RemoteAccessError);
 
 fn ack(peer: &Peer, opcode: Opcode, psn: u32, syndrome: Syndrome, msn: u32) -> PacketRepr<'static> {
     let mut h = headers(bth(peer, opcode, psn, 0, false));
@@ -203,7 +184,7 @@ impl QpCore {
     }
 
     /// Handles a request packet without producing READ responses.
-    fn respond_one(
+    pub(super) fn respond_one(
         &self,
         st: &mut QpState,
         regions: &dyn Regions,
@@ -217,18 +198,6 @@ impl QpCore {
             PsnCheck::Expected if st.resp.replying() => hold(st, pkt),
             PsnCheck::Expected => self.execute_request(st, regions, &peer, pkt, out),
         }
-    }
-
-    /// Continues the READ reply in progress, if any (called by the device
-    /// between receive batches); returns whether one is still in progress.
-    pub(crate) fn continue_reply(&self, regions: &dyn Regions, out: &mut Outbox) -> bool {
-        let mut st = self.lock();
-        if st.resp.replying()
-            && matches!(st.kind, super::QpStateKind::Rtr | super::QpStateKind::Rts)
-        {
-            self.read_reply(&mut st, regions, out);
-        }
-        st.resp.replying()
     }
 
     /// Runs the checks and the operation of the request at the expected
@@ -292,7 +261,14 @@ impl QpCore {
 
     /// The error path: NAK `psn` with `code`; a receive request being
     /// filled completes with the error, and the queue pair fails.
-    fn error_nak(&self, st: &mut QpState, peer: &Peer, psn: u32, code: NakCode, out: &mut Outbox) {
+    pub(super) fn error_nak(
+        &self,
+        st: &mut QpState,
+        peer: &Peer,
+        psn: u32,
+        code: NakCode,
+        out: &mut Outbox,
+    ) {
         let h = ack(
             peer,
             Opcode::RC_ACKNOWLEDGE,
@@ -485,92 +461,9 @@ impl QpCore {
         Ok(())
     }
 
-    /// A READ request: check_rkey, remember it, and set up the reply that
-    /// [`Self::read_reply`] produces. Its PSNs are taken at once.
-    fn start_read_reply(
-        &self,
-        st: &mut QpState,
-        regions: &dyn Regions,
-        pkt: &PacketRepr<'_>,
-    ) -> Result<(), Refusal> {
-        let reth = pkt.reth.ok_or(INVALID)?;
-        if reth.len > 0 {
-            self.check_rkey(regions, reth, AccessFlags::REMOTE_READ)?;
-        }
-        let mtu = st.peer.map_or(256, |p| p.mtu) as u32;
-        let npsn = reth.len.div_ceil(mtu).max(1);
-        let psn = pkt.bth.psn;
-        let msn = st.resp.next_msn();
-        st.resp.remember(Resource::Read { psn, npsn });
-        st.resp.epsn = psn_add(psn, npsn);
-        st.resp.read_reply = Some(ReadReply {
-            rkey: reth.rkey,
-            va: reth.va,
-            remaining: reth.len,
-            psn,
-            first: true,
-            msn,
-        });
-        Ok(())
-    }
-
-    /// read_reply: produces up to [`READ_REPLY_BUDGET`] responses of the
-    /// READ being answered. When the reply is complete, the requests held
-    /// meanwhile run in order. A region that vanished or a page that cannot
-    /// be read NAKs the READ at the response's PSN (remote access error),
-    /// as rxe's `read_reply` does.
-    pub(crate) fn read_reply(&self, st: &mut QpState, regions: &dyn Regions, out: &mut Outbox) {
-        let Some(peer) = st.peer else { return };
-        let Some(mut reply) = st.resp.read_reply else {
-            return;
-        };
-        let mr = (reply.remaining > 0)
-            .then(|| regions.lookup_mr(reply.rkey))
-            .flatten();
-        if reply.remaining > 0 && mr.is_none() {
-            st.resp.read_reply = None;
-            return self.error_nak(st, &peer, reply.psn, NakCode::RemoteAccessError, out);
-        }
-        for _ in 0..READ_REPLY_BUDGET {
-            let seg = reply.remaining.min(peer.mtu as u32);
-            let last = seg == reply.remaining;
-            let packet = read_response(&peer, &reply, last, mr.as_deref(), seg as usize, out);
-            if let Err(e) = packet {
-                st.resp.read_reply = None;
-                let Refusal::Nak(code) = Refusal::from(e) else {
-                    return;
-                };
-                return self.error_nak(st, &peer, reply.psn, code, out);
-            }
-            reply.va += u64::from(seg);
-            reply.remaining -= seg;
-            reply.psn = psn_add(reply.psn, 1);
-            reply.first = false;
-            if last {
-                st.resp.read_reply = None;
-                return self.run_held(st, regions, out);
-            }
-        }
-        st.resp.read_reply = Some(reply);
-    }
-
-    /// Runs the requests held during a READ reply, in order, until another
-    /// READ reply starts (the rest stay held; the next call of
-    /// [`Self::read_reply`] answers it).
-    fn run_held(&self, st: &mut QpState, regions: &dyn Regions, out: &mut Outbox) {
-        while !st.resp.replying() {
-            let Some(bytes) = st.resp.held.pop_front() else {
-                return;
-            };
-            if let Ok(pkt) = PacketRepr::parse(&bytes) {
-                self.respond_one(st, regions, &pkt, out);
-            }
-        }
-    }
-
     /// check_rkey: the region `reth` names, checked for `need` over its
     /// whole range.
-    fn check_rkey(
+    pub(super) fn check_rkey(
         &self,
         regions: &dyn Regions,
         reth: RethRepr,
@@ -761,44 +654,6 @@ fn check_length(peer: &Peer, pkt: &PacketRepr<'_>) -> Result<(), Refusal> {
     } else {
         Err(INVALID)
     }
-}
-
-/// Keeps a request that arrived during a READ reply for later, or drops it
-/// when the queue is full (the requester sends it again).
-fn hold(st: &mut QpState, pkt: &PacketRepr<'_>) {
-    if st.resp.held.len() >= HELD_LIMIT {
-        return;
-    }
-    let mut bytes = vec![0u8; pkt.len()];
-    if pkt.emit(&mut bytes).is_ok() {
-        st.resp.held.push_back(bytes);
-    }
-}
-
-/// Queues the next response of `reply` (`seg` bytes read from `mr`).
-fn read_response(
-    peer: &Peer,
-    reply: &ReadReply,
-    last: bool,
-    mr: Option<&MrInner>,
-    seg: usize,
-    out: &mut Outbox,
-) -> Result<(), MrAccessError> {
-    let opcode = match (reply.first, last) {
-        (true, true) => Opcode::RC_RDMA_READ_RESPONSE_ONLY,
-        (true, false) => Opcode::RC_RDMA_READ_RESPONSE_FIRST,
-        (false, true) => Opcode::RC_RDMA_READ_RESPONSE_LAST,
-        (false, false) => Opcode::RC_RDMA_READ_RESPONSE_MIDDLE,
-    };
-    let mut h = headers(bth(peer, opcode, reply.psn, seg, false));
-    if opcode != Opcode::RC_RDMA_READ_RESPONSE_MIDDLE {
-        h.aeth = Some(AethRepr::new(Syndrome::Ack { credits: 31 }, reply.msn));
-    }
-    let va = reply.va;
-    out.push(peer.addr, &h, seg, |buf| match mr {
-        Some(mr) => mr.read(va, buf),
-        None => Ok(()),
-    })
 }
 
 fn send_atomic_ack(out: &mut Outbox, peer: &Peer, psn: u32, msn: u32, orig: u64) {
