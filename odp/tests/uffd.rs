@@ -162,10 +162,8 @@ fn fault_scattered(umem: &Umem, base: usize, runs: usize) {
 /// (which waits for the monitor's handling of the unmap).
 fn unmap_page(umem: &Umem, va: usize) {
     // SAFETY: a page of this test's own mapping, which nothing else uses.
-    assert_eq!(
-        unsafe { libc::munmap(va as *mut libc::c_void, page_size()) },
-        0
-    );
+    let rc = unsafe { libc::munmap(va as *mut libc::c_void, page_size()) };
+    assert_eq!(rc, 0);
     after_monitor(umem, va - 2 * page_size());
 }
 

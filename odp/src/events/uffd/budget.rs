@@ -159,10 +159,8 @@ mod tests {
         };
         assert_ne!(p, libc::MAP_FAILED);
         // SAFETY: the middle page of the mapping made above.
-        assert_eq!(
-            unsafe { libc::mprotect(p.cast::<u8>().add(pg).cast(), pg, libc::PROT_READ) },
-            0
-        );
+        let rc = unsafe { libc::mprotect(p.cast::<u8>().add(pg).cast(), pg, libc::PROT_READ) };
+        assert_eq!(rc, 0);
         let after = count_vmas().unwrap();
         // SAFETY: unmaps the mapping made above.
         unsafe { libc::munmap(p, 3 * pg) };

@@ -211,21 +211,20 @@ impl UffdSource {
         }
         let run = (addr, addr.saturating_add(len));
         let span = span.filter(|&s| s != run);
-        if let Some((span_start, span_end)) = span {
-            if self
+        if let Some((span_start, span_end)) = span
+            && self
                 .monitor
                 .register_span(span_start, span_end - span_start)
                 .is_ok()
-            {
-                // Registered first, checked second: an unmap of the run
-                // after the check is reported; one before it is caught here.
-                if !crate::sys::is_mapped(addr, len) {
-                    return Err(OdpError::Unmapped { va: addr, len });
-                }
-                self.watched.fetch_add(1, Relaxed);
-                self.coalesced.fetch_add(1, Relaxed);
-                return Ok(Watched::Span);
+        {
+            // Registered first, checked second: an unmap of the run
+            // after the check is reported; one before it is caught here.
+            if !crate::sys::is_mapped(addr, len) {
+                return Err(OdpError::Unmapped { va: addr, len });
             }
+            self.watched.fetch_add(1, Relaxed);
+            self.coalesced.fetch_add(1, Relaxed);
+            return Ok(Watched::Span);
         }
         let watched = if span.is_some() {
             Watched::RunOnly
