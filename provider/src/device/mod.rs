@@ -15,7 +15,7 @@ use crate::net::{
     RecvSlot, RoceSocket, SocketConfig, Transport,
 };
 use crate::rc::{Outbox, QpCore, Regions};
-use crate::verbs::MrInner;
+use crate::verbs::{MrInner, OdpEvents};
 use crate::wire::PacketRepr;
 
 /// Datagrams received per system call, and packets handed to the socket per
@@ -37,6 +37,9 @@ pub struct DeviceOptions {
     /// Seeded faults injected on every packet the device sends (tests of
     /// the transport's recovery).
     pub faults: Option<Lossy>,
+    /// Which event source the device's ODP registrations start (by
+    /// default the userfaultfd monitor; see [`OdpEvents`]).
+    pub odp_events: OdpEvents,
 }
 
 impl Default for DeviceOptions {
@@ -50,6 +53,7 @@ impl Default for DeviceOptions {
                 ..SocketConfig::default()
             },
             faults: None,
+            odp_events: OdpEvents::Auto,
         }
     }
 }
@@ -285,6 +289,7 @@ pub(crate) struct Device {
     next_key: AtomicU32,
     next_qpn: AtomicU32,
     next_pd: AtomicU32,
+    pub(crate) odp_events: OdpEvents,
 }
 
 /// Open devices, by address.
@@ -334,6 +339,7 @@ impl Device {
             // QP numbers 0 and 1 are special in InfiniBand; rxe starts at 17.
             next_qpn: AtomicU32::new(17),
             next_pd: AtomicU32::new(1),
+            odp_events: options.odp_events,
         });
         devices.push((local, Arc::downgrade(&dev)));
         Ok(dev)
