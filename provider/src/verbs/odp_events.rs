@@ -114,6 +114,19 @@ impl OdpEventSources {
     }
 }
 
+/// The active backstop sources: `uffd`, `preload`, `uffd+preload` or
+/// `none`.
+impl std::fmt::Display for OdpEventSources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match (self.userfaultfd, self.interposition) {
+            (true, true) => "uffd+preload",
+            (true, false) => "uffd",
+            (false, true) => "preload",
+            (false, false) => "none",
+        })
+    }
+}
+
 static REFUSALS: AtomicU64 = AtomicU64::new(0);
 static UNWATCHED: AtomicU64 = AtomicU64::new(0);
 static LAST_ERROR: Mutex<Option<io::ErrorKind>> = Mutex::new(None);
@@ -150,6 +163,13 @@ mod tests {
             err.contains("always") && err.contains("auto, uffd or none"),
             "{err}"
         );
+        let both = OdpEventSources {
+            userfaultfd: true,
+            interposition: true,
+            ..OdpEventSources::default()
+        };
+        assert_eq!(both.to_string(), "uffd+preload");
+        assert_eq!(OdpEventSources::default().to_string(), "none");
         assert!(OdpEvents::Userfaultfd.wants_userfaultfd());
         assert!(!OdpEvents::None.wants_userfaultfd());
     }
