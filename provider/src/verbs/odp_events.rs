@@ -88,7 +88,7 @@ pub struct OdpEventSources {
     pub userfaultfd_refusals: u64,
     /// Why the last refusal happened.
     pub userfaultfd_error: Option<io::ErrorKind>,
-    /// ODP regions registered while no backstop source was active.
+    /// ODP registrations (attempted) while no backstop source was active.
     pub unwatched_registrations: u64,
 }
 
