@@ -3,7 +3,7 @@
 
 mod common;
 
-use odp::{AddressSpace, Umem, UmemOptions, page_size};
+use odp::{AddressSpace, ImplicitUmem, Umem, UmemOptions, page_size};
 
 #[test]
 fn raw_syscalls_and_glibc_internal_unmaps_are_reported() {
@@ -192,6 +192,24 @@ fn child_scattered_faults() {
     drop(umem);
     // SAFETY: the test's own mapping (one page of it is gone already).
     unsafe { libc::munmap(base as *mut libc::c_void, pages * ps) };
+
+    // Implicit ODP: runs are registered with the 2 MiB around them, and
+    // neighbouring windows merge into one registered mapping.
+    let implicit_runs = SCATTERED_RUNS / 10;
+    let base = map_noreserve(2 * implicit_runs);
+    let implicit = ImplicitUmem::new(&aspace, UmemOptions::default());
+    let before_implicit = (aspace.userfaultfd_stats().unwrap(), vma_count());
+    let mut byte = [1u8; 1];
+    for run in 0..implicit_runs {
+        implicit.read(base + 2 * run * ps, &mut byte).unwrap();
+    }
+    let stats = aspace.userfaultfd_stats().unwrap();
+    let coalesced = stats.coalesced - before_implicit.0.coalesced;
+    assert!(coalesced >= implicit_runs as u64, "{stats:?}");
+    assert!(vma_count() < before_implicit.1 + 16, "{} VMAs", vma_count());
+    drop(implicit);
+    // SAFETY: the test's own mapping.
+    unsafe { libc::munmap(base as *mut libc::c_void, 2 * implicit_runs * ps) };
 
     // The same with a private file mapping at the end, which userfaultfd
     // cannot register: every run is registered alone and splits the
