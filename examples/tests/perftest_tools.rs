@@ -10,6 +10,10 @@ use std::sync::Mutex;
 static LOOPBACK: Mutex<()> = Mutex::new(());
 
 fn tool(name: &str, args: &[&str]) -> Output {
+    tool_env(name, args, &[])
+}
+
+fn tool_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     let bin = match name {
         "write_bw" => env!("CARGO_BIN_EXE_write_bw"),
         "read_bw" => env!("CARGO_BIN_EXE_read_bw"),
@@ -20,7 +24,11 @@ fn tool(name: &str, args: &[&str]) -> Output {
         "send_lat" => env!("CARGO_BIN_EXE_send_lat"),
         other => panic!("no tool {other}"),
     };
-    Command::new(bin).args(args).output().unwrap()
+    Command::new(bin)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
 }
 
 fn text(o: &Output) -> String {
@@ -95,10 +103,37 @@ fn every_tool_runs_in_loopback_and_checks_its_data() {
         assert!(t.contains(" Data check      : OK"), "{name}: {t}");
         if args.contains(&"--odp") || args.contains(&"--implicit-odp") {
             assert!(t.contains(" ODP counters: faults "), "{name}: {t}");
+            // The default: the userfaultfd monitor follows every unmap.
+            assert!(t.contains(", event sources uffd\n"), "{name}: {t}");
         }
         if args.contains(&"--odp-prefetch") {
             assert!(!t.contains("prefetches 0"), "{name}: {t}");
         }
+    }
+}
+
+#[test]
+fn odp_event_sources_follow_the_flag_and_the_environment() {
+    let _one = LOOPBACK.lock().unwrap_or_else(|p| p.into_inner());
+    let warning = " ODP events: no source sees plain unmaps";
+    let args = ["-s", "4096", "-n", "100", "--odp", "--check", "-p", "18605"];
+    for (flag, env, sources) in [
+        ("none", None, "none"),
+        ("uffd", Some("none"), "uffd"),
+        ("auto", Some("none"), "none"),
+        ("auto", Some("uffd"), "uffd"),
+    ] {
+        let mut all = args.to_vec();
+        all.extend(["--odp-events", flag]);
+        let env: Vec<_> = env.map(|v| ("SRXE_ODP_EVENTS", v)).into_iter().collect();
+        let o = tool_env("write_bw", &all, &env);
+        let t = text(&o);
+        assert!(o.status.success(), "{flag} {env:?}: {t}");
+        let line = format!(", event sources {sources}\n");
+        assert!(t.contains(&line), "{flag} {env:?}: {t}");
+        // Both sides run in this one process: said once.
+        let warned = if sources == "none" { 1 } else { 0 };
+        assert_eq!(t.matches(warning).count(), warned, "{flag} {env:?}: {t}");
     }
 }
 

@@ -9,6 +9,9 @@
 //!   bare `MADV_POPULATE_WRITE` of the same kind of range.
 //! - `present_access`: a device read or write of 4 KiB of present pages
 //!   against a bare `memcpy` of 4 KiB.
+//! - `monitor`: what the userfaultfd monitor costs: first touch of 64 MiB
+//!   and a device read of 4 KiB of present pages in an address space with
+//!   the monitor on and in one without.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -166,5 +169,83 @@ mod present_access {
                 );
             }
         });
+    }
+}
+
+mod monitor {
+    use super::*;
+    use std::sync::OnceLock;
+
+    const TOUCH_LEN: usize = 64 << 20;
+    const READ_LEN: usize = 4096;
+
+    /// A private address space (nothing else in the process reports to
+    /// it), with the userfaultfd monitor on or off. The monitor is started
+    /// once: registrations made through it are per process.
+    fn space(with_monitor: bool) -> Arc<AddressSpace> {
+        static WITH: OnceLock<Arc<AddressSpace>> = OnceLock::new();
+        static WITHOUT: OnceLock<Arc<AddressSpace>> = OnceLock::new();
+        if with_monitor {
+            Arc::clone(WITH.get_or_init(|| {
+                let aspace = Arc::new(AddressSpace::new_private());
+                aspace.enable_userfaultfd().expect("userfaultfd");
+                aspace
+            }))
+        } else {
+            Arc::clone(WITHOUT.get_or_init(|| Arc::new(AddressSpace::new_private())))
+        }
+    }
+
+    fn first_touch(bencher: Bencher, with_monitor: bool) {
+        let aspace = space(with_monitor);
+        bencher
+            .counter(BytesCount::new(TOUCH_LEN))
+            .with_inputs(|| {
+                let map = aspace.map_anonymous(TOUCH_LEN, 0).expect("mapping");
+                let umem = Umem::new(&aspace, map.addr(), TOUCH_LEN, UmemOptions::default())
+                    .expect("umem");
+                (umem, map)
+            })
+            .bench_local_refs(|(umem, map)| {
+                umem.advise(map.addr(), TOUCH_LEN, Advice::PrefetchWrite)
+                    .expect("fault");
+            });
+    }
+
+    fn present_read(bencher: Bencher, with_monitor: bool) {
+        let aspace = space(with_monitor);
+        let map = aspace.map_anonymous(16 * READ_LEN, 0).expect("mapping");
+        let umem = Umem::new(&aspace, map.addr(), map.len(), UmemOptions::default()).expect("umem");
+        umem.advise(map.addr(), map.len(), Advice::PrefetchWrite)
+            .expect("fault");
+        let mut buf = vec![0u8; READ_LEN];
+        bencher.counter(BytesCount::new(READ_LEN)).bench_local(|| {
+            umem.read(black_box(map.addr() + READ_LEN), &mut buf)
+                .expect("read")
+        });
+    }
+
+    /// First touch of 64 MiB, faulted pages registered for events.
+    #[divan::bench(sample_count = 20, sample_size = 1)]
+    fn first_touch_with_monitor(bencher: Bencher) {
+        first_touch(bencher, true);
+    }
+
+    /// First touch of 64 MiB, no monitor.
+    #[divan::bench(sample_count = 20, sample_size = 1)]
+    fn first_touch_without_monitor(bencher: Bencher) {
+        first_touch(bencher, false);
+    }
+
+    /// A device read of 4 KiB of present pages, taking the monitor's gate.
+    #[divan::bench(sample_size = 1000)]
+    fn read_4k_with_monitor(bencher: Bencher) {
+        present_read(bencher, true);
+    }
+
+    /// A device read of 4 KiB of present pages, no monitor.
+    #[divan::bench(sample_size = 1000)]
+    fn read_4k_without_monitor(bencher: Bencher) {
+        present_read(bencher, false);
     }
 }

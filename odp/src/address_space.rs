@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLockReadGuard};
 
 use notifier::{Event, Invalidation, NotifierRange, Subscriptions};
 
-use crate::events::uffd::{UffdSource, UserfaultfdStats};
+use crate::events::uffd::{UffdSource, UserfaultfdStats, Watched};
 use crate::sys::{Pagemap, page_size};
 
 /// The address space of this process (or, for tests, a private stand-in).
@@ -78,9 +78,17 @@ impl AddressSpace {
         self.uffd.get().map(UffdSource::device_gate)
     }
 
-    /// Registers faulted pages with the userfaultfd source, if enabled.
-    pub(crate) fn watch(&self, addr: usize, len: usize) -> Result<(), crate::OdpError> {
-        self.uffd.get().map_or(Ok(()), |u| u.watch(addr, len))
+    /// Registers faulted pages (with the rest of `span` where possible)
+    /// with the userfaultfd source, if enabled.
+    pub(crate) fn watch(
+        &self,
+        addr: usize,
+        len: usize,
+        span: Option<(usize, usize)>,
+    ) -> Result<Watched, crate::OdpError> {
+        self.uffd
+            .get()
+            .map_or(Ok(Watched::NotAtAll), |u| u.watch(addr, len, span))
     }
 
     /// The notifier subscriptions of this address space.

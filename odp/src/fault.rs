@@ -7,14 +7,51 @@
 //! otherwise start over. A commit therefore never records a page that an
 //! invalidation has already torn down.
 
+use std::sync::atomic::Ordering;
+
 use crate::OdpError;
+use crate::events::uffd::Watched;
 use crate::page_table::PageTable;
 use crate::sys::{self, Pagemap, PopulateError};
-use crate::umem::Umem;
+use crate::umem::{Umem, UmemInner};
 
 /// Pages faulted per collision-retry round: bounds the lock hold time of
 /// one commit and the frame buffer, and lets invalidations in between.
 const FAULT_CHUNK_PAGES: usize = 512;
+
+/// The window around a faulted run of an implicit child that is registered
+/// for userfaultfd events with it (a huge page's worth): scattered faults
+/// then share registrations instead of splitting mappings at every run.
+const IMPLICIT_WATCH_WINDOW: usize = 2 << 20;
+
+impl UmemInner {
+    /// Registers the faulted run `[addr, addr + len)` with the userfaultfd
+    /// source (if on), together with its span: the whole region (the
+    /// application registered all of it), or for an implicit child, which
+    /// spans 1 GiB of whatever the process maps there, the
+    /// [`IMPLICIT_WATCH_WINDOW`]s around the run. A region whose span
+    /// cannot be registered (a mapping in it does not support
+    /// userfaultfd) registers runs alone from then on: trying again would
+    /// walk every mapping of the region at each fault.
+    fn watch(&self, addr: usize, len: usize) -> Result<(), OdpError> {
+        let (start, end) = (self.start, self.start + self.len);
+        let span = if self.emptied.is_some() {
+            let mask = IMPLICIT_WATCH_WINDOW - 1;
+            let lo = addr & !mask;
+            let hi = (addr + len).saturating_add(mask) & !mask;
+            Some((lo.max(start), hi.min(end)))
+        } else if self.span_unwatchable.load(Ordering::Relaxed) {
+            None
+        } else {
+            Some((start, end))
+        };
+        let watched = self.aspace.watch(addr, len, span)?;
+        if watched == Watched::RunOnly && self.emptied.is_none() {
+            self.span_unwatchable.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
 
 /// What [`Umem::advise`] should do (`ibv_advise_mr`'s advice).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,7 +143,7 @@ impl Umem {
             frames,
             |frames| {
                 sys::populate(addr, len, write).map_err(|e| populate_error(e, addr, len, write))?;
-                inner.aspace.watch(addr, len)?;
+                inner.watch(addr, len)?;
                 if pin {
                     // Not undone on a retry: mlock does not nest, so
                     // unlocking could unpin pages a concurrent fault has
@@ -148,7 +185,8 @@ impl Umem {
                 }
                 for (run_first, run_len) in present_runs(present) {
                     let addr = inner.page_addr(first + run_first);
-                    inner.aspace.watch(addr, run_len << inner.page_shift)?;
+                    let len = run_len << inner.page_shift;
+                    inner.watch(addr, len)?;
                 }
                 Ok(())
             },

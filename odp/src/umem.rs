@@ -6,7 +6,7 @@
 //! on first device access ([`crate::access`]) or by prefetch
 //! ([`crate::fault`]), and invalidations clear them again.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 
 use notifier::{IntervalNotifier, IntervalSubscription, NotifierRange};
@@ -71,7 +71,9 @@ pub(crate) struct UmemInner {
     invalidations_waiting: AtomicUsize,
     /// Incremented when an invalidation empties the table (implicit
     /// children only: the parent frees idle children).
-    emptied: Option<Arc<AtomicUsize>>,
+    pub(crate) emptied: Option<Arc<AtomicUsize>>,
+    /// The region cannot be registered for userfaultfd events as a whole.
+    pub(crate) span_unwatchable: AtomicBool,
     pub(crate) counters: Counters,
 }
 
@@ -138,6 +140,7 @@ impl Umem {
             table: Mutex::new(PageTable::new(pages)),
             invalidations_waiting: AtomicUsize::new(0),
             emptied,
+            span_unwatchable: AtomicBool::new(false),
             counters: Counters::default(),
         });
         let callback_inner = Arc::clone(&inner);

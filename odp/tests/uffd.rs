@@ -3,7 +3,7 @@
 
 mod common;
 
-use odp::{AddressSpace, Umem, UmemOptions, page_size};
+use odp::{AddressSpace, ImplicitUmem, Umem, UmemOptions, page_size};
 
 #[test]
 fn raw_syscalls_and_glibc_internal_unmaps_are_reported() {
@@ -101,4 +101,178 @@ fn child_raw_changes() {
     drop(block);
     after_monitor(&probe_umem, probe.addr());
     assert_eq!(heap.present_pages(), 0, "free() of a large block");
+}
+
+#[test]
+fn scattered_faults_do_not_exhaust_the_vma_limit() {
+    common::assert_child_passed(&common::run_child(
+        "child_scattered_faults",
+        common::Preload::No,
+    ));
+}
+
+/// Runs of one faulted page with one untouched page between them.
+const SCATTERED_RUNS: usize = 100_000;
+
+/// The mappings of this process (lines of `/proc/self/maps`).
+fn vma_count() -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .expect("/proc/self/maps")
+        .lines()
+        .count()
+}
+
+fn max_map_count() -> usize {
+    std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(65530)
+}
+
+/// Maps `pages` pages of anonymous memory without reserving swap.
+fn map_noreserve(pages: usize) -> usize {
+    // SAFETY: a fresh anonymous mapping at an address the kernel picks.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            pages * page_size(),
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    p as usize
+}
+
+/// Reads one byte of every other page of `[base, base + 2 * runs pages)`
+/// through the umem: `runs` scattered faults (of the zero page).
+fn fault_scattered(umem: &Umem, base: usize, runs: usize) {
+    let ps = page_size();
+    let mut byte = [1u8; 1];
+    for run in 0..runs {
+        umem.read(base + 2 * run * ps, &mut byte)
+            .expect("read of a mapped page");
+        assert_eq!(byte, [0]);
+    }
+}
+
+/// Plain libc munmap of one page, then a device read of the page before it
+/// (which waits for the monitor's handling of the unmap).
+fn unmap_page(umem: &Umem, va: usize) {
+    // SAFETY: a page of this test's own mapping, which nothing else uses.
+    let rc = unsafe { libc::munmap(va as *mut libc::c_void, page_size()) };
+    assert_eq!(rc, 0);
+    after_monitor(umem, va - 2 * page_size());
+}
+
+#[test]
+#[ignore = "runs as a child of scattered_faults_do_not_exhaust_the_vma_limit"]
+fn child_scattered_faults() {
+    let aspace = AddressSpace::process();
+    aspace.enable_userfaultfd().expect("userfaultfd");
+    let ps = page_size();
+    let pages = 2 * SCATTERED_RUNS;
+    let limit = max_map_count();
+    let before = vma_count();
+
+    // A region of anonymous memory: its runs are registered with the whole
+    // region, so the mapping is split at most at the region's ends.
+    let base = map_noreserve(pages);
+    let umem = Umem::new(&aspace, base, pages * ps, UmemOptions::default()).unwrap();
+    fault_scattered(&umem, base, SCATTERED_RUNS);
+    let stats = aspace.userfaultfd_stats().unwrap();
+    assert!(stats.coalesced >= SCATTERED_RUNS as u64, "{stats:?}");
+    assert_eq!(stats.vma_limited, 0, "{stats:?}");
+    assert!(vma_count() < before + 16, "{} -> {}", before, vma_count());
+    unmap_page(&umem, base + 2000 * ps);
+    assert!(!umem.entry(base + 2000 * ps).unwrap().is_present());
+    assert_eq!(umem.counters().stale_pages, 0);
+    drop(umem);
+    // SAFETY: the test's own mapping (one page of it is gone already).
+    unsafe { libc::munmap(base as *mut libc::c_void, pages * ps) };
+
+    // Implicit ODP: runs are registered with the 2 MiB around them, and
+    // neighbouring windows merge into one registered mapping.
+    let implicit_runs = SCATTERED_RUNS / 10;
+    let base = map_noreserve(2 * implicit_runs);
+    let implicit = ImplicitUmem::new(&aspace, UmemOptions::default());
+    let before_implicit = (aspace.userfaultfd_stats().unwrap(), vma_count());
+    let mut byte = [1u8; 1];
+    for run in 0..implicit_runs {
+        implicit.read(base + 2 * run * ps, &mut byte).unwrap();
+    }
+    let stats = aspace.userfaultfd_stats().unwrap();
+    let coalesced = stats.coalesced - before_implicit.0.coalesced;
+    assert!(coalesced >= implicit_runs as u64, "{stats:?}");
+    assert!(vma_count() < before_implicit.1 + 16, "{} VMAs", vma_count());
+    drop(implicit);
+    // SAFETY: the test's own mapping.
+    unsafe { libc::munmap(base as *mut libc::c_void, 2 * implicit_runs * ps) };
+
+    // The same with a private file mapping at the end, which userfaultfd
+    // cannot register: every run is registered alone and splits the
+    // mapping, until the VMA budget stops the registrations.
+    let base = map_noreserve(pages + 1);
+    let file = tempfile_page();
+    // SAFETY: replaces the last page of the test's own mapping.
+    let p = unsafe {
+        libc::mmap(
+            (base + pages * ps) as *mut libc::c_void,
+            ps,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_FIXED,
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            0,
+        )
+    };
+    assert_eq!(p as usize, base + pages * ps);
+    let umem = Umem::new(&aspace, base, (pages + 1) * ps, UmemOptions::default()).unwrap();
+    let limited_before = aspace.userfaultfd_stats().unwrap().vma_limited;
+    fault_scattered(&umem, base, SCATTERED_RUNS);
+    let stats = aspace.userfaultfd_stats().unwrap();
+    let peak = vma_count();
+    let needed = before + 2 * SCATTERED_RUNS;
+    if needed > limit {
+        assert!(stats.vma_limited > limited_before, "{stats:?}");
+        assert!(peak <= limit * 3 / 4 + 64, "{peak} VMAs of {limit}");
+    }
+    // The program can still map memory.
+    let extra: Vec<_> = (0..256)
+        .map(|_| aspace.map_anonymous(ps, 0).unwrap())
+        .collect();
+    drop(extra);
+    // Every fault worked; an early run is watched, so unmapping it
+    // invalidates; a late one may not be, and the device copy then finds
+    // the page gone (an error, the stale entry dropped).
+    unmap_page(&umem, base + 2000 * ps);
+    assert!(!umem.entry(base + 2000 * ps).unwrap().is_present());
+    let late = base + 2 * (SCATTERED_RUNS - 10) * ps;
+    // SAFETY: a page of the test's own mapping.
+    assert_eq!(unsafe { libc::munmap(late as *mut libc::c_void, ps) }, 0);
+    let mut byte = [0u8; 1];
+    assert!(
+        umem.read(late, &mut byte).is_err(),
+        "read of an unmapped page"
+    );
+    assert!(!umem.entry(late).unwrap().is_present());
+    eprintln!("scattered runs: {stats:?}, peak {peak} VMAs of {limit}");
+    drop(umem);
+    // SAFETY: the test's own mapping.
+    unsafe { libc::munmap(base as *mut libc::c_void, (pages + 1) * ps) };
+}
+
+/// A temporary file of one page (unlinked at once; the fd keeps it).
+fn tempfile_page() -> std::fs::File {
+    let path = std::env::temp_dir().join(format!("odp-uffd-{}", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .expect("temporary file");
+    std::fs::remove_file(&path).expect("unlink");
+    file.set_len(page_size() as u64).expect("set_len");
+    file
 }

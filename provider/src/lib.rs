@@ -5,7 +5,11 @@
 //!   the `ibverbs` crate.
 //! - The device behind them speaks RoCEv2 over UDP port 4791 with the wire
 //!   format of [`wire`], checked against real kernel-rxe traffic.
-//! - Memory regions with on-demand paging use [`odp`].
+//! - Memory regions with on-demand paging use [`odp`]; the first one
+//!   starts the process's userfaultfd monitor, so that plain `munmap`,
+//!   `mremap` and `madvise` calls invalidate them (opt out with
+//!   [`DeviceOptions::odp_events`] or `SRXE_ODP_EVENTS=none`; see
+//!   [`OdpEvents`]).
 //! - [`net`]: the UDP transport (batched sends and receives, GSO/GRO, the
 //!   ICRC), and seeded fault injection for tests.
 //!

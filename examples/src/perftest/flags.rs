@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use clap::Parser;
+use provider::OdpEvents;
 
 use super::exchange::Tool;
 
@@ -58,6 +59,15 @@ pub struct Flags {
     /// Register the whole address space on demand (implies --odp).
     #[arg(long = "implicit-odp")]
     pub implicit_odp: bool,
+    /// Which source reports unmaps of ODP memory: auto (the library's
+    /// choice: the userfaultfd monitor unless SRXE_ODP_EVENTS=none), uffd,
+    /// or none.
+    #[arg(
+        long = "odp-events",
+        value_name = "auto|uffd|none",
+        default_value = "auto"
+    )]
+    pub odp_events: OdpEvents,
     /// The receiving side checks every byte it got (both sides must be
     /// these tools).
     #[arg(long = "check")]
@@ -131,6 +141,9 @@ impl Flags {
         if (self.odp_prefetch) && !(self.odp || self.implicit_odp) {
             return Err("--odp-prefetch needs --odp or --implicit-odp".into());
         }
+        if self.odp_events != OdpEvents::Auto && !(self.odp || self.implicit_odp) {
+            return Err("--odp-events needs --odp or --implicit-odp".into());
+        }
         if !tool.is_bw() && self.qps != 1 {
             return Err("-q: latency tools use one queue pair".into());
         }
@@ -181,7 +194,11 @@ mod tests {
         assert_eq!(f.server.as_deref(), Some("10.0.0.2"));
         assert!(f.validate(Tool::WriteBw).is_ok());
         assert_eq!(f.sizes(Tool::WriteBw), [4096]);
-        let all = parse(&["-a", "--implicit-odp"]).unwrap();
+        assert_eq!(f.odp_events, OdpEvents::Auto);
+        let all = parse(&["-a", "--implicit-odp", "--odp-events", "none"]).unwrap();
+        assert_eq!(all.odp_events, OdpEvents::None);
+        let uffd = parse(&["--odp", "--odp-events", "uffd"]).unwrap();
+        assert_eq!(uffd.odp_events, OdpEvents::Userfaultfd);
         assert_eq!(all.sizes(Tool::ReadBw).len(), 23);
         assert_eq!(all.sizes(Tool::ReadBw)[22], 1 << 23);
         assert_eq!(all.sizes(Tool::AtomicBw), [8]);
@@ -193,6 +210,7 @@ mod tests {
     fn bad_flags_are_clear_errors() {
         assert!(parse(&["-s", "lots"]).is_err());
         assert!(parse(&["--no-such-flag"]).is_err());
+        assert!(parse(&["--odp", "--odp-events", "always"]).is_err());
         for (args, tool, needle) in [
             (&["-m", "1500"][..], Tool::WriteBw, "-m 1500"),
             (&["-s", "0"], Tool::WriteBw, "-s 0"),
@@ -200,6 +218,7 @@ mod tests {
             (&["-n", "2"], Tool::WriteBw, "at least 5"),
             (&["-D", "2", "-a"], Tool::WriteBw, "-D cannot"),
             (&["--odp-prefetch"], Tool::WriteBw, "needs --odp"),
+            (&["--odp-events", "uffd"], Tool::WriteBw, "needs --odp"),
             (&["-q", "2"], Tool::WriteLat, "one queue pair"),
             (&["-q", "0"], Tool::WriteBw, "at least one"),
         ] {

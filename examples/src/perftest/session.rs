@@ -302,8 +302,13 @@ fn side_run(
         let c = side.mr.odp_counters();
         writeln!(
             out,
-            " ODP counters: faults {}, pages faulted {}, retries {}, invalidations {}, prefetches {}",
-            c.faults, c.pages_faulted, c.retries, c.invalidations, c.prefetches
+            " ODP counters: faults {}, pages faulted {}, retries {}, invalidations {}, prefetches {}, event sources {}",
+            c.faults,
+            c.pages_faulted,
+            c.retries,
+            c.invalidations,
+            c.prefetches,
+            side.ctx.query_device().odp_events
         )?;
     }
     if flags.check {

@@ -5,8 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 
 use odp::{AddressSpace, Advice, Mapping};
 use provider::{
-    AccessFlags, CompletionQueue, Context, Gid, MemoryRegion, Mtu as PathMtu, ProtectionDomain,
-    QpCaps, QueuePair, RemoteInfo, Sge, devices,
+    AccessFlags, CompletionQueue, Context, DeviceOptions, Gid, MemoryRegion, Mtu as PathMtu,
+    ProtectionDomain, QpCaps, QueuePair, RemoteInfo, Sge, devices,
 };
 
 use super::exchange::{KeyMessage, Mtu, Tool};
@@ -80,6 +80,25 @@ pub fn device_address(
     Ok(fallback)
 }
 
+/// Says once per process, on stderr, that no event source sees plain
+/// unmaps of ODP memory (opted out, or the kernel refused a userfaultfd).
+fn warn_without_backstop(ctx: &Context) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    let sources = ctx.query_device().odp_events;
+    if sources.backstop() {
+        return;
+    }
+    WARNED.call_once(|| {
+        let why = match sources.userfaultfd_error {
+            Some(kind) => format!("the kernel refused a userfaultfd: {kind}"),
+            None => "opted out".to_owned(),
+        };
+        eprintln!(
+            " ODP events: no source sees plain unmaps of ODP memory ({why}); device copies rely on their copy-time checks"
+        );
+    });
+}
+
 /// Whether the tool's requests are READs or atomics.
 fn reads(tool: Tool) -> bool {
     matches!(tool, Tool::ReadBw | Tool::ReadLat) || tool.is_atomic()
@@ -111,7 +130,11 @@ impl Side {
     /// Opens the device on `addr`, maps and registers the buffer for
     /// messages up to `max_size`, and creates the queue pairs.
     pub fn open(tool: Tool, flags: &Flags, addr: IpAddr, max_size: u64) -> Result<Side, ToolError> {
-        let ctx = Context::open(addr).map_err(|e| {
+        let options = DeviceOptions {
+            odp_events: flags.odp_events,
+            ..DeviceOptions::default()
+        };
+        let ctx = Context::open_with(addr, &options).map_err(|e| {
             ToolError::Device(format!(
                 "cannot open the device on {addr} (UDP port 4791): {e}"
             ))
@@ -139,6 +162,9 @@ impl Side {
         // (fields drop in declaration order: `mr` before `buf`), and holds
         // no Rust objects: the device and this process share plain bytes.
         let mr = unsafe { pd.reg_mr(addr0, len0, access) }.map_err(ToolError::verbs)?;
+        if access.contains(AccessFlags::ON_DEMAND) {
+            warn_without_backstop(&ctx);
+        }
         if flags.odp_prefetch {
             let whole = Sge {
                 addr: buf.addr() as u64,

@@ -19,7 +19,7 @@ use crate::net::{
     RecvSlot, RoceSocket, SocketConfig, Transport,
 };
 use crate::rc::{Outbox, QpCore, Regions, RxDrop};
-use crate::verbs::MrInner;
+use crate::verbs::{MrInner, OdpEvents};
 use crate::wire::PacketRepr;
 
 /// Datagrams received per system call, and packets handed to the socket per
@@ -41,6 +41,9 @@ pub struct DeviceOptions {
     /// Seeded faults injected on every packet the device sends (tests of
     /// the transport's recovery).
     pub faults: Option<Lossy>,
+    /// Which event source the device's ODP registrations start (by
+    /// default the userfaultfd monitor; see [`OdpEvents`]).
+    pub odp_events: OdpEvents,
 }
 
 impl Default for DeviceOptions {
@@ -54,6 +57,7 @@ impl Default for DeviceOptions {
                 ..SocketConfig::default()
             },
             faults: None,
+            odp_events: OdpEvents::Auto,
         }
     }
 }
@@ -310,6 +314,7 @@ pub(crate) struct Device {
     thread: Mutex<Option<JoinHandle<()>>>,
     next_qpn: AtomicU32,
     next_pd: AtomicU32,
+    pub(crate) odp_events: OdpEvents,
 }
 
 /// Open devices, by address.
@@ -358,6 +363,7 @@ impl Device {
             // QP numbers 0 and 1 are special in InfiniBand; rxe starts at 17.
             next_qpn: AtomicU32::new(17),
             next_pd: AtomicU32::new(1),
+            odp_events: options.odp_events,
         });
         devices.push((local, Arc::downgrade(&dev)));
         Ok(dev)

@@ -3,7 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use super::{CompletionQueue, Gid, Mtu, ProtectionDomain, VerbsError};
+use super::{CompletionQueue, Gid, Mtu, OdpEventSources, ProtectionDomain, VerbsError};
 use crate::device::{Device, DeviceOptions, DeviceStats};
 use crate::wire::ROCE_V2_PORT;
 
@@ -122,6 +122,10 @@ pub struct DeviceAttr {
     pub atomic: bool,
     /// ODP capabilities.
     pub odp_caps: OdpCaps,
+    /// The sources that report address-space changes to ODP regions, now
+    /// (per process; the first ODP registration starts the userfaultfd
+    /// monitor unless the device opted out).
+    pub odp_events: OdpEventSources,
 }
 
 /// Port attributes.
@@ -227,6 +231,7 @@ impl Context {
                 rc_atomic: true,
                 prefetch: true,
             },
+            odp_events: OdpEventSources::current(),
         }
     }
 

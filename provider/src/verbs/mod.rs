@@ -7,6 +7,7 @@
 mod context;
 mod cq;
 mod mr;
+mod odp_events;
 mod qp;
 mod wr;
 
@@ -15,6 +16,7 @@ pub(crate) use cq::CqInner;
 pub use cq::{CompletionQueue, WcOpcode, WcStatus, WorkCompletion};
 pub use mr::{AccessFlags, MemoryRegion, ProtectionDomain};
 pub(crate) use mr::{AtomicOp, MrAccessError, MrInner};
+pub use odp_events::{ODP_EVENTS_ENV, OdpEventSources, OdpEvents, UnknownOdpEvents};
 pub use qp::{QpCaps, QpState, QueuePair, QueuePairBuilder, RemoteInfo};
 pub use wr::{RecvWr, SendOp, SendWr, Sge};
 

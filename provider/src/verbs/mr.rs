@@ -195,6 +195,9 @@ impl ProtectionDomain {
         if len == 0 {
             return Err(VerbsError::InvalidArgument("zero-length memory region"));
         }
+        if access.contains(AccessFlags::ON_DEMAND) {
+            super::odp_events::before_odp_registration(self.dev.odp_events);
+        }
         let aspace = AddressSpace::process();
         let writable = access.contains(AccessFlags::LOCAL_WRITE)
             || access.contains(AccessFlags::REMOTE_WRITE)

@@ -539,6 +539,15 @@ impl Userfaultfd {
         if !crate::sys::is_mapped(addr, len) {
             return Err(RegisterError::Unmapped { addr, len });
         }
+        self.register_wp_span(addr, len)
+    }
+
+    /// [`register_wp`](Self::register_wp) of a span that may contain holes:
+    /// the kernel registers every mapping in it and fails (`Unsupported`)
+    /// if one cannot be registered, or if there is none.
+    pub fn register_wp_span(&self, addr: usize, len: usize) -> Result<(), RegisterError> {
+        Self::check_range(addr, len)?;
+        self.check_owner(addr, len)?;
         let mut reg = uffdio_register {
             range: uffdio_range {
                 start: addr as u64,

@@ -38,12 +38,14 @@
 //!   keep the parent's registrations alive after the parent dropped its
 //!   monitor; a `pthread_atfork` child handler neutralises that copy.
 
+mod budget;
 mod fd;
 mod monitor;
 mod raw;
 #[cfg(test)]
 mod tests;
 
+use budget::VmaBudget;
 use fd::{Event, RegisterError};
 use monitor::{EventSink, Monitor, Stats};
 
@@ -76,8 +78,11 @@ use crate::address_space::AddressSpace;
 pub(crate) struct UffdSource {
     gate: Arc<RwLock<()>>,
     monitor: Monitor,
+    budget: VmaBudget,
     watched: AtomicU64,
+    coalesced: AtomicU64,
     uncovered: AtomicU64,
+    vma_limited: AtomicU64,
 }
 
 impl std::fmt::Debug for UffdSource {
@@ -119,6 +124,20 @@ impl EventSink for Invalidator {
     }
 }
 
+/// What [`UffdSource::watch`] registered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Watched {
+    /// The run with the rest of its span.
+    Span,
+    /// The run alone; no span was asked for.
+    Run,
+    /// The run alone: its span could not be registered (a mapping in it
+    /// does not support userfaultfd).
+    RunOnly,
+    /// Nothing (see the counters).
+    NotAtAll,
+}
+
 /// Counters of the userfaultfd source.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UserfaultfdStats {
@@ -132,11 +151,19 @@ pub struct UserfaultfdStats {
     pub batches: u64,
     /// Faulted ranges registered for events.
     pub watched: u64,
+    /// Of those, ranges registered with the rest of their span (the whole
+    /// region, or for implicit regions the 2 MiB around them), so that
+    /// scattered faults do not split mappings into many VMAs.
+    pub coalesced: u64,
     /// Faulted ranges that could not be registered (mapping type without
     /// userfaultfd support, such as private file mappings and SysV shared
     /// memory, or a range another userfaultfd owns): no event will come for
     /// them from this source.
     pub uncovered: u64,
+    /// Faulted ranges left unregistered because the process is close to
+    /// `vm.max_map_count` (registering splits mappings): device copies
+    /// rely on their copy-time checks there.
+    pub vma_limited: u64,
 }
 
 impl UffdSource {
@@ -150,8 +177,11 @@ impl UffdSource {
         Ok(UffdSource {
             gate,
             monitor: Monitor::start(sink)?,
+            budget: VmaBudget::new(),
             watched: AtomicU64::new(0),
+            coalesced: AtomicU64::new(0),
             uncovered: AtomicU64::new(0),
+            vma_limited: AtomicU64::new(0),
         })
     }
 
@@ -161,10 +191,46 @@ impl UffdSource {
         self.gate.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Registers faulted pages for events. Registration is per mapping, and
-    /// a mapping made after an earlier registration (a remap at the same
-    /// address) is new, so every fault registers what it faulted.
-    pub(crate) fn watch(&self, addr: usize, len: usize) -> Result<(), OdpError> {
+    /// Registers the faulted pages `[addr, addr + len)` for events, with
+    /// the rest of `span` (which contains them) if every mapping there can
+    /// be registered. Registration is per mapping, and a mapping made after
+    /// an earlier registration (a remap at the same address) is new, so
+    /// every fault registers what it faulted.
+    ///
+    /// Nothing is registered while the process is close to its VMA limit
+    /// ([`budget`]); the pages are then only covered by copy-time checks.
+    pub(crate) fn watch(
+        &self,
+        addr: usize,
+        len: usize,
+        span: Option<(usize, usize)>,
+    ) -> Result<Watched, OdpError> {
+        if !self.budget.admit() {
+            self.vma_limited.fetch_add(1, Relaxed);
+            return Ok(Watched::NotAtAll);
+        }
+        let run = (addr, addr.saturating_add(len));
+        let span = span.filter(|&s| s != run);
+        if let Some((span_start, span_end)) = span
+            && self
+                .monitor
+                .register_span(span_start, span_end - span_start)
+                .is_ok()
+        {
+            // Registered first, checked second: an unmap of the run
+            // after the check is reported; one before it is caught here.
+            if !crate::sys::is_mapped(addr, len) {
+                return Err(OdpError::Unmapped { va: addr, len });
+            }
+            self.watched.fetch_add(1, Relaxed);
+            self.coalesced.fetch_add(1, Relaxed);
+            return Ok(Watched::Span);
+        }
+        let watched = if span.is_some() {
+            Watched::RunOnly
+        } else {
+            Watched::Run
+        };
         // A second attempt settles a range that was unmapped and mapped
         // again during the first: the kernel's answer then (EINVAL) reads
         // like an unsupported mapping.
@@ -175,13 +241,17 @@ impl UffdSource {
         match result {
             Ok(()) => {
                 self.watched.fetch_add(1, Relaxed);
-                Ok(())
+                Ok(watched)
             }
             // Unmapped since it was faulted: the caller's retry finds out.
             Err(RegisterError::Unmapped { .. }) => Err(OdpError::Unmapped { va: addr, len }),
+            Err(RegisterError::VmaLimit) => {
+                self.vma_limited.fetch_add(1, Relaxed);
+                Ok(Watched::NotAtAll)
+            }
             Err(_) => {
                 self.uncovered.fetch_add(1, Relaxed);
-                Ok(())
+                Ok(Watched::NotAtAll)
             }
         }
     }
@@ -194,7 +264,9 @@ impl UffdSource {
             remaps: m.remap,
             batches: m.batches,
             watched: self.watched.load(Relaxed),
+            coalesced: self.coalesced.load(Relaxed),
             uncovered: self.uncovered.load(Relaxed),
+            vma_limited: self.vma_limited.load(Relaxed),
         }
     }
 }

@@ -235,6 +235,12 @@ impl Monitor {
         self.shared.uffd.register_wp(addr, len)
     }
 
+    /// Registers every mapping in `[addr, addr + len)`, holes allowed; see
+    /// [`Userfaultfd::register_wp_span`].
+    pub fn register_span(&self, addr: usize, len: usize) -> Result<(), RegisterError> {
+        self.shared.uffd.register_wp_span(addr, len)
+    }
+
     #[cfg(test)]
     /// Unregisters `[addr, addr + len)`; see [`Userfaultfd::unregister`].
     pub fn unregister(&self, addr: usize, len: usize) -> Result<(), RegisterError> {
