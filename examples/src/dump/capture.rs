@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use pcap_file::DataLink;
-use pcap_file::pcap::PcapReader;
+use pcap_file::pcap::PcapParser;
 use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption;
-use pcap_file::pcapng::{Block, PcapNgReader};
+use pcap_file::pcapng::{Block, PcapNgParser};
 
 /// Why a capture could not be read (completely).
 #[derive(Debug, thiserror::Error)]
@@ -98,22 +98,30 @@ pub fn read(file: &[u8]) -> Result<(Vec<Record>, Option<CaptureError>), CaptureE
     }
 }
 
+// Both formats are parsed from the slice itself (pcap-file's readers copy
+// through an 8 MB buffer, allocated per file, and fail on any record
+// larger than it).
+
 fn read_pcap(file: &[u8]) -> Result<(Vec<Record>, Option<CaptureError>), CaptureError> {
-    let mut reader = PcapReader::new(file).map_err(|source| CaptureError::Header {
+    let (mut rest, parser) = PcapParser::new(file).map_err(|source| CaptureError::Header {
         format: "pcap",
         source,
     })?;
-    let link = Link::from(reader.header().datalink);
+    let link = Link::from(parser.header().datalink);
     let mut records = Vec::new();
-    while let Some(packet) = reader.next_packet() {
-        match packet {
-            Ok(p) => records.push(Record {
-                index: records.len() + 1,
-                time: p.timestamp,
-                link,
-                data: p.data.into_owned(),
-                wire_len: p.orig_len,
-            }),
+    while !rest.is_empty() {
+        match parser.next_packet(rest) {
+            // Every record holds at least its 16-byte header: `rest` shrinks.
+            Ok((tail, p)) => {
+                records.push(Record {
+                    index: records.len() + 1,
+                    time: p.timestamp,
+                    link,
+                    data: p.data.into_owned(),
+                    wire_len: p.orig_len,
+                });
+                rest = tail;
+            }
             Err(source) => {
                 let after = records.len();
                 return Ok((records, Some(CaptureError::Record { after, source })));
@@ -165,20 +173,24 @@ fn pcapng_time(raw: u64, units_per_second: Option<u128>) -> Duration {
 }
 
 fn read_pcapng(file: &[u8]) -> Result<(Vec<Record>, Option<CaptureError>), CaptureError> {
-    let mut reader = PcapNgReader::new(file).map_err(|source| CaptureError::Header {
-        format: "pcapng",
-        source,
-    })?;
+    let (mut rest, mut parser) =
+        PcapNgParser::new(file).map_err(|source| CaptureError::Header {
+            format: "pcapng",
+            source,
+        })?;
     let mut records = Vec::new();
-    while let Some(block) = reader.next_block() {
-        let block = match block {
-            Ok(b) => b.into_owned(),
+    while !rest.is_empty() {
+        // Every block is at least 12 bytes long: `rest` shrinks.
+        let block = match parser.next_block(rest) {
+            Ok((tail, block)) => {
+                rest = tail;
+                block
+            }
             Err(source) => {
                 let after = records.len();
                 return Ok((records, Some(CaptureError::Record { after, source })));
             }
         };
-        let interfaces = reader.interfaces();
         let (interface, raw_time, data, wire_len) = match block {
             // pcap-file hands the raw 64-bit timestamp over as nanoseconds;
             // the interface's resolution says what its unit really is.
@@ -191,7 +203,8 @@ fn read_pcapng(file: &[u8]) -> Result<(Vec<Record>, Option<CaptureError>), Captu
             Block::SimplePacket(p) => (0, 0, p.data.into_owned(), p.original_len),
             _ => continue,
         };
-        let (link, units) = interfaces
+        let (link, units) = parser
+            .interfaces()
             .get(interface)
             .map_or((Link::Other(u32::MAX), Some(1_000_000)), |i| {
                 (Link::from(i.linktype), units_per_second(&i.options))
@@ -254,6 +267,26 @@ mod tests {
             Duration::from_secs(3)
         );
         assert_eq!(pcapng_time(u64::MAX, None), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_record_larger_than_eight_megabytes_is_read() {
+        // Little-endian pcap, microseconds, snap length 16 MiB, Ethernet;
+        // one record of 9 MB.
+        let len: u32 = 9_000_000;
+        let mut file = Vec::new();
+        for word in [0xa1b2_c3d4u32, 0x0004_0002, 0, 0, 1 << 24, 1] {
+            file.extend_from_slice(&word.to_le_bytes());
+        }
+        for word in [7u32, 5, len, len] {
+            file.extend_from_slice(&word.to_le_bytes());
+        }
+        file.resize(file.len() + len as usize, 0xab);
+        let (records, error) = read(&file).unwrap();
+        assert!(error.is_none(), "{error:?}");
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].data.len(), len as usize);
+        assert_eq!(records[0].time, Duration::new(7, 5_000));
     }
 
     #[test]
