@@ -77,7 +77,7 @@ struct Fixture {
     pinned: MemoryRegion,
     on_demand: MemoryRegion,
     local: MemoryRegion,
-    _memory: [Mapping; 3],
+    memory: [Mapping; 3],
 }
 
 fn fixture() -> &'static Fixture {
@@ -119,7 +119,7 @@ fn fixture() -> &'static Fixture {
             pinned,
             on_demand,
             local,
-            _memory: memory,
+            memory,
         }
     })
 }
@@ -297,6 +297,20 @@ fn source(f: &Fixture, control: u8) -> SocketAddr {
 fn drain(cq: &CompletionQueue) {
     let mut wc = [WorkCompletion::default(); 32];
     while cq.poll(&mut wc) > 0 {}
+}
+
+/// A copy of bytes `offset..offset + len` of the pinned region, for tests
+/// that check that inputs reach memory.
+///
+/// # Panics
+/// If the range is not inside the region.
+pub fn pinned_bytes(offset: usize, len: usize) -> Vec<u8> {
+    assert!(offset.checked_add(len).is_some_and(|end| end <= REGION_LEN));
+    let mapping = &fixture().memory[0];
+    // SAFETY: the range lies in the mapping, which the fixture keeps mapped
+    // and readable for the life of the process. Only datagrams fed from
+    // the calling thread write it; concurrent callers touch other bytes.
+    unsafe { std::slice::from_raw_parts(mapping.ptr().add(offset), len) }.to_vec()
 }
 
 /// Feeds one input to the target device.
