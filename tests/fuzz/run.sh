@@ -14,6 +14,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
 
+# The fuzz crates have target directories of their own (fuzz/target), and
+# cargo-fuzz sets the flags it needs.
+unset CARGO_TARGET_DIR RUSTFLAGS
+
 seconds=${1:-10}
 shift || true
 targets=("$@")
