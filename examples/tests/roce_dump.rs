@@ -231,3 +231,48 @@ fn broken_files_are_reported_not_panicked_on() {
     let (code, _, err) = dump("empty.pcap", b"", &[]);
     assert_eq!(code, 2, "{err}");
 }
+
+#[test]
+fn pcapng_timestamps_in_whole_seconds_near_two_to_the_64_are_read_exactly() {
+    // An interface whose timestamps count seconds (`if_tsresol` 0) and
+    // frames stamped 2^64 - 2 and 2^64 - 1 seconds: valid pcapng, and
+    // beyond what a float conversion to `Duration` survives.
+    let (_, packets) = golden();
+    let frame = &packets[find(&packets, 0x06)];
+    let mut w = PcapNgWriter::new(Vec::new()).unwrap();
+    w.write_block(&Block::InterfaceDescription(InterfaceDescriptionBlock {
+        linktype: DataLink::ETHERNET,
+        snaplen: 0,
+        options: vec![InterfaceDescriptionOption::IfTsResol(0)],
+    }))
+    .unwrap();
+    for raw in [u64::MAX - 1, u64::MAX] {
+        // pcap-file writes a timestamp's nanoseconds as the raw 64-bit value.
+        w.write_block(&Block::EnhancedPacket(EnhancedPacketBlock {
+            interface_id: 0,
+            timestamp: std::time::Duration::from_nanos(raw),
+            original_len: frame.orig_len,
+            data: Cow::Borrowed(&frame.data),
+            options: vec![],
+        }))
+        .unwrap();
+    }
+    let ng = w.into_inner();
+    let counts = "frames read: 2, RoCEv2 frames: 2, ICRC good: 2, ICRC bad: 0, \
+                  re-emit mismatches: 0, unparsed or truncated: 0";
+    let (code, out, err) = dump("seconds.pcapng", &ng, &["--check"]);
+    assert_eq!((code, out.trim_end()), (0, counts), "{err}");
+    // The second frame is one second after the first.
+    let (code, out, err) = dump("seconds.pcapng", &ng, &[]);
+    assert_eq!(code, 0, "{err}");
+    let times: Vec<&str> = out
+        .lines()
+        .take(2)
+        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .collect();
+    assert_eq!(times, ["0.000000", "1.000000"], "{out}");
+    let (code, out, err) = dump("seconds.pcapng", &ng, &["--json"]);
+    assert_eq!(code, 0, "{err}");
+    let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(first["time"], (u64::MAX - 1) as f64, "{out}");
+}

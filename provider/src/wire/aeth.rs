@@ -28,7 +28,9 @@ pub enum Syndrome {
     },
     /// Negative acknowledgement.
     Nak(NakCode),
-    /// The reserved syndrome type (0b010).
+    /// A reserved syndrome: type 0b010, or the reserved high bit set. The
+    /// raw byte, which encodes back as it is (so a parsed AETH re-emits
+    /// exactly).
     Reserved(u8),
 }
 
@@ -104,12 +106,13 @@ impl Syndrome {
         }
     }
 
-    /// The raw AETH syndrome byte (5-bit values are truncated).
+    /// The raw AETH syndrome byte (5-bit values are truncated; a
+    /// [`Syndrome::Reserved`] byte is written as it is).
     pub(crate) fn to_raw(self) -> u8 {
         match self {
             Syndrome::Ack { credits } => credits & 0x1f,
             Syndrome::RnrNak { timer } => 0x20 | (timer & 0x1f),
-            Syndrome::Reserved(low) => 0x40 | (low & 0x1f),
+            Syndrome::Reserved(raw) => raw,
             Syndrome::Nak(code) => {
                 0x60 | match code {
                     NakCode::PsnSequenceError => 0,
@@ -121,5 +124,24 @@ impl Syndrome {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_syndrome_byte_decodes_and_encodes_back() {
+        for byte in 0..=u8::MAX {
+            let a = AethRepr {
+                syndrome: byte,
+                msn: 0x12_3456,
+            };
+            assert_eq!(AethRepr::new(a.decode(), a.msn), a, "{byte:#04x}");
+        }
+        // The reserved high bit: a reserved syndrome, kept whole.
+        assert_eq!(Syndrome::from_raw(0xba), Syndrome::Reserved(0xba));
+        assert_eq!(Syndrome::from_raw(0x5a), Syndrome::Reserved(0x5a));
     }
 }
