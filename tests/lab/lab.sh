@@ -31,13 +31,12 @@ cache=${LAB_CACHE:-$repo/target/lab}
 
 need=()
 for pair in qemu-system-x86_64:qemu-system-x86 tcpdump:tcpdump ip:iproute2 ib_write_bw:perftest \
-    ibv_devinfo:ibv-utils-placeholder rdma:iproute2 busybox:busybox-static cpio:cpio \
+    ibv_devinfo:ibverbs-utils rdma:iproute2 busybox:busybox-static cpio:cpio \
     depmod:kmod socat:socat xz:xz-utils; do
     command -v "${pair%%:*}" > /dev/null || need+=("${pair#*:}")
 done
 [ -e /usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav34.so ] || need+=(ibverbs-providers)
 if [ ${#need[@]} -gt 0 ]; then
-    need=("${need[@]/ibv-utils-placeholder/ibverbs-utils}")
     apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" rdma-core ibverbs-providers
 fi
