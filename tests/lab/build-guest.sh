@@ -4,39 +4,48 @@
 # bookworm's perftest, ibverbs-utils, rdma-core and iproute2 copied from
 # this host. Prints the kernel and initramfs paths.
 #
-#   build-guest.sh CACHE_DIR [SUITE]     SUITE: trixie-backports (default) or bookworm
+#   build-guest.sh CACHE_DIR [SUITE [PERFTEST]]
+#
+# SUITE: trixie-backports (default) or bookworm, for the kernel. PERFTEST:
+# bookworm (default: perftest 4.5 from this host) or trixie (perftest
+# 25.01 and its rdma-core from trixie, unpacked into /trixie and started
+# through trixie's own loader; bookworm's rxe.driver is left out so that
+# only trixie's librxe is loaded).
 #
 # Downloads and the built initramfs stay in CACHE_DIR; a rerun with the
 # same kernel version reuses them.
 set -euo pipefail
 cache=$(realpath -m "$1")
 suite=${2:-trixie-backports}
+perftest=${3:-bookworm}
 here=$(cd "$(dirname "$0")" && pwd)
-mkdir -p "$cache/apt-$suite/lists/partial" "$cache/apt-$suite/archives/partial" "$cache/debs"
+mkdir -p "$cache/debs"
 
-case $suite in
-    bookworm) release=bookworm ;;
-    *) release=${suite%%-*} ;;
-esac
-sources="$cache/apt-$suite/sources.list"
-echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $suite main" > "$sources"
-apt_opts=(-o "Dir::Etc::sourcelist=$sources" -o Dir::Etc::sourceparts=- \
-    -o "Dir::State::Lists=$cache/apt-$suite/lists" -o "Dir::Cache=$cache/apt-$suite" \
-    -o Dir::State::status=/dev/null -o APT::Get::List-Cleanup=0 -o Debug::NoLocking=1 \
-    -o APT::Sandbox::User=root)
-# The package lists are refreshed at most once a day.
-stamp="$cache/apt-$suite/updated"
-if [ -z "$(find "$stamp" -mmin -1440 2>/dev/null)" ]; then
-    apt-get -q "${apt_opts[@]}" update >&2
-    touch "$stamp"
-fi
+# Sets apt_opts to use SUITE from a private state folder (the system's apt
+# configuration stays untouched); refreshes its lists at most once a day.
+use_suite() {
+    local s=$1
+    mkdir -p "$cache/apt-$s/lists/partial" "$cache/apt-$s/archives/partial"
+    local sources="$cache/apt-$s/sources.list"
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $s main" > "$sources"
+    apt_opts=(-o "Dir::Etc::sourcelist=$sources" -o Dir::Etc::sourceparts=- \
+        -o "Dir::State::Lists=$cache/apt-$s/lists" -o "Dir::Cache=$cache/apt-$s" \
+        -o Dir::State::status=/dev/null -o APT::Get::List-Cleanup=0 -o Debug::NoLocking=1 \
+        -o APT::Sandbox::User=root)
+    local stamp="$cache/apt-$s/updated"
+    if [ -z "$(find "$stamp" -mmin -1440 2>/dev/null)" ]; then
+        apt-get -q "${apt_opts[@]}" update >&2
+        touch "$stamp"
+    fi
+}
+use_suite "$suite"
 
 # The kernel the suite's metapackage points at (linux-image-VERSION-amd64).
 image=$(apt-cache "${apt_opts[@]}" depends linux-image-amd64 2>/dev/null |
     sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-amd64\)$/\1/p' | head -n1)
 [ -n "$image" ] || { echo "build-guest: no linux-image-amd64 in $suite" >&2; exit 1; }
 version=${image#linux-image-}
-initrd="$cache/guest-$version.cpio.gz"
+initrd="$cache/guest-$version-perftest-$perftest.cpio.gz"
 kernel="$cache/vmlinuz-$version"
 if [ -s "$initrd" ] && [ -s "$kernel" ] && [ "$initrd" -nt "$here/guest-init" ] \
     && [ "$initrd" -nt "$0" ]; then
@@ -115,6 +124,26 @@ for applet in $("$root/bin/busybox" --list); do
     [ "$applet" = busybox ] && continue
     [ -e "$root/bin/$applet" ] || ln -s busybox "$root/bin/$applet"
 done
+if [ "$perftest" = trixie ]; then
+    use_suite trixie
+    tdebs="$cache/debs/trixie"
+    mkdir -p "$tdebs" "$root/trixie"
+    tpkgs="perftest libibverbs1 ibverbs-providers librdmacm1t64 libibumad3 libc6 libnl-3-200
+           libnl-route-3-200 libpci3 libudev1 zlib1g libcap2 libgcc-s1"
+    (cd "$tdebs" && apt-get -q "${apt_opts[@]}" download $tpkgs >&2)
+    for deb in "$tdebs"/*.deb; do dpkg-deb -x "$deb" "$root/trixie"; done
+    rm "$root/etc/libibverbs.d/rxe.driver"
+    for tool in ib_write_bw ib_read_bw ib_send_bw ib_atomic_bw ib_write_lat ib_read_lat ib_send_lat; do
+        rm -f "$root/bin/$tool"
+        cat > "$root/bin/$tool" <<WRAP
+#!/bin/sh
+t=/trixie
+export RDMAV_DRIVERS=\$t/usr/lib/x86_64-linux-gnu/libibverbs/librxe
+exec \$t/usr/lib64/ld-linux-x86-64.so.2 --library-path \$t/usr/lib/x86_64-linux-gnu \$t/usr/bin/$tool "\$@"
+WRAP
+        chmod +x "$root/bin/$tool"
+    done
+fi
 cp "$here/guest-init" "$root/init"
 chmod +x "$root/init"
 cp "$vmlinuz" "$kernel.tmp" && mv "$kernel.tmp" "$kernel"

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The rxe lab, one command (as root):
 #
-#   bash tests/lab/lab.sh [--full] [--suite trixie-backports|bookworm] [--only TEXT]
+#   bash tests/lab/lab.sh [--full] [--suite trixie-backports|bookworm] [--perftest bookworm|trixie]
+#                         [--only TEXT]
 #
 # Installs what it needs with apt, builds the project's tools, builds the
 # guest from Debian's packages (kernel from SUITE, default trixie-backports;
-# bookworm's perftest/rdma-core from this host), creates the network
+# bookworm's perftest 4.5 and rdma-core from this host, or with --perftest
+# trixie, trixie's perftest 25.01 and rdma-core), creates the network
 # namespace `rxelab` with bridge labbr0 (198.18.0.0/24, fd00:4791::/64),
 # boots the guest with qemu TCG on it and runs the interop cases both ways,
 # each captured with tcpdump and checked with roce-dump --check. Without
@@ -17,10 +19,12 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$(pwd)
 suite=trixie-backports
+perftest=bookworm
 runner_args=()
 while [ $# -gt 0 ]; do
     case $1 in
         --suite) suite=$2; shift 2 ;;
+        --perftest) perftest=$2; shift 2 ;;
         --full) runner_args+=(--full); shift ;;
         --only) runner_args+=(--only "$2"); shift 2 ;;
         *) echo "lab.sh: unknown argument $1" >&2; exit 2 ;;
@@ -42,14 +46,14 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 nice -n 10 cargo build --release -q -p examples -p integration-tests --bins
-read -r kernel initrd version < <(bash tests/lab/build-guest.sh "$cache" "$suite" | tail -n1)
+read -r kernel initrd version < <(bash tests/lab/build-guest.sh "$cache" "$suite" "$perftest" | tail -n1)
 [ -s "$kernel" ] && [ -s "$initrd" ] || { echo "lab.sh: guest build failed" >&2; exit 2; }
 case $suite in bookworm) runner_args+=(--no-kernel-odp) ;; esac
 
 ns=rxelab
 bash tests/lab/netns.sh up "$ns"
 trap 'bash tests/lab/netns.sh down "$ns"' EXIT
-out=$cache/runs/$(date +%Y%m%d-%H%M%S)-$version
+out=$cache/runs/$(date +%Y%m%d-%H%M%S)-$version-perftest-$perftest
 echo "lab.sh: kernel $version, outputs in $out" >&2
 ip netns exec "$ns" "$repo/target/release/rxe-lab" --kernel "$kernel" --initrd "$initrd" \
     --ifup "$repo/tests/lab/ifup" --tools "$repo/target/release" --out "$out" "${runner_args[@]}"
