@@ -48,7 +48,7 @@ version=${image#linux-image-}
 initrd="$cache/guest-$version-perftest-$perftest.cpio.gz"
 kernel="$cache/vmlinuz-$version"
 if [ -s "$initrd" ] && [ -s "$kernel" ] && [ "$initrd" -nt "$here/guest-init" ] \
-    && [ "$initrd" -nt "$0" ]; then
+    && [ "$initrd" -nt "$0" ] && [ "$initrd" -nt "$here/rc_check.c" ]; then
     echo "$kernel $initrd $version"
     exit 0
 fi
@@ -116,6 +116,9 @@ for b in $bins; do
     path=$(command -v "$b") || { echo "build-guest: $b is not installed" >&2; exit 1; }
     copy_with_libs "$path" /bin/
 done
+# The lab's own data-checked peer.
+gcc -O2 -Wall -o "$cache/rc_check" "$here/rc_check.c" -libverbs
+copy_with_libs "$cache/rc_check" /bin/
 for f in /usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav*.so; do
     copy_with_libs "$f" /usr/lib/x86_64-linux-gnu/libibverbs/
 done

@@ -36,10 +36,11 @@ cache=${LAB_CACHE:-$repo/target/lab}
 need=()
 for pair in qemu-system-x86_64:qemu-system-x86 tcpdump:tcpdump ip:iproute2 ib_write_bw:perftest \
     ibv_devinfo:ibverbs-utils rdma:iproute2 busybox:busybox-static cpio:cpio \
-    depmod:kmod socat:socat xz:xz-utils; do
+    depmod:kmod socat:socat xz:xz-utils gcc:gcc; do
     command -v "${pair%%:*}" > /dev/null || need+=("${pair#*:}")
 done
 [ -e /usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav34.so ] || need+=(ibverbs-providers)
+[ -e /usr/include/infiniband/verbs.h ] || need+=(libibverbs-dev)
 if [ ${#need[@]} -gt 0 ]; then
     apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" rdma-core ibverbs-providers

@@ -9,11 +9,13 @@ use std::time::{Duration, Instant};
 
 use super::LabError;
 use super::guest::{GUEST_V4, Guest, GuestOutput};
-use super::matrix::{Case, Direction};
+use super::matrix::{Case, Direction, Kind};
 use super::table::{Figures, figures};
 
 /// The host's addresses on the lab's bridge.
 pub const HOST_V4: &str = "198.18.0.1";
+/// The host's IPv6 address.
+pub const HOST_V6: &str = "fd00:4791::1";
 /// The bridge the host side uses.
 pub const BRIDGE: &str = "labbr0";
 
@@ -96,6 +98,18 @@ fn attempt(setup: &Setup, guest: &Guest, case: &Case, index: usize, retry: u32) 
     result.theirs = figures(&theirs.text);
     result.theirs.flaked = guest_flake(&theirs.text);
     result.ours = figures(&ours.text);
+    let datacheck_line = ours.text.lines().find(|l| l.starts_with("datacheck:"));
+    if case.kind == Kind::DataCheck {
+        result.ours = Figures {
+            rows: 1,
+            main: datacheck_line
+                .and_then(|l| l.split(" transfers, ").nth(1))
+                .and_then(|l| l.split(' ').next())
+                .and_then(|n| n.parse().ok()),
+            unit: "B ok",
+            flaked: false,
+        };
+    }
     let check = check_capture(setup, &pcap).map(|summary| {
         let log = std::fs::read_to_string(pcap.with_extension("tcpdump.txt")).unwrap_or_default();
         match log.lines().find(|l| l.ends_with("dropped by kernel")) {
@@ -104,6 +118,9 @@ fn attempt(setup: &Setup, guest: &Guest, case: &Case, index: usize, retry: u32) 
         }
     });
     result.capture = check.as_ref().map_or_else(|e| e.clone(), |s| s.clone());
+    if let Some(known) = datacheck_line.filter(|l| l.contains("known kernel")) {
+        result.capture = format!("{}; {known}", result.capture);
+    }
     result.verdict = verdict(case, &theirs, &ours, &check);
     result
 }
@@ -129,6 +146,9 @@ fn verdict(
         Some(s) if s.success() => {}
         Some(s) => return Err(format!("ours exited {s}")),
         None => return Err("ours timed out (killed)".into()),
+    }
+    if case.kind == Kind::DataCheck {
+        return check.clone().map(|_| ());
     }
     if let Some(want) = &case.ours_prints
         && !ours.text.contains(want.as_str())
@@ -163,7 +183,7 @@ fn run_sides(
 ) -> Result<(GuestOutput, HostOutput), LabError> {
     let limit = Duration::from_secs(case.timeout_secs);
     let gid = if case.ipv6 { "2" } else { "1" };
-    let mut theirs = vec![
+    let mut theirs: Vec<String> = vec![
         format!("ib_{}", case.tool),
         "-d".into(),
         "rxe0".into(),
@@ -181,6 +201,19 @@ fn run_sides(
     ours.push(port.to_string());
     ours.extend(case.common.iter().cloned());
     ours.extend(case.ours.iter().cloned());
+    if case.kind == Kind::DataCheck {
+        let mut guest_words = vec!["rc_check".to_string(), "-p".into(), port.to_string()];
+        guest_words.extend(["-x".to_string(), gid.to_string()]);
+        guest_words.extend(case.theirs.iter().cloned());
+        theirs = guest_words;
+        let local = if case.ipv6 { HOST_V6 } else { HOST_V4 };
+        ours = ["--local", local, "--guest", GUEST_V4, "-p"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        ours.push(port.to_string());
+        ours.extend(case.ours.iter().cloned());
+    }
     let guest_cmd = |server: Option<&str>| {
         let mut words = theirs.clone();
         words.extend(server.map(String::from));
@@ -195,8 +228,14 @@ fn run_sides(
                 // perftest listens once it has opened the device; ours
                 // retries its connection for a few seconds.
                 std::thread::sleep(Duration::from_millis(1500));
-                ours.push(GUEST_V4.into());
-                let mine = run_host(setup, case.tool, &ours, &out_file, limit);
+                let tool = match case.kind {
+                    Kind::Perftest => {
+                        ours.push(GUEST_V4.into());
+                        case.tool
+                    }
+                    Kind::DataCheck => "lab-datacheck",
+                };
+                let mine = run_host(setup, tool, &ours, &out_file, limit);
                 (g.join(), mine)
             });
             let theirs = remote

@@ -21,9 +21,21 @@ impl fmt::Display for Direction {
     }
 }
 
+/// What runs on the two sides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// perftest in the guest, the project's perftest-style tool on the host.
+    Perftest,
+    /// `rc_check` in the guest, `lab-datacheck` on the host: every byte of
+    /// WRITEs and READs both ways compared.
+    DataCheck,
+}
+
 /// One interop run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Case {
+    /// What runs.
+    pub kind: Kind,
     /// Short label (tool and options).
     pub label: String,
     /// The project's binary (`write_bw`, ...); perftest's is `ib_` and this.
@@ -49,6 +61,7 @@ pub struct Case {
 impl Case {
     fn new(tool: &'static str, direction: Direction, common: &str) -> Case {
         Case {
+            kind: Kind::Perftest,
             label: String::new(),
             tool,
             direction,
@@ -61,6 +74,23 @@ impl Case {
             timeout_secs: 90,
         }
         .labelled()
+    }
+
+    /// The data-checked case; `host_odp` / `guest_odp` register each
+    /// side's buffer on demand.
+    fn datacheck(ipv6: bool, host_odp: bool, guest_odp: bool) -> Case {
+        let mut c = Case::new("datacheck", Direction::GuestServes, "");
+        c.kind = Kind::DataCheck;
+        c.ipv6 = ipv6;
+        c.kernel_odp = guest_odp;
+        if host_odp {
+            c.ours = words("--odp");
+        }
+        if guest_odp {
+            c.theirs = words("-o");
+        }
+        c.timeout_secs = 120;
+        c.labelled()
     }
 
     fn labelled(mut self) -> Case {
@@ -125,9 +155,10 @@ const TOOLS: [(&str, &str); 8] = [
 
 const BOTH: [Direction; 2] = [Direction::GuestServes, Direction::HostServes];
 
-/// Every tool once in each direction, IPv4 (compare-and-swap included).
+/// Every tool once in each direction, IPv4 (compare-and-swap included),
+/// and the data check with pinned memory on both sides.
 pub fn subset() -> Vec<Case> {
-    let mut cases = Vec::new();
+    let mut cases = vec![Case::datacheck(false, false, false)];
     for (tool, common) in TOOLS {
         for d in BOTH {
             cases.push(Case::new(tool, d, common));
@@ -138,9 +169,13 @@ pub fn subset() -> Vec<Case> {
 
 /// The whole matrix: the subset, then IPv6, MTU 256 and the agreed MTU,
 /// `--odp` on each side (and `--implicit-odp` on ours), `-q 2`, `-a`,
-/// sizes that need pad bytes.
+/// sizes that need pad bytes; the data check over IPv6, with an ODP region
+/// on our side and with one on the kernel's.
 pub fn full() -> Vec<Case> {
     let mut cases = subset();
+    cases.push(Case::datacheck(true, false, false));
+    cases.push(Case::datacheck(false, true, false));
+    cases.push(Case::datacheck(false, false, true));
     for d in BOTH {
         for (tool, common) in TOOLS {
             cases.push(Case::new(tool, d, common).v6());

@@ -7,6 +7,7 @@
 //! ([`table`]).
 
 pub mod case;
+pub mod datacheck;
 pub mod guest;
 pub mod matrix;
 pub mod table;
