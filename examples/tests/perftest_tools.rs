@@ -83,6 +83,7 @@ fn every_tool_runs_in_loopback_and_checks_its_data() {
             "1500",
         ),
         ("atomic_bw", &["-n", "200"], "8"),
+        ("atomic_bw", &["-n", "200", "-A", "CMP_AND_SWAP"], "8"),
         ("write_lat", &["-s", "64", "-n", "200", "--odp"], "64"),
         ("read_lat", &["-s", "4096", "-n", "100"], "4096"),
         ("send_lat", &["-s", "300", "-n", "200", "--odp"], "300"),
@@ -105,6 +106,9 @@ fn every_tool_runs_in_loopback_and_checks_its_data() {
             assert!(t.contains(" ODP counters: faults "), "{name}: {t}");
             // The default: the userfaultfd monitor follows every unmap.
             assert!(t.contains(", event sources uffd\n"), "{name}: {t}");
+        }
+        if args.contains(&"CMP_AND_SWAP") {
+            assert!(t.contains("Atomic CMP_AND_SWAP BW Test"), "{t}");
         }
         if args.contains(&"--odp-prefetch") {
             assert!(!t.contains("prefetches 0"), "{name}: {t}");
@@ -200,6 +204,69 @@ fn server_and_client_as_separate_processes() {
     assert_eq!(rows(&client)[0][1], "500");
     assert_eq!(rows(&server)[0][1], "500");
     assert!(text(&server).contains("Data check      : OK"));
+}
+
+#[test]
+fn write_bw_server_prints_the_clients_results_the_agreed_mtu_and_its_gid() {
+    let _one = LOOPBACK.lock().unwrap_or_else(|p| p.into_inner());
+    // The server offers lo's 4096, the client asks for 1024: both run
+    // and print 1024. `-x 1` on lo is 127.0.0.1 (0 is the link-local GID).
+    let server = Command::new(env!("CARGO_BIN_EXE_write_bw"))
+        .args(["-d", "srxe-lo", "-x", "1", "-p", "18605", "-s", "4096"])
+        .args(["-n", "300"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = tool(
+        "write_bw",
+        &[
+            "-d",
+            "127.0.0.2",
+            "-p",
+            "18605",
+            "-s",
+            "4096",
+            "-n",
+            "300",
+            "-m",
+            "1024",
+            "127.0.0.1",
+        ],
+    );
+    let server = server.wait_with_output().unwrap();
+    assert!(client.status.success(), "{}", text(&client));
+    assert!(server.status.success(), "{}", text(&server));
+    for o in [&client, &server] {
+        assert!(
+            text(o).contains(" Mtu             : 1024[B]"),
+            "{}",
+            text(o)
+        );
+    }
+    assert!(
+        text(&server).contains(" GID index       : 1"),
+        "{}",
+        text(&server)
+    );
+    assert!(text(&server).contains(" Device          : 127.0.0.1:4791"));
+    // The server's row is the client's, from the results exchange.
+    assert_eq!(rows(&server), rows(&client), "{}", text(&server));
+    assert_eq!(rows(&server)[0][..2], ["4096", "300"]);
+}
+
+#[test]
+fn gid_indexes_follow_rxes_table() {
+    // lo's table: 0 link-local (unusable here), 1 127.0.0.1, 2 ::1.
+    let o = tool("write_bw", &["-d", "srxe-lo", "-x", "9", "-p", "18606"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("-x 9: no such GID"), "{}", text(&o));
+    assert!(text(&o).contains("1 = 127.0.0.1"), "{}", text(&o));
+    let o = tool("write_bw", &["-d", "srxe-lo", "-x", "0", "-p", "18606"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("link-local"), "{}", text(&o));
+    let o = tool("atomic_bw", &["-A", "SWAP"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }
 
 #[test]

@@ -9,7 +9,7 @@ use provider::{RecvWr, SendOp, SendWr, WorkCompletion};
 
 use super::exchange::{KeyMessage, Tool};
 use super::side::{RX_DEPTH, Side};
-use super::{ToolError, check_completion, interrupted};
+use super::{AtomicType, ToolError, check_completion, interrupted};
 
 /// Work requests posted with one call at most.
 const POST_LIST: usize = 32;
@@ -39,8 +39,9 @@ fn ns(origin: Instant) -> u64 {
     origin.elapsed().as_nanos() as u64
 }
 
-/// The operation a tool's requests carry toward the peer's buffer.
-pub fn operation(tool: Tool, key: &KeyMessage) -> SendOp {
+/// The operation a tool's requests carry toward the peer's buffer; atomics
+/// carry perftest's values (add 1; compare 0 and swap 0).
+pub fn operation(tool: Tool, atomic: AtomicType, key: &KeyMessage) -> SendOp {
     match tool {
         Tool::WriteBw | Tool::WriteLat => SendOp::Write {
             remote_addr: key.vaddr,
@@ -50,10 +51,18 @@ pub fn operation(tool: Tool, key: &KeyMessage) -> SendOp {
             remote_addr: key.vaddr,
             rkey: key.rkey,
         },
-        Tool::AtomicBw | Tool::AtomicLat => SendOp::FetchAdd {
-            remote_addr: key.vaddr,
-            rkey: key.rkey,
-            add: 1,
+        Tool::AtomicBw | Tool::AtomicLat => match atomic {
+            AtomicType::FetchAndAdd => SendOp::FetchAdd {
+                remote_addr: key.vaddr,
+                rkey: key.rkey,
+                add: 1,
+            },
+            AtomicType::CmpAndSwap => SendOp::CompareSwap {
+                remote_addr: key.vaddr,
+                rkey: key.rkey,
+                compare: 0,
+                swap: 0,
+            },
         },
         Tool::SendBw | Tool::SendLat => SendOp::Send,
     }
@@ -118,7 +127,7 @@ pub fn requester(
             }
             let len = if tool.is_atomic() { 8 } else { size as u32 };
             let sge = [side.sge(local_offset(side, tool, q), len)];
-            let op = operation(tool, &remote[q]);
+            let op = operation(tool, side.atomic, &remote[q]);
             let now = ns(origin);
             let mut wrs = Vec::with_capacity(count);
             for k in 0..count {

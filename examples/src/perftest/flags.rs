@@ -7,6 +7,28 @@ use provider::OdpEvents;
 
 use super::exchange::Tool;
 
+/// perftest's atomic operations (`-A`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AtomicType {
+    /// Fetch-and-add of 1 (perftest's default).
+    #[default]
+    #[value(name = "FETCH_AND_ADD")]
+    FetchAndAdd,
+    /// Compare-and-swap: compare 0, swap 0, as perftest sends it.
+    #[value(name = "CMP_AND_SWAP")]
+    CmpAndSwap,
+}
+
+impl AtomicType {
+    /// perftest's name of the operation, as its title prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            AtomicType::FetchAndAdd => "FETCH_AND_ADD",
+            AtomicType::CmpAndSwap => "CMP_AND_SWAP",
+        }
+    }
+}
+
 /// Flags shared by every tool (`ib_*_bw` / `ib_*_lat` habits).
 #[derive(Parser, Clone, Debug, PartialEq, Eq)]
 #[command(version, about = None, long_about = None)]
@@ -16,9 +38,15 @@ pub struct Flags {
     /// loopback run, the address routing to the server otherwise.
     #[arg(short = 'd', long = "ib-dev")]
     pub device: Option<String>,
-    /// Which of the device's addresses (GIDs) to use.
-    #[arg(short = 'x', long = "gid-index", default_value_t = 0)]
-    pub gid_index: usize,
+    /// GID table index, in kernel rxe's order for the interface: 0 the
+    /// link-local IPv6 address, then the IPv4 addresses, then the other
+    /// IPv6 ones. Default: the device's first address of its family
+    /// (IPv4 for `srxe-`, IPv6 for `srxe6-`).
+    #[arg(short = 'x', long = "gid-index")]
+    pub gid_index: Option<usize>,
+    /// The atomic operation of `atomic_bw` (perftest's `-A`).
+    #[arg(short = 'A', long = "atomic_type", alias = "atomic-type", value_enum)]
+    pub atomic_type: Option<AtomicType>,
     /// Message size in bytes (default: 65536 for bandwidth, 2 for latency,
     /// 8 for atomics).
     #[arg(short = 's', long = "size")]
@@ -144,6 +172,9 @@ impl Flags {
         if self.odp_events != OdpEvents::Auto && !(self.odp || self.implicit_odp) {
             return Err("--odp-events needs --odp or --implicit-odp".into());
         }
+        if self.atomic_type.is_some() && !tool.is_atomic() {
+            return Err("-A: only atomic tools take an atomic type".into());
+        }
         if !tool.is_bw() && self.qps != 1 {
             return Err("-q: latency tools use one queue pair".into());
         }
@@ -187,7 +218,7 @@ mod tests {
         assert_eq!(f.device.as_deref(), Some("srxe-lo"));
         assert_eq!(
             (f.gid_index, f.size, f.iters, f.qps),
-            (1, Some(4096), Some(100), 2)
+            (Some(1), Some(4096), Some(100), 2)
         );
         assert_eq!((f.mtu, f.tx_depth, f.port), (Some(1024), 64, 19000));
         assert!(f.report_gbits && f.odp && f.odp_prefetch);
@@ -211,6 +242,13 @@ mod tests {
         assert!(parse(&["-s", "lots"]).is_err());
         assert!(parse(&["--no-such-flag"]).is_err());
         assert!(parse(&["--odp", "--odp-events", "always"]).is_err());
+        assert!(parse(&["-A", "SWAP"]).is_err());
+        let cas = parse(&["-A", "CMP_AND_SWAP"]).unwrap();
+        assert_eq!(cas.atomic_type, Some(AtomicType::CmpAndSwap));
+        assert!(cas.validate(Tool::AtomicBw).is_ok());
+        let faa = parse(&["--atomic_type", "FETCH_AND_ADD"]).unwrap();
+        assert_eq!(faa.atomic_type, Some(AtomicType::FetchAndAdd));
+        assert_eq!(parse(&[]).unwrap().gid_index, None);
         for (args, tool, needle) in [
             (&["-m", "1500"][..], Tool::WriteBw, "-m 1500"),
             (&["-s", "0"], Tool::WriteBw, "-s 0"),
@@ -221,6 +259,7 @@ mod tests {
             (&["--odp-events", "uffd"], Tool::WriteBw, "needs --odp"),
             (&["-q", "2"], Tool::WriteLat, "one queue pair"),
             (&["-q", "0"], Tool::WriteBw, "at least one"),
+            (&["-A", "CMP_AND_SWAP"], Tool::WriteBw, "only atomic tools"),
         ] {
             let err = parse(args).unwrap().validate(tool).unwrap_err();
             assert!(err.contains(needle), "{args:?}: {err}");

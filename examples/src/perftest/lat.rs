@@ -117,7 +117,7 @@ pub fn run(
     let mut posted = Vec::new();
     let qp = &side.qps[0];
     let source = [side.sge(super::bw::local_offset(side, tool, 0), size as u32)];
-    let op = super::bw::operation(tool, remote);
+    let op = super::bw::operation(tool, side.atomic, remote);
     let post = |wr_id: u64| {
         qp.post_send(&[SendWr {
             wr_id,
@@ -129,9 +129,15 @@ pub fn run(
         .map_err(ToolError::verbs)
     };
     let mut i = 0u64;
-    // The initiator (client) decides when a duration run ends; the
-    // responder answers until it goes quiet.
-    let responder = role == Role::Server;
+    // The responder waits for the peer before each message; the initiator
+    // sends first and decides when a duration run ends, the responder
+    // answers until it goes quiet. perftest 4.5's `run_iter_lat_write`
+    // skips the first wait on the server (the server writes first), and
+    // its `run_iter_lat_send` skips it on the client.
+    let responder = match tool {
+        Tool::WriteLat => role == Role::Client,
+        _ => role == Role::Server,
+    };
     let patience = match length {
         Length::Duration(d) if responder => Patience {
             quiet_after: Some(start + d),

@@ -6,6 +6,7 @@
 pub mod bw;
 pub mod exchange;
 pub mod flags;
+pub mod gid;
 pub mod lat;
 pub mod report;
 pub mod session;
@@ -19,7 +20,7 @@ use clap::Parser;
 use provider::{VerbsError, WcStatus, WorkCompletion};
 
 pub use exchange::Tool;
-pub use flags::Flags;
+pub use flags::{AtomicType, Flags};
 
 /// Why a tool stopped.
 #[derive(Debug, thiserror::Error)]

@@ -10,9 +10,10 @@ use super::bw::{self, Length, Timings};
 use super::exchange::{
     BwReport as WireReport, Exchange, KeyMessage, PlanOptions, Role, Step, SysData, Tool, plan,
 };
+use super::flags::AtomicType;
 use super::flags::Flags;
 use super::report::{self, RESULT_LINE, Units};
-use super::side::{Side, device_address, wire_mtu};
+use super::side::{Side, device_address, gid_index_of, wire_mtu};
 use super::{ToolError, lat, pattern};
 
 /// How long any exchange step may take (a server waiting out the client's
@@ -102,7 +103,11 @@ fn print_preamble(
         _ => "OFF",
     };
     writeln!(out, "{RESULT_LINE}")?;
-    writeln!(out, "                    {}", tool.title())?;
+    let title = match (tool.is_atomic(), side.atomic) {
+        (true, AtomicType::CmpAndSwap) => tool.title().replace("FETCH_AND_ADD", "CMP_AND_SWAP"),
+        _ => tool.title().to_string(),
+    };
+    writeln!(out, "                    {title}")?;
     writeln!(
         out,
         " Number of qps   : {}\t\tTransport type : IB",
@@ -116,7 +121,11 @@ fn print_preamble(
     }
     writeln!(out, " Mtu             : {}[B]", side.mtu.bytes())?;
     writeln!(out, " Link type       : Ethernet")?;
-    writeln!(out, " GID index       : {}", flags.gid_index)?;
+    let gid_index = flags
+        .gid_index
+        .or_else(|| gid_index_of(side.local_addr().ip()))
+        .unwrap_or(0);
+    writeln!(out, " GID index       : {gid_index}")?;
     writeln!(out, " Device          : {}", side.local_addr())?;
     writeln!(out, " Data ex. method : Ethernet")?;
     writeln!(out, "{RESULT_LINE}")?;
@@ -185,7 +194,6 @@ fn side_run(
         }
     }
     let local_keys = side.keys(tool);
-    print_preamble(out, tool, flags, &side)?;
     let options = PlanOptions {
         duplex: false,
         run_all_sizes: flags.all.then_some(sizes.len() as u32),
@@ -225,6 +233,8 @@ fn side_run(
             Step::Mtu => {
                 let agreed = ex.mtu(wire_mtu(side.mtu))?.agreed;
                 side.mtu = super::side::path_mtu(256 << (agreed as u32 - 1));
+                // perftest prints its parameters once the MTU is agreed.
+                print_preamble(out, tool, flags, &side)?;
             }
             Step::Keys => {
                 remote = ex.keys(&local_keys)?;
@@ -284,7 +294,14 @@ fn side_run(
                 check_after_run(tool, flags, role, &side, size)?;
             }
             Step::BwResults => {
-                ex.bw_results(&last_report)?;
+                let theirs = ex.bw_results(&last_report)?;
+                if runs_total == 0 {
+                    // A half-duplex server prints the client's results, as
+                    // perftest's does.
+                    header_printed = true;
+                    writeln!(out, "{RESULT_LINE}\n{}", report::bw_header(units))?;
+                    writeln!(out, "{}", peer_row(&theirs))?;
+                }
             }
             Step::Close => {
                 ex.close(&local_keys[0])?;
@@ -318,6 +335,18 @@ fn side_run(
         }
     }
     Ok(())
+}
+
+/// The table row of the peer's results from the results exchange.
+fn peer_row(r: &WireReport) -> String {
+    report::BwReport {
+        size: r.size,
+        iters: r.iters,
+        peak: r.bw_peak,
+        average: r.bw_avg,
+        msg_rate: r.msg_rate_avg,
+    }
+    .row()
 }
 
 /// Whether this side verifies data under `--check` (the side that
@@ -451,10 +480,15 @@ fn check_at_end(
             Tool::AtomicBw if flags.duration.is_none() => {
                 let counter =
                     u64::from_ne_bytes(side.read(side.target(q), 8).try_into().unwrap_or_default());
-                let want = flags.iterations(tool);
+                // Compare-and-swap of 0 with 0 leaves the zeroed target.
+                let (want, sent) = match side.atomic {
+                    AtomicType::FetchAndAdd => (flags.iterations(tool), "fetch-and-adds of 1"),
+                    AtomicType::CmpAndSwap => (0, "compare-and-swaps of 0 with 0"),
+                };
                 if counter != want {
                     return Err(ToolError::Check(format!(
-                        "queue pair {q}: the counter is {counter}, {want} fetch-and-adds were sent"
+                        "queue pair {q}: the target is {counter} after {} {sent}, expected {want}",
+                        flags.iterations(tool)
                     )));
                 }
             }

@@ -1,7 +1,7 @@
 //! One side of a test: the device, the buffer and its registration, the
 //! queue pairs, and the key messages that describe them to the peer.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 
 use odp::{AddressSpace, Advice, Mapping};
 use provider::{
@@ -10,7 +10,8 @@ use provider::{
 };
 
 use super::exchange::{KeyMessage, Mtu, Tool};
-use super::flags::Flags;
+use super::flags::{AtomicType, Flags};
+use super::gid::{self, interface_of};
 use super::{ToolError, page_round};
 
 /// Completion queue entries (send and receive share one queue).
@@ -35,41 +36,101 @@ pub struct Side {
     pub buf: Mapping,
     /// Bytes of each half of a queue pair's share of the buffer.
     pub slot: usize,
-    /// The agreed path MTU, once connected.
+    /// Before the exchange, the MTU this side can offer: the requested one
+    /// (`-m`) if the port allows it, else the port's active MTU; then the
+    /// one agreed with the peer (the smaller of the two offers).
     pub mtu: PathMtu,
+    /// The atomic operation of atomic tools (`-A`).
+    pub atomic: AtomicType,
 }
 
 /// Resolves `-d` / `-x`, or picks the local address that routes to
-/// `server`, or `fallback`.
+/// `server`, or `fallback`. `-x` indexes the interface's GID table in
+/// rxe's order ([`gid`](super::gid)).
 pub fn device_address(
     flags: &Flags,
     server: Option<&str>,
     fallback: IpAddr,
 ) -> Result<IpAddr, ToolError> {
-    if let Some(d) = &flags.device {
-        if let Ok(ip) = d.parse() {
-            return Ok(ip);
+    let listed = || devices().map_err(|e| ToolError::Device(e.to_string()));
+    let named_interface = match &flags.device {
+        Some(d) if d.parse::<IpAddr>().is_err() => {
+            let all = listed()?;
+            let named: Vec<_> = all.iter().filter(|i| &i.name == d).collect();
+            let Some(first) = named.first() else {
+                let names: Vec<&str> = all.iter().map(|i| i.name.as_str()).collect();
+                return Err(ToolError::Device(format!(
+                    "no device {d}; this host has {}",
+                    names.join(", ")
+                )));
+            };
+            if flags.gid_index.is_none() {
+                return Ok(first.addr);
+            }
+            interface_of(d).map(str::to_string)
         }
-        let all = devices().map_err(|e| ToolError::Device(e.to_string()))?;
-        let named: Vec<_> = all.iter().filter(|i| &i.name == d).collect();
-        if named.is_empty() {
-            let names: Vec<&str> = all.iter().map(|i| i.name.as_str()).collect();
-            return Err(ToolError::Device(format!(
-                "no device {d}; this host has {}",
-                names.join(", ")
-            )));
+        _ => None,
+    };
+    let Some(index) = flags.gid_index else {
+        return default_address(flags, server, fallback);
+    };
+    let interface = match named_interface {
+        Some(i) => i,
+        None => {
+            let addr = default_address(flags, server, fallback)?;
+            let all = listed()?;
+            let holder = all.iter().find(|d| d.addr == addr);
+            holder
+                .and_then(|d| interface_of(&d.name))
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    ToolError::Device(format!(
+                        "-x {index}: no interface has the address {addr}; name the device with -d"
+                    ))
+                })?
         }
-        return named.get(flags.gid_index).map(|i| i.addr).ok_or_else(|| {
-            ToolError::Device(format!(
-                "-x {}: {d} has {} GIDs",
-                flags.gid_index,
-                named.len()
-            ))
-        });
+    };
+    let table = gid::host_table(&interface).map_err(|e| ToolError::Device(e.to_string()))?;
+    let Some(&addr) = table.get(index) else {
+        let entries: Vec<String> = table
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{i} = {a}"))
+            .collect();
+        return Err(ToolError::Device(format!(
+            "-x {index}: no such GID; the GID table of {interface} (rxe's order) has {}: {}",
+            table.len(),
+            entries.join(", ")
+        )));
+    };
+    if let IpAddr::V6(v6) = addr
+        && v6.is_unicast_link_local()
+    {
+        return Err(ToolError::Device(format!(
+            "-x {index}: GID {index} of {interface} is the link-local address {addr}, \
+             which this device cannot use; pick an IPv4 or global IPv6 GID"
+        )));
+    }
+    Ok(addr)
+}
+
+/// `-d` as an address, or the local address that routes to `server`, or
+/// `fallback`.
+fn default_address(
+    flags: &Flags,
+    server: Option<&str>,
+    fallback: IpAddr,
+) -> Result<IpAddr, ToolError> {
+    if let Some(ip) = flags.device.as_deref().and_then(|d| d.parse().ok()) {
+        return Ok(ip);
     }
     if let Some(server) = server {
         // The source address the kernel would route from.
-        let probe = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        let unspecified = match server.parse::<IpAddr>() {
+            Ok(IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        };
+        let probe = UdpSocket::bind((unspecified, 0))
             .and_then(|s| {
                 s.connect((server, provider::wire::ROCE_V2_PORT))?;
                 s.local_addr()
@@ -97,6 +158,20 @@ fn warn_without_backstop(ctx: &Context) {
             " ODP events: no source sees plain unmaps of ODP memory ({why}); device copies rely on their copy-time checks"
         );
     });
+}
+
+/// The index of `addr` in its interface's GID table (rxe's order), if an
+/// interface of this host has it.
+pub fn gid_index_of(addr: IpAddr) -> Option<usize> {
+    let all = devices().ok()?;
+    let interface = all
+        .iter()
+        .find(|d| d.addr == addr)
+        .and_then(|d| interface_of(&d.name))?;
+    gid::host_table(interface)
+        .ok()?
+        .iter()
+        .position(|&a| a == addr)
 }
 
 /// Whether the tool's requests are READs or atomics.
@@ -197,7 +272,12 @@ impl Side {
             qps.push(qp);
         }
         let port_mtu = ctx.query_port().active_mtu;
-        let mtu = flags.mtu.map_or(port_mtu, path_mtu);
+        // As perftest's set_mtu: a request above the active MTU gets the
+        // active MTU.
+        let mtu = match flags.mtu.map(path_mtu) {
+            Some(m) if m.bytes() <= port_mtu.bytes() => m,
+            _ => port_mtu,
+        };
         Ok(Side {
             ctx,
             pd,
@@ -207,6 +287,7 @@ impl Side {
             buf,
             slot,
             mtu,
+            atomic: flags.atomic_type.unwrap_or_default(),
         })
     }
 
