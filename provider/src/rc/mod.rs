@@ -8,6 +8,7 @@
 //! application's thread (posting) and the device's progress thread
 //! (receiving, timers) both take.
 
+mod clock;
 mod completer;
 mod outbox;
 mod psn;
@@ -16,6 +17,8 @@ mod read_reply;
 mod requester;
 mod responder;
 mod sge;
+#[cfg(test)]
+mod sim;
 
 pub(crate) use outbox::Outbox;
 pub(crate) use psn::PSN_MASK;

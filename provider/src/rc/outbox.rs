@@ -27,6 +27,7 @@ pub(crate) struct Outbox {
 
 impl Outbox {
     /// Number of packets queued.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.packets.len()
     }

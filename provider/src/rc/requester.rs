@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use super::clock::Clock;
 use super::psn::{psn_add, psn_diff, retransmit_timeout, rnr_delay};
 use super::qp::{QpAttrs, QpCore, QpState, QpStateKind, bad_state, bth, headers};
 use super::sge::{self, SgeError};
@@ -97,9 +98,39 @@ pub(crate) struct Requester {
     retry_cnt: u8,
     rnr_retry: u8,
     max_rd_atomic: u32,
+    /// Where the timers read the time.
+    pub(crate) clock: Clock,
 }
 
 impl Requester {
+    /// The state of the send queue in one line, for test failures.
+    #[cfg(test)]
+    pub(crate) fn describe(&self) -> String {
+        let sq: Vec<_> = self
+            .sq
+            .iter()
+            .map(|w| {
+                (
+                    w.first_psn,
+                    w.npsn,
+                    w.started,
+                    w.transmitted,
+                    w.done,
+                    w.read_done,
+                )
+            })
+            .collect();
+        format!(
+            "cursor {} next {:#x} una {:#x} timer {} rnr {} rd_out {} sq (first, npsn, started, sent, done, read) {sq:?}",
+            self.cursor,
+            self.next_psn,
+            self.una,
+            self.timer.is_some(),
+            self.rnr_until.is_some(),
+            self.rd_atomic_out
+        )
+    }
+
     /// Index in `sq` of the oldest request not finished.
     pub(crate) fn oldest_unfinished(&self) -> Option<usize> {
         self.sq.iter().position(|w| w.done.is_none())
@@ -163,7 +194,7 @@ impl Requester {
     pub(crate) fn rearm(&mut self) {
         let outstanding = self.sq.iter().any(|w| w.started && w.done.is_none());
         self.timer = match (outstanding, self.timeout) {
-            (true, Some(t)) => Some(Instant::now() + t),
+            (true, Some(t)) => Some(self.clock.now() + t),
             _ => None,
         };
     }
@@ -253,12 +284,12 @@ impl QpCore {
         if st.kind != QpStateKind::Rts {
             return;
         }
-        if st.req.rnr_until.is_some_and(|t| Instant::now() < t) {
+        let now = st.req.clock.now();
+        if st.req.rnr_until.is_some_and(|t| now < t) {
             return;
         }
         st.req.rnr_until = None;
         let mtu = peer.mtu;
-        let before = out.len();
         loop {
             let req = &mut st.req;
             let oldest = req.oldest_unacked();
@@ -387,7 +418,9 @@ impl QpCore {
                 st.req.cursor += 1;
             }
         }
-        if out.len() > before && st.req.timer.is_none() {
+        // Whatever is outstanding has a timer running, unless an RNR wait
+        // stands in for it (a go-back may have found nothing to send).
+        if st.req.timer.is_none() && st.req.rnr_until.is_none() {
             st.req.rearm();
         }
     }
@@ -439,7 +472,7 @@ impl QpCore {
             st.req.rnr_left -= 1;
         }
         st.req.go_back(psn, mtu);
-        st.req.rnr_until = Some(Instant::now() + rnr_delay(timer));
+        st.req.rnr_until = Some(st.req.clock.now() + rnr_delay(timer));
         st.req.timer = None;
     }
 
@@ -457,8 +490,17 @@ impl QpCore {
                     qp_num: self.qpn,
                 });
             }
+            let end = w.end_psn();
             st.req.sq.pop_front();
-            st.req.cursor = st.req.cursor.saturating_sub(1);
+            if st.req.cursor == 0 {
+                // It was being sent again (a go-back) when it finished:
+                // the transmit position moves past it with the cursor.
+                if psn_diff(st.req.next_psn, end) < 0 {
+                    st.req.next_psn = end;
+                }
+            } else {
+                st.req.cursor -= 1;
+            }
         }
     }
 }

@@ -46,6 +46,42 @@ enum MrMemory {
     Implicit(ImplicitUmem),
 }
 
+impl MrMemory {
+    /// The memory of a registration of `[addr, addr + len)` with `access`
+    /// (see [`ProtectionDomain::reg_mr`]).
+    fn new(addr: usize, len: usize, access: AccessFlags) -> Result<MrMemory, VerbsError> {
+        let aspace = AddressSpace::process();
+        let writable = access.contains(AccessFlags::LOCAL_WRITE)
+            || access.contains(AccessFlags::REMOTE_WRITE)
+            || access.contains(AccessFlags::REMOTE_ATOMIC);
+        let options = UmemOptions {
+            writable,
+            pin: !access.contains(AccessFlags::ON_DEMAND),
+            record_frames: false,
+        };
+        let memory = if addr == 0 && len == usize::MAX {
+            if !access.contains(AccessFlags::ON_DEMAND) {
+                return Err(VerbsError::InvalidArgument(
+                    "implicit registration needs ON_DEMAND",
+                ));
+            }
+            MrMemory::Implicit(ImplicitUmem::new(&aspace, options))
+        } else {
+            let umem = Umem::new(&aspace, addr, len, options)?;
+            if options.pin {
+                let advice = if writable {
+                    Advice::PrefetchWrite
+                } else {
+                    Advice::Prefetch
+                };
+                umem.advise(addr, len, advice)?;
+            }
+            MrMemory::Umem(umem)
+        };
+        Ok(memory)
+    }
+}
+
 /// A registered region, as the device's key table holds it.
 pub(crate) struct MrInner {
     pub(crate) key: u32,
@@ -75,6 +111,27 @@ impl From<OdpError> for MrAccessError {
 }
 
 impl MrInner {
+    /// A region with key `key` over `[addr, addr + len)`, registered as
+    /// [`ProtectionDomain::reg_mr`] does but outside any device's key table
+    /// (the engine's deterministic tests keep their own).
+    #[cfg(test)]
+    pub(crate) fn new(
+        key: u32,
+        pd: u32,
+        addr: usize,
+        len: usize,
+        access: AccessFlags,
+    ) -> Result<MrInner, VerbsError> {
+        Ok(MrInner {
+            key,
+            pd,
+            addr: addr as u64,
+            len: len as u64,
+            access,
+            memory: MrMemory::new(addr, len, access)?,
+        })
+    }
+
     /// Checks that `[va, va + len)` lies in the region, that it belongs to
     /// `pd`, and that it grants `need`.
     pub(crate) fn check(
@@ -198,34 +255,7 @@ impl ProtectionDomain {
         if access.contains(AccessFlags::ON_DEMAND) {
             super::odp_events::before_odp_registration(self.dev.odp_events);
         }
-        let aspace = AddressSpace::process();
-        let writable = access.contains(AccessFlags::LOCAL_WRITE)
-            || access.contains(AccessFlags::REMOTE_WRITE)
-            || access.contains(AccessFlags::REMOTE_ATOMIC);
-        let options = UmemOptions {
-            writable,
-            pin: !access.contains(AccessFlags::ON_DEMAND),
-            record_frames: false,
-        };
-        let memory = if addr == 0 && len == usize::MAX {
-            if !access.contains(AccessFlags::ON_DEMAND) {
-                return Err(VerbsError::InvalidArgument(
-                    "implicit registration needs ON_DEMAND",
-                ));
-            }
-            MrMemory::Implicit(ImplicitUmem::new(&aspace, options))
-        } else {
-            let umem = Umem::new(&aspace, addr, len, options)?;
-            if options.pin {
-                let advice = if writable {
-                    Advice::PrefetchWrite
-                } else {
-                    Advice::Prefetch
-                };
-                umem.advise(addr, len, advice)?;
-            }
-            MrMemory::Umem(umem)
-        };
+        let memory = MrMemory::new(addr, len, access)?;
         let inner = self
             .dev
             .register_mr(|key| MrInner {
