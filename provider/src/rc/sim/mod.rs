@@ -179,7 +179,7 @@ impl Node {
 
     /// The completions queued so far.
     pub(crate) fn completions(&self) -> Vec<WorkCompletion> {
-        let mut out = vec![WorkCompletion::default(); 256];
+        let mut out = [WorkCompletion::default(); 32];
         let mut all = Vec::new();
         loop {
             let n = self.cq.poll(&mut out);

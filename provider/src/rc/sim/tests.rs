@@ -16,7 +16,7 @@ fn every_operation_is_exact_over_a_faulty_link_for_every_seed() {
         }
         return;
     }
-    let seeds = env("SIM_SEEDS").unwrap_or(300);
+    let seeds = env("SIM_SEEDS").unwrap_or(2000);
     let failures: Vec<String> = (0..seeds)
         .filter_map(|seed| match std::panic::catch_unwind(|| run_seed(seed)) {
             Ok(Ok(_)) => None,

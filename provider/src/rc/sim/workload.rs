@@ -70,9 +70,19 @@ struct Direction {
     counter: u64,
 }
 
+/// The constant `SRC` contents of `node` in the run of `seed`
+/// (splitmix64: cheap, and different for every seed and node).
 fn pattern(node: usize, seed: u64) -> Vec<u8> {
-    let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(31).wrapping_add(node as u64));
-    (0..SRC.len()).map(|_| rng.random()).collect()
+    let mut x = seed.wrapping_mul(31).wrapping_add(node as u64);
+    (0..SRC.len() / 8)
+        .flat_map(|_| {
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            (z ^ (z >> 31)).to_le_bytes()
+        })
+        .collect()
 }
 
 /// A random range of `len` bytes within `area`.
