@@ -360,8 +360,8 @@ impl Device {
         let dev = Arc::new(Device {
             shared,
             thread: Mutex::new(Some(thread)),
-            // QP numbers 0 and 1 are special in InfiniBand; rxe starts at 17.
-            next_qpn: AtomicU32::new(17),
+            // Counted from 17 by new_qpn.
+            next_qpn: AtomicU32::new(0),
             next_pd: AtomicU32::new(1),
             odp_events: options.odp_events,
         });
@@ -378,8 +378,18 @@ impl Device {
         self.next_pd.fetch_add(1, Relaxed)
     }
 
+    /// A QP number not in use: counting up from 17 as rxe does, and after
+    /// 2^24 - 17 of them wrapping to 17 again (0 and 1 are the special
+    /// QPs of InfiniBand), skipping numbers still in use.
     pub(crate) fn new_qpn(&self) -> u32 {
-        self.next_qpn.fetch_add(1, Relaxed) & 0xff_ffff
+        const FIRST: u32 = 17;
+        loop {
+            let n = self.next_qpn.fetch_add(1, Relaxed);
+            let qpn = FIRST + n % ((1 << 24) - FIRST);
+            if self.shared.qp(qpn).is_none() {
+                return qpn;
+            }
+        }
     }
 
     /// Registers the region `make` builds from its new key (see
