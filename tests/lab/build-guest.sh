@@ -146,6 +146,16 @@ exec \$t/usr/lib64/ld-linux-x86-64.so.2 --library-path \$t/usr/lib/x86_64-linux-
 WRAP
         chmod +x "$root/bin/$tool"
     done
+    # rc_check (built against this host's rdma-core) runs on trixie's
+    # libibverbs and librxe too: the only provider left in this guest.
+    mv "$root/bin/rc_check" "$root/bin/rc_check.bin"
+    cat > "$root/bin/rc_check" <<'WRAP'
+#!/bin/sh
+t=/trixie
+export RDMAV_DRIVERS=$t/usr/lib/x86_64-linux-gnu/libibverbs/librxe
+exec $t/usr/lib64/ld-linux-x86-64.so.2 --library-path $t/usr/lib/x86_64-linux-gnu /bin/rc_check.bin "$@"
+WRAP
+    chmod +x "$root/bin/rc_check"
 fi
 cp "$here/guest-init" "$root/init"
 chmod +x "$root/init"
