@@ -21,13 +21,25 @@ perftest=${3:-bookworm}
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$cache/debs"
 
+# The Debian archive this host's apt uses (the first main-archive URI of
+# its sources), so that the other suites come from the same mirror.
+debian_mirror() {
+    local uri
+    uri=$(grep -hs -E '^(URIs:|deb )' /etc/apt/sources.list /etc/apt/sources.list.d/*.sources \
+        /etc/apt/sources.list.d/*.list 2>/dev/null \
+        | sed -E 's/^URIs:[[:space:]]*//; s/^deb[[:space:]]+(\[[^]]*\][[:space:]]+)?//' \
+        | awk '{print $1}' | grep -v -- '-security' | head -n1)
+    [ -n "$uri" ] || { echo "build-guest.sh: no Debian archive in this host's apt sources" >&2; exit 2; }
+    echo "$uri"
+}
+
 # Sets apt_opts to use SUITE from a private state folder (the system's apt
 # configuration stays untouched); refreshes its lists at most once a day.
 use_suite() {
     local s=$1
     mkdir -p "$cache/apt-$s/lists/partial" "$cache/apt-$s/archives/partial"
     local sources="$cache/apt-$s/sources.list"
-    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $s main" > "$sources"
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $(debian_mirror) $s main" > "$sources"
     apt_opts=(-o "Dir::Etc::sourcelist=$sources" -o Dir::Etc::sourceparts=- \
         -o "Dir::State::Lists=$cache/apt-$s/lists" -o "Dir::Cache=$cache/apt-$s" \
         -o Dir::State::status=/dev/null -o APT::Get::List-Cleanup=0 -o Debug::NoLocking=1 \
