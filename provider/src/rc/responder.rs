@@ -220,14 +220,7 @@ impl QpCore {
             Err(Refusal::NotReady) => {
                 let timer = st.attrs.min_rnr_timer;
                 let syndrome = Syndrome::RnrNak { timer };
-                let h = ack(
-                    peer,
-                    Opcode::RC_ACKNOWLEDGE,
-                    pkt.bth.psn,
-                    syndrome,
-                    st.resp.msn,
-                );
-                push(out, peer, &h);
+                send_ack(out, peer, pkt.bth.psn, syndrome, st.resp.msn);
             }
             Err(Refusal::Nak(code)) => self.error_nak(st, peer, pkt.bth.psn, code, out),
         }
@@ -249,14 +242,7 @@ impl QpCore {
         }
         st.resp.nak_sent = true;
         let syndrome = Syndrome::Nak(NakCode::PsnSequenceError);
-        let h = ack(
-            peer,
-            Opcode::RC_ACKNOWLEDGE,
-            st.resp.epsn,
-            syndrome,
-            st.resp.msn,
-        );
-        push(out, peer, &h);
+        send_ack(out, peer, st.resp.epsn, syndrome, st.resp.msn);
     }
 
     /// The error path: NAK `psn` with `code`; a receive request being
@@ -269,14 +255,7 @@ impl QpCore {
         code: NakCode,
         out: &mut Outbox,
     ) {
-        let h = ack(
-            peer,
-            Opcode::RC_ACKNOWLEDGE,
-            psn,
-            Syndrome::Nak(code),
-            st.resp.msn,
-        );
-        push(out, peer, &h);
+        send_ack(out, peer, psn, Syndrome::Nak(code), st.resp.msn);
         if let Some(Inbound::Send { wqe, offset }) = st.resp.inbound.take() {
             let status = match code {
                 NakCode::InvalidRequest => WcStatus::LocalLengthError,
@@ -482,14 +461,7 @@ impl QpCore {
         }
         if pkt.bth.ack_req {
             let syndrome = Syndrome::Ack { credits: 31 };
-            let h = ack(
-                peer,
-                Opcode::RC_ACKNOWLEDGE,
-                pkt.bth.psn,
-                syndrome,
-                st.resp.msn,
-            );
-            push(out, peer, &h);
+            send_ack(out, peer, pkt.bth.psn, syndrome, st.resp.msn);
         }
     }
 
@@ -541,8 +513,7 @@ impl QpCore {
             _ => {
                 let last = psn_add(st.resp.epsn, 0xff_ffff);
                 let syndrome = Syndrome::Ack { credits: 31 };
-                let h = ack(&peer, Opcode::RC_ACKNOWLEDGE, last, syndrome, st.resp.msn);
-                push(out, &peer, &h);
+                send_ack(out, &peer, last, syndrome, st.resp.msn);
             }
         }
     }
@@ -654,6 +625,15 @@ fn check_length(peer: &Peer, pkt: &PacketRepr<'_>) -> Result<(), Refusal> {
     } else {
         Err(INVALID)
     }
+}
+
+/// Queues an RC ACKNOWLEDGE (ACK, NAK or RNR NAK) of `psn`.
+fn send_ack(out: &mut Outbox, peer: &Peer, psn: u32, syndrome: Syndrome, msn: u32) {
+    push(
+        out,
+        peer,
+        &ack(peer, Opcode::RC_ACKNOWLEDGE, psn, syndrome, msn),
+    );
 }
 
 fn send_atomic_ack(out: &mut Outbox, peer: &Peer, psn: u32, msn: u32, orig: u64) {
