@@ -1,68 +1,20 @@
 //! Malformed and hostile packets from a plain UDP socket: each is dropped
 //! and counted or NAKed, nothing panics, and the device keeps working.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use odp::AddressSpace;
 mod common;
 
-use common::raw::{bth, packet, responses, seal};
+use common::LOCALHOST;
+use common::raw::{Target, bth, packet, responses, seal, socket};
 use provider::wire::{AethRepr, NakCode, Opcode, PacketRepr, RethRepr, Syndrome};
-use provider::{AccessFlags, Context, Gid, Mtu, QpState, RemoteInfo};
-
-const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-
-struct Target {
-    ctx: Context,
-    qp: provider::QueuePair,
-    mr: provider::MemoryRegion,
-    _buf: odp::Mapping,
-    _cq: provider::CompletionQueue,
-    _pd: provider::ProtectionDomain,
-}
-
-/// A device with one QP connected to `attacker` (QPN 0x77, first PSN 100)
-/// and a 64 KiB writable ODP region.
-fn target(attacker: SocketAddr) -> Target {
-    let ctx = Context::open_with_port(LOCALHOST, 0).unwrap();
-    let pd = ctx.alloc_pd().unwrap();
-    let cq = ctx.create_cq(64).unwrap();
-    let qp = pd.create_qp(&cq, &cq).build().unwrap();
-    qp.connect(&RemoteInfo {
-        qp_num: 0x77,
-        psn: 100,
-        gid: Gid::from_ip(attacker.ip()),
-        port: attacker.port(),
-        mtu: Mtu::Mtu1024,
-    })
-    .unwrap();
-    let buf = AddressSpace::process().map_anonymous(1 << 16, 0).unwrap();
-    let access = AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE | AccessFlags::ON_DEMAND;
-    // SAFETY: the mapping outlives the region and backs no Rust objects.
-    let mr = unsafe { pd.reg_mr(buf.addr(), 1 << 16, access) }.unwrap();
-    Target {
-        ctx,
-        qp,
-        mr,
-        _buf: buf,
-        _cq: cq,
-        _pd: pd,
-    }
-}
-
-fn attacker() -> UdpSocket {
-    let sock = UdpSocket::bind((LOCALHOST, 0)).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    sock
-}
+use provider::{Mtu, QpState};
 
 #[test]
 fn garbage_is_dropped_and_counted() {
-    let sock = attacker();
+    let sock = socket(LOCALHOST);
     let me = sock.local_addr().unwrap();
-    let t = target(me);
+    let t = Target::new(me, 1 << 16, Mtu::Mtu1024);
     let dev = t.ctx.local_addr();
     let qpn = t.qp.qp_num();
     // Too short for a BTH and an ICRC.
@@ -140,7 +92,7 @@ fn garbage_is_dropped_and_counted() {
 
 #[test]
 fn bad_keys_ranges_lengths_and_psns_are_naked() {
-    let sock = attacker();
+    let sock = socket(LOCALHOST);
     let me = sock.local_addr().unwrap();
     let send = |t: &Target, h: PacketRepr<'_>| {
         sock.send_to(&seal(me, t.ctx.local_addr(), packet(h)), t.ctx.local_addr())
@@ -164,7 +116,7 @@ fn bad_keys_ranges_lengths_and_psns_are_naked() {
     static DATA: [u8; 64] = [7; 64];
 
     // A PSN ahead of the expected one: one PSN-sequence NAK for 100.
-    let t = target(me);
+    let t = Target::new(me, 1 << 16, Mtu::Mtu1024);
     let ahead = write(
         &t,
         105,
@@ -228,7 +180,7 @@ fn bad_keys_ranges_lengths_and_psns_are_naked() {
         ),
     ];
     for (what, reth, expected) in cases {
-        let t = target(me);
+        let t = Target::new(me, 1 << 16, Mtu::Mtu1024);
         let r = send(&t, write(&t, 100, reth(&t), &DATA));
         assert_eq!(r.len(), 1, "{what}");
         assert_eq!(r[0].syndrome, expected, "{what}");

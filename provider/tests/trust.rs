@@ -11,73 +11,22 @@
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::raw::{bth, packet, responses, seal};
+use common::raw::{TARGET_PSN, Target, bth, packet, responses, seal, socket};
 use common::{End, LOCALHOST, connect, send};
 use odp::AddressSpace;
 use provider::wire::{NakCode, Opcode, PacketRepr, RethRepr, Syndrome};
-use provider::{
-    AccessFlags, Context, Gid, MemoryRegion, Mtu, QpState, RemoteInfo, SendOp, WcStatus,
-};
+use provider::{AccessFlags, Context, Mtu, QpState, SendOp, WcStatus};
 
 /// The queue pair's peer: a plain socket on 127.0.0.11.
 const PEER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11));
 /// An off-path host: 127.0.0.99.
 const OFF_PATH: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 99));
-/// The first PSN the target expects from its peer.
-const PSN: u32 = 100;
 
-fn socket(ip: IpAddr) -> UdpSocket {
-    let sock = UdpSocket::bind((ip, 0)).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    sock
-}
-
-/// A device with a queue pair connected to `peer` (QPN 0x77) and a 64 KiB
-/// ODP region every peer right is granted on.
-struct Target {
-    ctx: Context,
-    qp: provider::QueuePair,
-    mr: MemoryRegion,
-    buf: odp::Mapping,
-    _cq: provider::CompletionQueue,
-    _pd: provider::ProtectionDomain,
-}
-
+/// What the tests below send to a [`Target`].
 impl Target {
-    fn new(peer: SocketAddr) -> Target {
-        let ctx = Context::open_with_port(LOCALHOST, 0).unwrap();
-        let pd = ctx.alloc_pd().unwrap();
-        let cq = ctx.create_cq(64).unwrap();
-        let qp = pd.create_qp(&cq, &cq).build().unwrap();
-        qp.connect(&RemoteInfo {
-            qp_num: 0x77,
-            psn: PSN,
-            gid: Gid::from_ip(peer.ip()),
-            port: peer.port(),
-            mtu: Mtu::Mtu1024,
-        })
-        .unwrap();
-        let buf = AddressSpace::process().map_anonymous(1 << 16, 0).unwrap();
-        let access = AccessFlags::LOCAL_WRITE
-            | AccessFlags::REMOTE_WRITE
-            | AccessFlags::REMOTE_READ
-            | AccessFlags::ON_DEMAND;
-        // SAFETY: the mapping outlives the region and backs no Rust objects.
-        let mr = unsafe { pd.reg_mr(buf.addr(), 1 << 16, access) }.unwrap();
-        Target {
-            ctx,
-            qp,
-            mr,
-            buf,
-            _cq: cq,
-            _pd: pd,
-        }
-    }
-
     fn first_bytes(&self) -> [u8; 4] {
         let mut b = [0u8; 4];
         // SAFETY: reading the target's own mapping while nothing writes it.
@@ -116,14 +65,14 @@ impl Target {
 #[test]
 fn an_off_path_sender_cannot_write_even_with_the_qpn_psn_and_rkey() {
     let (peer, attacker) = (socket(PEER), socket(OFF_PATH));
-    let t = Target::new(peer.local_addr().unwrap());
-    let answers = t.send_from(&attacker, t.write(PSN, 0xffff, b"evil"));
+    let t = Target::new(peer.local_addr().unwrap(), 1 << 16, Mtu::Mtu1024);
+    let answers = t.send_from(&attacker, t.write(TARGET_PSN, 0xffff, b"evil"));
     assert!(answers.is_empty(), "no answer to an off-path sender");
     assert_eq!(t.first_bytes(), [0; 4], "nothing was written");
     let s = t.ctx.stats();
     assert_eq!((s.rx_wrong_address, s.rx_packets), (1, 0), "{s:?}");
     // The same packet from the peer's address is carried out.
-    let answers = t.send_from(&peer, t.write(PSN, 0xffff, b"good"));
+    let answers = t.send_from(&peer, t.write(TARGET_PSN, 0xffff, b"good"));
     assert_eq!(answers[0].decode(), Syndrome::Ack { credits: 31 });
     assert_eq!(&t.first_bytes(), b"good");
     assert_eq!(t.ctx.stats().rx_packets, 1);
@@ -133,16 +82,19 @@ fn an_off_path_sender_cannot_write_even_with_the_qpn_psn_and_rkey() {
 #[test]
 fn p_keys_follow_the_partition_membership_rules() {
     let peer = socket(PEER);
-    let t = Target::new(peer.local_addr().unwrap());
+    let t = Target::new(peer.local_addr().unwrap(), 1 << 16, Mtu::Mtu1024);
     // Another partition, the invalid partition (as full and limited
     // member): dropped and counted.
     for (i, pkey) in [0x8001u16, 0x0001, 0x0000, 0x8000].into_iter().enumerate() {
-        assert!(t.send_from(&peer, t.write(PSN, pkey, b"evil")).is_empty());
+        assert!(
+            t.send_from(&peer, t.write(TARGET_PSN, pkey, b"evil"))
+                .is_empty()
+        );
         assert_eq!(t.ctx.stats().rx_bad_pkey, i as u64 + 1, "{pkey:#x}");
     }
     assert_eq!(t.first_bytes(), [0; 4]);
     // A limited member of the default partition may talk to a full one.
-    let answers = t.send_from(&peer, t.write(PSN, 0x7fff, b"lim "));
+    let answers = t.send_from(&peer, t.write(TARGET_PSN, 0x7fff, b"lim "));
     assert_eq!(answers[0].decode(), Syndrome::Ack { credits: 31 });
     assert_eq!(&t.first_bytes(), b"lim ");
 }
@@ -186,9 +138,9 @@ fn keys_of_successive_registrations_carry_random_bits() {
 #[test]
 fn deregistration_and_teardown_never_wait_for_a_stalled_peer() {
     let peer = socket(PEER);
-    let t = Target::new(peer.local_addr().unwrap());
+    let t = Target::new(peer.local_addr().unwrap(), 1 << 16, Mtu::Mtu1024);
     let mut first = PacketRepr::new(
-        bth(Opcode::RC_RDMA_WRITE_FIRST, t.qp.qp_num(), PSN, 1024),
+        bth(Opcode::RC_RDMA_WRITE_FIRST, t.qp.qp_num(), TARGET_PSN, 1024),
         &[5; 1024],
     );
     first.reth = Some(RethRepr {
@@ -202,8 +154,8 @@ fn deregistration_and_teardown_never_wait_for_a_stalled_peer() {
         qp,
         mr,
         buf,
-        _cq,
-        _pd,
+        cq,
+        pd,
     } = t;
     let qpn = qp.qp_num();
     let start = Instant::now();
@@ -215,7 +167,7 @@ fn deregistration_and_teardown_never_wait_for_a_stalled_peer() {
     );
     // The rest of the message names a region that is gone.
     let middle = PacketRepr::new(
-        bth(Opcode::RC_RDMA_WRITE_MIDDLE, qpn, PSN + 1, 1024),
+        bth(Opcode::RC_RDMA_WRITE_MIDDLE, qpn, TARGET_PSN + 1, 1024),
         &[6; 1024],
     );
     let me = peer.local_addr().unwrap();
@@ -232,7 +184,7 @@ fn deregistration_and_teardown_never_wait_for_a_stalled_peer() {
     );
     assert_eq!(qp.state(), QpState::Error);
     let start = Instant::now();
-    drop((qp, _pd, _cq));
+    drop((qp, pd, cq));
     drop(ctx);
     let took = start.elapsed();
     assert!(took < Duration::from_millis(100), "teardown took {took:?}");
@@ -329,38 +281,6 @@ fn remote_atomics_into_memory_unmapped_behind_the_device_fail_cleanly() {
     }
 }
 
-/// A queue pair connected to `peer` at `mtu` over a fresh, untouched ODP
-/// region of `len` bytes that peers may READ.
-fn read_target(
-    peer: SocketAddr,
-    len: usize,
-    mtu: Mtu,
-) -> (Context, provider::QueuePair, MemoryRegion, odp::Mapping) {
-    let ctx = Context::open_with_port(LOCALHOST, 0).unwrap();
-    let pd = ctx.alloc_pd().unwrap();
-    let cq = ctx.create_cq(8).unwrap();
-    let qp = pd.create_qp(&cq, &cq).build().unwrap();
-    qp.to_init().unwrap();
-    qp.post_recv(&[provider::RecvWr {
-        wr_id: 1,
-        sg_list: &[],
-    }])
-    .unwrap();
-    qp.connect(&RemoteInfo {
-        qp_num: 0x77,
-        psn: PSN,
-        gid: Gid::from_ip(peer.ip()),
-        port: peer.port(),
-        mtu,
-    })
-    .unwrap();
-    let buf = AddressSpace::process().map_anonymous(len, 0).unwrap();
-    let access = AccessFlags::REMOTE_READ | AccessFlags::ON_DEMAND;
-    // SAFETY: the mapping outlives the region and backs no Rust objects.
-    let mr = unsafe { pd.reg_mr(buf.addr(), len, access) }.unwrap();
-    (ctx, qp, mr, buf)
-}
-
 fn read_request(qpn: u32, psn: u32, va: u64, rkey: u32, len: u32) -> PacketRepr<'static> {
     let mut h = PacketRepr::new(bth(Opcode::RC_RDMA_READ_REQUEST, qpn, psn, 0), &[]);
     h.reth = Some(RethRepr { va, rkey, len });
@@ -389,13 +309,15 @@ fn the_largest_read_keeps_the_psn_arithmetic_right() {
     const LEN: u32 = 1 << 31;
     let peer = socket(PEER);
     let me = peer.local_addr().unwrap();
-    let (ctx, qp, mr, _buf) = read_target(me, LEN as usize, Mtu::Mtu256);
+    // Bound whole: its memory, queues and domain live to the end.
+    let target = Target::new(me, LEN as usize, Mtu::Mtu256);
+    let (ctx, qp, mr) = (&target.ctx, &target.qp, &target.mr);
     let dev = ctx.local_addr();
     let qpn = qp.qp_num();
-    let after = (PSN + (1 << 23)) & 0xff_ffff;
+    let after = (TARGET_PSN + (1 << 23)) & 0xff_ffff;
     let last = (after + 0xff_ffff) & 0xff_ffff;
     let send = |h: PacketRepr<'_>| peer.send_to(&seal(me, dev, packet(h)), dev).unwrap();
-    send(read_request(qpn, PSN, mr.addr(), mr.rkey(), LEN));
+    send(read_request(qpn, TARGET_PSN, mr.addr(), mr.rkey(), LEN));
     send(PacketRepr::new(
         bth(Opcode::RC_SEND_ONLY, qpn, after, 0),
         &[],
@@ -428,7 +350,9 @@ fn an_unread_gigabyte_read_costs_the_responder_little_memory() {
     const LEN: u32 = 1 << 30;
     let peer = socket(PEER);
     let me = peer.local_addr().unwrap();
-    let (ctx, qp, mr, _buf) = read_target(me, LEN as usize, Mtu::Mtu4096);
+    // Bound whole: its memory, queues and domain live to the end.
+    let target = Target::new(me, LEN as usize, Mtu::Mtu4096);
+    let (ctx, qp, mr) = (&target.ctx, &target.qp, &target.mr);
     let dev = ctx.local_addr();
     let rss = || {
         let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -441,7 +365,7 @@ fn an_unread_gigabyte_read_costs_the_responder_little_memory() {
     };
     let before = rss();
     let mut peak = before;
-    let h = read_request(qp.qp_num(), PSN, mr.addr(), mr.rkey(), LEN);
+    let h = read_request(qp.qp_num(), TARGET_PSN, mr.addr(), mr.rkey(), LEN);
     peer.send_to(&seal(me, dev, packet(h)), dev).unwrap();
     let responses = (LEN >> 12) as u64;
     let deadline = Instant::now() + Duration::from_secs(120);
