@@ -6,6 +6,7 @@
 
 use std::fs::File;
 use std::io;
+use std::ops::ControlFlow;
 use std::os::unix::fs::FileExt;
 use std::sync::OnceLock;
 
@@ -80,6 +81,25 @@ pub(crate) fn is_mapped(addr: usize, len: usize) -> bool {
 /// file with a stack buffer and raw calls: it may run inside an
 /// interposed call, where allocating is not safe.
 pub(crate) fn mapping_len_at(addr: usize) -> Option<usize> {
+    let mut parser = MapsParser::default();
+    let mut buf = [0u8; 4096];
+    let found = read_proc_maps(&mut buf, |chunk| {
+        match chunk.iter().find_map(|&b| parser.feed(b, addr)) {
+            Some(len) => ControlFlow::Break(len),
+            None => ControlFlow::Continue(()),
+        }
+    })?;
+    found.break_value()
+}
+
+/// Reads `/proc/self/maps` through `buf` with raw calls (no allocation:
+/// callers may run inside an interposed call), handing each chunk read to
+/// `chunk` until it breaks or the file ends. `None` if the file cannot be
+/// opened or read; otherwise how the scan ended.
+pub(crate) fn read_proc_maps<B>(
+    buf: &mut [u8],
+    mut chunk: impl FnMut(&[u8]) -> ControlFlow<B>,
+) -> Option<ControlFlow<B>> {
     // SAFETY: a NUL-terminated path and plain flags.
     let fd = unsafe {
         libc::open(
@@ -90,21 +110,25 @@ pub(crate) fn mapping_len_at(addr: usize) -> Option<usize> {
     if fd < 0 {
         return None;
     }
-    let mut parser = MapsParser::default();
-    let mut buf = [0u8; 4096];
-    let found = loop {
-        // SAFETY: reading into a stack buffer of the given size.
+    let result = loop {
+        // SAFETY: `buf` is writable for its whole length; `fd` is open.
         let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        if n <= 0 {
+        if n < 0 {
+            if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
             break None;
         }
-        if let Some(len) = buf[..n as usize].iter().find_map(|&b| parser.feed(b, addr)) {
-            break Some(len);
+        if n == 0 {
+            break Some(ControlFlow::Continue(()));
+        }
+        if let ControlFlow::Break(b) = chunk(&buf[..n as usize]) {
+            break Some(ControlFlow::Break(b));
         }
     };
-    // SAFETY: closing the descriptor opened above.
+    // SAFETY: closes the descriptor opened above, once.
     unsafe { libc::close(fd) };
-    found
+    result
 }
 
 /// The page size backing `[addr, addr + len)`: when every mapping in the

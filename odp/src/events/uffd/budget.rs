@@ -15,7 +15,7 @@
 //! plus two per registration since) reaches the limit, and, once over,
 //! again only after [`REFUSALS_BEFORE_RECOUNT`] refusals.
 
-use std::ffi::c_void;
+use std::ops::ControlFlow;
 use std::sync::{Mutex, PoisonError};
 
 /// Registrations refused, once over the limit, before the VMAs are counted
@@ -105,35 +105,13 @@ fn read_max_map_count() -> Option<usize> {
 /// The number of VMAs of this process: the lines of `/proc/self/maps`,
 /// read through a fixed buffer.
 pub(crate) fn count_vmas() -> Option<usize> {
-    // SAFETY: a NUL-terminated path and plain flags.
-    let fd = unsafe {
-        libc::open(
-            c"/proc/self/maps".as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return None;
-    }
     let mut buf = [0u8; 64 * 1024];
     let mut lines = 0;
-    let result = loop {
-        // SAFETY: `buf` is writable for its whole length; `fd` is open.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast::<c_void>(), buf.len()) };
-        if n < 0 {
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            break None;
-        }
-        if n == 0 {
-            break Some(lines);
-        }
-        lines += buf[..n as usize].iter().filter(|&&b| b == b'\n').count();
-    };
-    // SAFETY: closes the fd opened above, once.
-    unsafe { libc::close(fd) };
-    result
+    let scan = crate::sys::read_proc_maps(&mut buf, |chunk| {
+        lines += chunk.iter().filter(|&&b| b == b'\n').count();
+        ControlFlow::<()>::Continue(())
+    });
+    scan.map(|_| lines)
 }
 
 #[cfg(test)]
