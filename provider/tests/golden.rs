@@ -8,6 +8,7 @@ use std::sync::LazyLock;
 use pcap_file::pcap::PcapReader;
 use provider::wire::{
     ICRC_LEN, IpHeader, Opcode, PacketRepr, Syndrome, UdpDatagram, WireError, icrc_of_udp_payload,
+    udp_source_port,
 };
 
 const CAPTURE: &[u8] = include_bytes!("data/rxe-7.3.4-perftest.pcap");
@@ -166,4 +167,36 @@ fn damaged_frames_are_caught() {
         PacketRepr::parse(&f.payload[..20]),
         Err(WireError::Truncated { .. })
     ));
+}
+
+/// Kernel rxe sends every packet of a connection, requests and responses,
+/// from the UDP source port `udp_source_port` derives from the two QP
+/// numbers. A frame names only its destination QP; the sender's is one of
+/// the QPs its address receives on, so one of those must give the port.
+#[test]
+fn kernel_rxe_sends_from_the_flow_port_of_each_qp_pair() {
+    let frames = frames();
+    let mut receives: BTreeMap<std::net::IpAddr, Vec<u32>> = BTreeMap::new();
+    for f in &frames {
+        let qpn = PacketRepr::parse(f.payload).unwrap().bth.dest_qp;
+        let qps = receives.entry(f.dst.ip()).or_default();
+        if !qps.contains(&qpn) {
+            qps.push(qpn);
+        }
+    }
+    let mut ports = std::collections::BTreeSet::new();
+    for (i, f) in frames.iter().enumerate() {
+        let remote = PacketRepr::parse(f.payload).unwrap().bth.dest_qp;
+        let senders = &receives[&f.src.ip()];
+        assert!(
+            senders
+                .iter()
+                .any(|&local| udp_source_port(0, local, remote) == f.src.port()),
+            "frame {i}: source port {:#x} is no flow port of QP {remote:#x} and {senders:x?}",
+            f.src.port()
+        );
+        ports.insert(f.src.port());
+    }
+    // Many connections, many ports: not one fixed port.
+    assert!(ports.len() > 5, "{ports:x?}");
 }

@@ -44,6 +44,13 @@ pub struct DeviceOptions {
     /// Which event source the device's ODP registrations start (by
     /// default the userfaultfd monitor; see [`OdpEvents`]).
     pub odp_events: OdpEvents,
+    /// Send each connection's packets from the UDP source port kernel rxe
+    /// gives its flow ([`crate::wire::udp_source_port`] of the two QP
+    /// numbers; one send-only socket per port in use), so that ECMP
+    /// fabrics spread connections as they do rxe's. Off: every packet
+    /// goes out from the device's own port. Receiving is on the device's
+    /// port either way.
+    pub flow_source_ports: bool,
 }
 
 impl Default for DeviceOptions {
@@ -58,6 +65,7 @@ impl Default for DeviceOptions {
             },
             faults: None,
             odp_events: OdpEvents::Auto,
+            flow_source_ports: true,
         }
     }
 }
@@ -89,6 +97,9 @@ pub struct DeviceStats {
     /// Packets the socket refused to send (each is recovered by the
     /// transport's retransmission).
     pub tx_errors: u64,
+    /// Connections whose flow's UDP source port could not be bound (held
+    /// by another user's socket): they send from the device's own port.
+    pub tx_flow_port_fallbacks: u64,
     /// What fault injection did, on a device opened with faults.
     pub faults: Option<LossyStats>,
 }
@@ -105,6 +116,7 @@ struct Counters {
     rx_wrong_address: AtomicU64,
     rx_bad_pkey: AtomicU64,
     tx_errors: AtomicU64,
+    tx_flow_port_fallbacks: AtomicU64,
 }
 
 /// What the progress thread and the API share.
@@ -143,8 +155,8 @@ impl Shared {
             std::array::from_fn(|_| OutPacket::new(self.local, &mut []));
         loop {
             let mut n = 0;
-            for (dest, bytes) in packets.by_ref().take(BATCH) {
-                batch[n] = OutPacket::new(dest, bytes);
+            for (source_port, dest, bytes) in packets.by_ref().take(BATCH) {
+                batch[n] = OutPacket::from_port(source_port, dest, bytes);
                 n += 1;
             }
             if n == 0 {
@@ -315,6 +327,7 @@ pub(crate) struct Device {
     next_qpn: AtomicU32,
     next_pd: AtomicU32,
     pub(crate) odp_events: OdpEvents,
+    flow_source_ports: bool,
 }
 
 /// Open devices, by address.
@@ -364,6 +377,7 @@ impl Device {
             next_qpn: AtomicU32::new(0),
             next_pd: AtomicU32::new(1),
             odp_events: options.odp_events,
+            flow_source_ports: options.flow_source_ports,
         });
         devices.push((local, Arc::downgrade(&dev)));
         Ok(dev)
@@ -389,6 +403,33 @@ impl Device {
             if self.shared.qp(qpn).is_none() {
                 return qpn;
             }
+        }
+    }
+
+    /// Opens the UDP source port of the flow between queue pairs
+    /// `local_qpn` and `remote_qpn` (see [`DeviceOptions::flow_source_ports`])
+    /// and returns it; 0 (the device's own port) when flow ports are off or
+    /// the port cannot be bound (counted). Each non-zero port returned needs
+    /// one [`Self::close_flow_port`].
+    pub(crate) fn open_flow_port(&self, local_qpn: u32, remote_qpn: u32) -> u16 {
+        if !self.flow_source_ports {
+            return 0;
+        }
+        let port = crate::wire::udp_source_port(0, local_qpn, remote_qpn);
+        match self.shared.transport.open_source_port(port) {
+            Ok(()) => port,
+            Err(_) => {
+                let fallbacks = &self.shared.counters.tx_flow_port_fallbacks;
+                fallbacks.fetch_add(1, Relaxed);
+                0
+            }
+        }
+    }
+
+    /// Gives back a port from [`Self::open_flow_port`] (0 does nothing).
+    pub(crate) fn close_flow_port(&self, port: u16) {
+        if port != 0 {
+            self.shared.transport.close_source_port(port);
         }
     }
 
@@ -466,6 +507,7 @@ impl Device {
             rx_wrong_address: c.rx_wrong_address.load(Relaxed),
             rx_bad_pkey: c.rx_bad_pkey.load(Relaxed),
             tx_errors: c.tx_errors.load(Relaxed),
+            tx_flow_port_fallbacks: c.tx_flow_port_fallbacks.load(Relaxed),
             faults: self.shared.transport.fault_stats(),
         }
     }

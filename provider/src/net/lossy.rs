@@ -86,16 +86,19 @@ impl Rng {
     }
 }
 
+/// Where a packet goes: (UDP source port, destination).
+type Route = (u16, SocketAddr);
+
 #[derive(Debug)]
 struct State {
     rng: Rng,
     stats: LossyStats,
     /// A packet held back for reordering.
-    held: Option<(SocketAddr, Vec<u8>)>,
+    held: Option<(Route, Vec<u8>)>,
     /// Reused copies of outgoing packets.
     pool: Vec<Vec<u8>>,
-    /// Outgoing order: (destination, pool index).
-    order: Vec<(SocketAddr, usize)>,
+    /// Outgoing order: (route, pool index).
+    order: Vec<(Route, usize)>,
 }
 
 /// A [`RoceSocket`] whose sends suffer seeded faults. Receiving is passed
@@ -162,8 +165,8 @@ impl LossySocket {
     /// The socket's send error.
     pub fn flush(&self) -> io::Result<()> {
         let mut st = self.lock();
-        if let Some((dest, mut buf)) = st.held.take() {
-            let mut p = [OutPacket::new(dest, &mut buf)];
+        if let Some(((source_port, dest), mut buf)) = st.held.take() {
+            let mut p = [OutPacket::from_port(source_port, dest, &mut buf)];
             send_all(&self.inner, &mut p)?;
             st.stats.sent += 1;
         }
@@ -209,30 +212,30 @@ impl LossySocket {
             }
             if r < f.reorder && st.held.is_none() {
                 let held = std::mem::take(&mut st.pool[copy]);
-                st.held = Some((p.dest, held));
+                st.held = Some(((p.source_port, p.dest), held));
                 st.stats.reordered += 1;
                 continue;
             }
-            st.order.push((p.dest, copy));
+            st.order.push(((p.source_port, p.dest), copy));
             if u < f.duplicate {
                 let bytes = std::mem::take(&mut st.pool[copy]);
                 let dup = take_buf(&mut st.pool, &mut used, &bytes);
                 st.pool[copy] = bytes;
-                st.order.push((p.dest, dup));
+                st.order.push(((p.source_port, p.dest), dup));
                 st.stats.duplicated += 1;
             }
-            if let Some((dest, bytes)) = st.held.take() {
+            if let Some((route, bytes)) = st.held.take() {
                 let held = take_buf(&mut st.pool, &mut used, &bytes);
-                st.order.push((dest, held));
+                st.order.push((route, held));
             }
         }
         // Hand the copies to the socket in the chosen order. Each entry has
         // its own pool buffer, so the &mut borrows do not overlap.
         let mut bufs: Vec<Option<&mut Vec<u8>>> = st.pool.iter_mut().map(Some).collect();
         let mut out: Vec<OutPacket<'_>> = Vec::with_capacity(st.order.len());
-        for &(dest, i) in &st.order {
+        for &((source_port, dest), i) in &st.order {
             if let Some(b) = bufs[i].take() {
-                out.push(OutPacket::new(dest, b.as_mut_slice()));
+                out.push(OutPacket::from_port(source_port, dest, b.as_mut_slice()));
             }
         }
         send_all(&self.inner, &mut out)?;
@@ -284,6 +287,14 @@ impl Transport for LossySocket {
 
     fn fault_stats(&self) -> Option<LossyStats> {
         Some(self.stats())
+    }
+
+    fn open_source_port(&self, port: u16) -> Result<(), NetError> {
+        self.inner.open_source_port(port)
+    }
+
+    fn close_source_port(&self, port: u16) {
+        self.inner.close_source_port(port);
     }
 }
 

@@ -16,7 +16,21 @@
 //!   fragmentation), `UDP_NO_CHECK6_TX` (checksum 0 like rxe; optional,
 //!   and incompatible with GSO) and `UDP_NO_CHECK6_RX` (without it Linux
 //!   drops rxe's checksum-0 datagrams). Traffic class, flow label and hop
-//!   limit are masked by the ICRC.
+//!   limit are masked by the ICRC; the flow label is 0 as rxe sends it
+//!   (`IPV6_AUTOFLOWLABEL` off).
+//! - IPv4 keeps its UDP checksum, where rxe sends 0: Linux refuses GSO on a
+//!   socket without checksums (`SO_NO_CHECK`), and receivers, rxe included,
+//!   accept a correct checksum.
+//!
+//! # Source ports
+//! Receiving is on the socket's port (4791 for real peers). Sending may be
+//! from per-flow source ports, as kernel rxe sends each connection from a
+//! port derived from its QP numbers ([`crate::wire::udp_source_port`]):
+//! [`RoceSocket::open_source_port`] binds a send-only socket on the port
+//! (shared and counted; `SO_REUSEPORT`, so other sockets of the address can
+//! share it too) and [`OutPacket::source_port`] picks it per packet. Each
+//! run of packets with one source port is sent through its socket, and its
+//! ICRC covers that port.
 //!
 //! # Receive check and remaining protection
 //! - IPv6: all 32 bits.
@@ -58,6 +72,7 @@ pub mod ipv4_id;
 mod lossy;
 mod packet;
 mod socket;
+mod source_ports;
 mod sys;
 
 #[cfg(test)]
@@ -150,4 +165,13 @@ pub trait Transport: Send + Sync {
     fn fault_stats(&self) -> Option<LossyStats> {
         None
     }
+    /// Opens a UDP source port for one more flow; see
+    /// [`RoceSocket::open_source_port`].
+    ///
+    /// # Errors
+    /// As [`RoceSocket::open_source_port`].
+    fn open_source_port(&self, port: u16) -> Result<(), NetError>;
+    /// Gives back one use of a source port; see
+    /// [`RoceSocket::close_source_port`].
+    fn close_source_port(&self, port: u16);
 }

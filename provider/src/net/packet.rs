@@ -3,20 +3,38 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
+#[cfg(doc)]
+use super::RoceSocket;
+
 /// One packet to send. The socket writes the ICRC into the last 4 bytes of
 /// `buf` and sends all of `buf` as one UDP datagram to `dest`.
 #[derive(Debug)]
 pub struct OutPacket<'a> {
     /// Destination: IP address and UDP port (4791 for RoCEv2 peers).
     pub dest: SocketAddr,
+    /// The UDP source port to send from, if it was opened with
+    /// [`RoceSocket::open_source_port`]; 0 (or a port not open) means the
+    /// socket's own port.
+    pub source_port: u16,
     /// BTH..pad followed by 4 spare bytes for the ICRC.
     pub buf: &'a mut [u8],
 }
 
 impl<'a> OutPacket<'a> {
-    /// A packet of `buf` (BTH..pad plus 4 spare bytes) for `dest`.
+    /// A packet of `buf` (BTH..pad plus 4 spare bytes) for `dest`, sent
+    /// from the socket's own port.
     pub fn new(dest: SocketAddr, buf: &'a mut [u8]) -> Self {
-        Self { dest, buf }
+        Self::from_port(0, dest, buf)
+    }
+
+    /// A packet for `dest` sent from UDP source port `source_port` (see
+    /// [`OutPacket::source_port`]).
+    pub fn from_port(source_port: u16, dest: SocketAddr, buf: &'a mut [u8]) -> Self {
+        Self {
+            dest,
+            source_port,
+            buf,
+        }
     }
 }
 

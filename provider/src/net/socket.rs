@@ -14,6 +14,7 @@ use libc::{c_int, c_uint};
 
 use super::check::{self, check_packet};
 use super::packet::{IcrcVerdict, Ipv4IdPolicy, OutPacket, RecvSlot};
+use super::source_ports::{SourcePorts, make_send_only};
 use super::sys::{self, CmsgBuf, RECV_CMSG_SPACE, RawAddr, SEND_CMSG_SPACE};
 use super::{GRO_SLOT_CAPACITY, NetError, SocketConfig, Transport};
 
@@ -40,6 +41,15 @@ pub struct RoceSocket {
     config: SocketConfig,
     gso: bool,
     gso_fallbacks: AtomicU64,
+    source_ports: SourcePorts,
+}
+
+/// The socket a run of packets goes out from, and its bound address (the
+/// source the ICRC covers).
+#[derive(Clone, Copy)]
+struct Sender<'a> {
+    fd: BorrowedFd<'a>,
+    local: SocketAddr,
 }
 
 /// One sendmmsg message: `count` packets from `first`, GSO segment `seg`.
@@ -73,6 +83,101 @@ fn setopt(
         .map_err(|source| NetError::SetOption { name: what, source })
 }
 
+/// The options that shape what the socket sends: IPv6 only for IPv6, no
+/// local fragmentation (DF; with an unconnected IPv4 socket also IP ID 0,
+/// the ID the ICRC is computed with), IPv6 flow label 0 as rxe sends
+/// (the ICRC masks it), checksum 0 on IPv6 if configured, send buffer.
+fn configure_sender(fd: &OwnedFd, v6: bool, config: &SocketConfig) -> Result<(), NetError> {
+    if v6 {
+        setopt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1, "IPV6_V6ONLY")?;
+        setopt(
+            fd,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            sys::IPV6_PMTUDISC_DO,
+            "IPV6_MTU_DISCOVER",
+        )?;
+        setopt(
+            fd,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_AUTOFLOWLABEL,
+            0,
+            "IPV6_AUTOFLOWLABEL",
+        )?;
+        if config.ipv6_zero_checksum {
+            setopt(
+                fd,
+                libc::IPPROTO_UDP,
+                sys::UDP_NO_CHECK6_TX,
+                1,
+                "UDP_NO_CHECK6_TX",
+            )?;
+        }
+    } else {
+        setopt(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+            "IP_MTU_DISCOVER",
+        )?;
+    }
+    // The FORCE variants pass net.core.wmem_max but need CAP_NET_ADMIN;
+    // without it the plain one applies (capped).
+    if let Some(n) = config.send_buffer {
+        let n = n.min(i32::MAX as usize / 2) as c_int;
+        if sys::set_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, n).is_err() {
+            setopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, n, "SO_SNDBUF")?;
+        }
+    }
+    Ok(())
+}
+
+/// The options of the receiving socket: the destination address of every
+/// datagram (the ICRC covers it), checksum-0 IPv6 datagrams accepted
+/// (rxe sends them), GRO and receive buffer if configured.
+fn configure_receiver(fd: &OwnedFd, v6: bool, config: &SocketConfig) -> Result<(), NetError> {
+    if v6 {
+        setopt(
+            fd,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_RECVPKTINFO,
+            1,
+            "IPV6_RECVPKTINFO",
+        )?;
+        setopt(
+            fd,
+            libc::IPPROTO_UDP,
+            sys::UDP_NO_CHECK6_RX,
+            1,
+            "UDP_NO_CHECK6_RX",
+        )?;
+    } else {
+        setopt(fd, libc::IPPROTO_IP, libc::IP_PKTINFO, 1, "IP_PKTINFO")?;
+    }
+    if config.gro {
+        setopt(fd, libc::SOL_UDP, sys::UDP_GRO, 1, "UDP_GRO")?;
+    }
+    if let Some(n) = config.recv_buffer {
+        let n = n.min(i32::MAX as usize / 2) as c_int;
+        if sys::set_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, n).is_err() {
+            setopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, n, "SO_RCVBUF")?;
+        }
+    }
+    Ok(())
+}
+
+/// A send-only socket bound to `addr` (a source port of flows; see
+/// [`SourcePorts`]) with the sending options of `config`.
+pub(crate) fn bind_sender(addr: SocketAddr, config: &SocketConfig) -> Result<OwnedFd, NetError> {
+    let v6 = addr.is_ipv6();
+    let fd = sys::udp_socket(v6).map_err(NetError::Socket)?;
+    configure_sender(&fd, v6, config)?;
+    make_send_only(&fd)?;
+    sys::bind(fd.as_fd(), &addr).map_err(|source| NetError::Bind { addr, source })?;
+    Ok(fd)
+}
+
 impl RoceSocket {
     /// Binds UDP port `port` (4791 in production, 0 for an ephemeral one)
     /// on `addr` with the default [`SocketConfig`].
@@ -102,77 +207,59 @@ impl RoceSocket {
         }
         let v6 = addr.is_ipv6();
         let fd = sys::udp_socket(v6).map_err(NetError::Socket)?;
-        if v6 {
-            setopt(&fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1, "IPV6_V6ONLY")?;
-            setopt(
-                &fd,
-                libc::IPPROTO_IPV6,
-                libc::IPV6_RECVPKTINFO,
-                1,
-                "IPV6_RECVPKTINFO",
-            )?;
-            setopt(
-                &fd,
-                libc::IPPROTO_IPV6,
-                libc::IPV6_MTU_DISCOVER,
-                sys::IPV6_PMTUDISC_DO,
-                "IPV6_MTU_DISCOVER",
-            )?;
-            setopt(
-                &fd,
-                libc::IPPROTO_UDP,
-                sys::UDP_NO_CHECK6_RX,
-                1,
-                "UDP_NO_CHECK6_RX",
-            )?;
-            if config.ipv6_zero_checksum {
-                setopt(
-                    &fd,
-                    libc::IPPROTO_UDP,
-                    sys::UDP_NO_CHECK6_TX,
-                    1,
-                    "UDP_NO_CHECK6_TX",
-                )?;
-            }
-        } else {
-            setopt(&fd, libc::IPPROTO_IP, libc::IP_PKTINFO, 1, "IP_PKTINFO")?;
-            // DF, and (unconnected socket) IP ID 0 on every packet: the ID
-            // the ICRC is computed with.
-            setopt(
-                &fd,
-                libc::IPPROTO_IP,
-                libc::IP_MTU_DISCOVER,
-                libc::IP_PMTUDISC_DO,
-                "IP_MTU_DISCOVER",
-            )?;
-        }
-        if config.gro {
-            setopt(&fd, libc::SOL_UDP, sys::UDP_GRO, 1, "UDP_GRO")?;
-        }
-        // The FORCE variants pass net.core.[rw]mem_max but need
-        // CAP_NET_ADMIN; without it the plain ones apply (capped).
-        if let Some(n) = config.recv_buffer {
-            let n = n.min(i32::MAX as usize / 2) as c_int;
-            if sys::set_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, n).is_err() {
-                setopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, n, "SO_RCVBUF")?;
-            }
-        }
-        if let Some(n) = config.send_buffer {
-            let n = n.min(i32::MAX as usize / 2) as c_int;
-            if sys::set_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, n).is_err() {
-                setopt(&fd, libc::SOL_SOCKET, libc::SO_SNDBUF, n, "SO_SNDBUF")?;
-            }
-        }
+        configure_sender(&fd, v6, &config)?;
+        configure_receiver(&fd, v6, &config)?;
         sys::bind(fd.as_fd(), &addr).map_err(|source| NetError::Bind { addr, source })?;
         let local = sys::local_addr(fd.as_fd()).map_err(NetError::Socket)?;
         let gso = config.gso && (!v6 || !config.ipv6_zero_checksum);
+        let source_ports = SourcePorts::new(local.ip(), config.clone());
         Ok(Self {
             fd,
             local,
             config,
             gso,
             gso_fallbacks: AtomicU64::new(0),
+            source_ports,
         })
+    }
+
+    /// Opens UDP source port `port` for one more flow (a queue pair):
+    /// packets whose [`OutPacket::source_port`] is `port` then go out from
+    /// it. Ports are counted: each open needs one [`Self::close_source_port`].
+    /// The socket's own port needs no opening.
+    ///
+    /// # Errors
+    /// Binding the port failed (`EADDRINUSE`: another user's socket, or
+    /// one without `SO_REUSEPORT`, holds it); packets for it then go out
+    /// from the socket's own port.
+    pub fn open_source_port(&self, port: u16) -> Result<(), NetError> {
+        if port == self.local.port() {
+            return Ok(());
+        }
+        self.source_ports.acquire(port)
+    }
+
+    /// Gives back one use of `port` opened with [`Self::open_source_port`].
+    pub fn close_source_port(&self, port: u16) {
+        if port != self.local.port() {
+            self.source_ports.release(port);
+        }
+    }
+
+    /// How many flows have `port` open (0 if it is not open; the socket's
+    /// own port counts as 0).
+    pub fn source_port_users(&self, port: u16) -> usize {
+        self.source_ports.users(port)
+    }
+
+    /// The source port a packet asking for `port` goes out from: `port`
+    /// if it is open, otherwise the socket's own.
+    fn effective_port(&self, port: u16) -> u16 {
+        if port != 0 && self.source_ports.is_open(port) {
+            port
+        } else {
+            self.local.port()
+        }
     }
 
     /// The bound address and port.
@@ -204,7 +291,8 @@ impl RoceSocket {
     /// `InvalidInput` for a destination of the other family or an
     /// impossible length.
     pub fn seal(&self, packet: &mut OutPacket<'_>) -> io::Result<()> {
-        check::seal(&self.local, &packet.dest, 0, packet.buf)
+        let from = SocketAddr::new(self.local.ip(), self.effective_port(packet.source_port));
+        check::seal(&from, &packet.dest, 0, packet.buf)
     }
 
     /// Sends a batch: computes each packet's ICRC over the IP and UDP
@@ -235,8 +323,45 @@ impl RoceSocket {
         self.send_impl(packets, false, false)
     }
 
-    fn send_impl(
+    /// Sends each run of packets with one source port from that port's
+    /// socket (the socket's own if the port is not open).
+    fn send_impl(&self, packets: &mut [OutPacket<'_>], seal: bool, gso: bool) -> io::Result<usize> {
+        let mut done = 0;
+        while done < packets.len() {
+            let port = packets[done].source_port;
+            let run = packets[done..]
+                .iter()
+                .take_while(|p| p.source_port == port)
+                .count();
+            let run_packets = &mut packets[done..done + run];
+            // The port's socket stays open while the run is sent.
+            let result = self.source_ports.with_socket(port, |fd| {
+                let sender = match fd {
+                    Some(fd) => Sender {
+                        fd,
+                        local: SocketAddr::new(self.local.ip(), port),
+                    },
+                    None => Sender {
+                        fd: self.fd.as_fd(),
+                        local: self.local,
+                    },
+                };
+                self.send_run(sender, run_packets, seal, gso)
+            });
+            match result {
+                Ok(sent) if sent == run => done += sent,
+                Ok(sent) => return Ok(done + sent),
+                Err(e) => return if done > 0 { Ok(done) } else { Err(e) },
+            }
+        }
+        Ok(done)
+    }
+
+    /// Sends `packets` from `sender`: plans messages (GSO runs), seals,
+    /// transmits, and goes on packet by packet if the kernel refuses GSO.
+    fn send_run(
         &self,
+        sender: Sender<'_>,
         packets: &mut [OutPacket<'_>],
         seal: bool,
         mut gso: bool,
@@ -244,7 +369,7 @@ impl RoceSocket {
         let mut done = 0;
         let mut plans = [MsgPlan::default(); SEND_MSGS];
         while done < packets.len() {
-            let (nmsgs, error) = self.plan(packets, done, gso, &mut plans);
+            let (nmsgs, error) = Self::plan(sender.local, packets, done, gso, &mut plans);
             if nmsgs == 0 {
                 let e = error.unwrap_or_else(|| io::Error::other("nothing planned"));
                 return if done > 0 { Ok(done) } else { Err(e) };
@@ -254,11 +379,11 @@ impl RoceSocket {
                 for m in plans {
                     for (j, p) in packets[m.first..m.first + m.count].iter_mut().enumerate() {
                         // The kernel numbers GSO segments' IPv4 IDs 0, 1, 2...
-                        check::seal(&self.local, &p.dest, j as u16, p.buf)?;
+                        check::seal(&sender.local, &p.dest, j as u16, p.buf)?;
                     }
                 }
             }
-            match self.transmit(packets, plans) {
+            match self.transmit(sender.fd, packets, plans) {
                 Transmit::All => done += plans.iter().map(|m| m.count).sum::<usize>(),
                 Transmit::Partial { sent, error } => {
                     done += sent;
@@ -278,7 +403,7 @@ impl RoceSocket {
     /// SEND_IOVS packets. Stops before an invalid packet and returns its
     /// error with the number of messages planned.
     fn plan(
-        &self,
+        local: SocketAddr,
         packets: &[OutPacket<'_>],
         start: usize,
         gso: bool,
@@ -287,7 +412,7 @@ impl RoceSocket {
         let mut n = 0;
         for (i, p) in packets.iter().enumerate().skip(start).take(SEND_IOVS) {
             let len = p.buf.len();
-            if let Err(e) = check_packet(&self.local, &p.dest, len) {
+            if let Err(e) = check_packet(&local, &p.dest, len) {
                 return (n, Some(e));
             }
             if gso && n > 0 {
@@ -323,7 +448,12 @@ impl RoceSocket {
     }
 
     /// Sends the planned messages, looping over partial sendmmsg results.
-    fn transmit(&self, packets: &mut [OutPacket<'_>], plans: &[MsgPlan]) -> Transmit {
+    fn transmit(
+        &self,
+        fd: BorrowedFd<'_>,
+        packets: &mut [OutPacket<'_>],
+        plans: &[MsgPlan],
+    ) -> Transmit {
         let base = plans[0].first;
         // Only the entries used are initialised: a one-packet send costs no
         // more than it needs.
@@ -364,7 +494,7 @@ impl RoceSocket {
             // writes msg_len).
             let rc = unsafe {
                 libc::sendmmsg(
-                    self.fd.as_raw_fd(),
+                    fd.as_raw_fd(),
                     hdrs.as_mut_ptr().cast::<libc::mmsghdr>().add(k),
                     (plans.len() - k) as c_uint,
                     0,
@@ -383,7 +513,7 @@ impl RoceSocket {
             };
             match error.raw_os_error() {
                 Some(libc::EINTR) => continue,
-                Some(libc::EAGAIN) => match self.wait_writable() {
+                Some(libc::EAGAIN) => match self.wait_writable(fd) {
                     Ok(true) => continue,
                     Ok(false) => return Transmit::Partial { sent, error },
                     Err(error) => return Transmit::Partial { sent, error },
@@ -398,7 +528,7 @@ impl RoceSocket {
     }
 
     /// Waits for send-buffer space for at most `send_wait`.
-    fn wait_writable(&self) -> io::Result<bool> {
+    fn wait_writable(&self, fd: BorrowedFd<'_>) -> io::Result<bool> {
         let Some(limit) = self.config.send_wait else {
             return Ok(false);
         };
@@ -408,7 +538,7 @@ impl RoceSocket {
             if now >= deadline {
                 return Ok(false);
             }
-            if sys::wait(self.fd.as_fd(), libc::POLLOUT, Some(deadline - now))? {
+            if sys::wait(fd, libc::POLLOUT, Some(deadline - now))? {
                 return Ok(true);
             }
         }
@@ -580,5 +710,13 @@ impl Transport for RoceSocket {
 
     fn recv_batch(&self, slots: &mut [RecvSlot], timeout: Option<Duration>) -> io::Result<usize> {
         RoceSocket::recv_batch(self, slots, timeout)
+    }
+
+    fn open_source_port(&self, port: u16) -> Result<(), NetError> {
+        RoceSocket::open_source_port(self, port)
+    }
+
+    fn close_source_port(&self, port: u16) {
+        RoceSocket::close_source_port(self, port);
     }
 }

@@ -5,11 +5,14 @@
 use std::net::SocketAddr;
 use std::ops::Range;
 
+use super::qp::Peer;
 use crate::wire::{ICRC_LEN, PacketRepr};
 
-/// One queued packet: where it goes and where its bytes are in the arena.
+/// One queued packet: where it goes, from which UDP source port, and where
+/// its bytes are in the arena.
 struct Queued {
     dest: SocketAddr,
+    source_port: u16,
     dest_qp: u32,
     bytes: Range<usize>,
     /// A plain ACK: a later ACK to the same queue pair may replace it.
@@ -43,12 +46,13 @@ impl Outbox {
         self.packets.clear();
     }
 
-    /// Queues a packet for `dest` with the headers of `headers` (whose
-    /// payload is ignored) and a payload of `payload_len` bytes that `fill`
-    /// writes in place. If `fill` fails nothing is queued.
+    /// Queues a packet for `peer` (its address, from the connection's
+    /// source port) with the headers of `headers` (whose payload is
+    /// ignored) and a payload of `payload_len` bytes that `fill` writes in
+    /// place. If `fill` fails nothing is queued.
     pub(crate) fn push<E>(
         &mut self,
-        dest: SocketAddr,
+        peer: &Peer,
         headers: &PacketRepr<'_>,
         payload_len: usize,
         fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
@@ -60,7 +64,8 @@ impl Outbox {
             return Err(e);
         }
         self.packets.push(Queued {
-            dest,
+            dest: peer.addr,
+            source_port: peer.source_port,
             dest_qp: headers.bth.dest_qp,
             bytes: start..self.arena.len(),
             coalescable: false,
@@ -70,20 +75,20 @@ impl Outbox {
 
     /// Queues a packet without payload (an acknowledgement, a NAK, an
     /// atomic acknowledgement, a READ or atomic request).
-    pub(crate) fn push_headers(&mut self, dest: SocketAddr, headers: &PacketRepr<'_>) {
+    pub(crate) fn push_headers(&mut self, peer: &Peer, headers: &PacketRepr<'_>) {
         // Filling nothing cannot fail.
-        let _ = self.push::<()>(dest, headers, 0, |_| Ok(()));
+        let _ = self.push::<()>(peer, headers, 0, |_| Ok(()));
     }
 
     /// Queues a plain, cumulative ACK. If the last packet queued for the
     /// same queue pair is also a plain ACK, this one replaces it in place:
     /// the later acknowledgement covers everything the earlier one did, and
     /// nothing for that queue pair was queued between them.
-    pub(crate) fn push_ack(&mut self, dest: SocketAddr, headers: &PacketRepr<'_>) {
+    pub(crate) fn push_ack(&mut self, peer: &Peer, headers: &PacketRepr<'_>) {
         let previous = self
             .packets
             .iter()
-            .rposition(|q| q.dest == dest && q.dest_qp == headers.bth.dest_qp);
+            .rposition(|q| q.dest == peer.addr && q.dest_qp == headers.bth.dest_qp);
         if let Some(i) = previous
             && self.packets[i].coalescable
             && self.packets[i].bytes.len() == headers.header_len() + ICRC_LEN
@@ -94,7 +99,7 @@ impl Outbox {
             let _ = headers.emit_headers(&mut self.arena[bytes]);
             return;
         }
-        self.push_headers(dest, headers);
+        self.push_headers(peer, headers);
         if let Some(last) = self.packets.last_mut() {
             last.coalescable = true;
         }
@@ -113,9 +118,12 @@ impl Outbox {
         start + header_len
     }
 
-    /// The queued packets in order, each with its destination and bytes
-    /// (mutable: the transport writes the ICRC into the last 4).
-    pub(crate) fn packets_mut(&mut self) -> impl Iterator<Item = (SocketAddr, &mut [u8])> + '_ {
+    /// The queued packets in order, each with its UDP source port,
+    /// destination and bytes (mutable: the transport writes the ICRC into
+    /// the last 4).
+    pub(crate) fn packets_mut(
+        &mut self,
+    ) -> impl Iterator<Item = (u16, SocketAddr, &mut [u8])> + '_ {
         let mut rest: &mut [u8] = &mut self.arena;
         let mut consumed = 0;
         self.packets.iter().map(move |q| {
@@ -125,7 +133,7 @@ impl Outbox {
             let (bytes, tail) = tail.split_at_mut(q.bytes.len());
             rest = tail;
             consumed = q.bytes.end;
-            (q.dest, bytes)
+            (q.source_port, q.dest, bytes)
         })
     }
 }
@@ -138,22 +146,27 @@ mod tests {
 
     const A: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 1);
 
-    fn ack(qpn: u32, psn: u32, msn: u32) -> PacketRepr<'static> {
-        let peer = Peer {
+    /// The other end at `A` (QP `qpn`), sent to from source port 0xC121.
+    fn peer(qpn: u32) -> Peer {
+        Peer {
             addr: A,
             local: A.ip(),
+            source_port: 0xC121,
             qpn,
             mtu: 1024,
             pkey: crate::rc::qp::DEFAULT_PKEY,
-        };
-        let mut h = headers(bth(&peer, Opcode::RC_ACKNOWLEDGE, psn, 0, false));
+        }
+    }
+
+    fn ack(qpn: u32, psn: u32, msn: u32) -> PacketRepr<'static> {
+        let mut h = headers(bth(&peer(qpn), Opcode::RC_ACKNOWLEDGE, psn, 0, false));
         h.aeth = Some(AethRepr::new(Syndrome::Ack { credits: 31 }, msn));
         h
     }
 
     fn psns(out: &mut Outbox) -> Vec<(u32, u32)> {
         out.packets_mut()
-            .map(|(_, b)| {
+            .map(|(_, _, b)| {
                 let p = PacketRepr::parse(b).unwrap();
                 (p.bth.dest_qp, p.bth.psn)
             })
@@ -163,40 +176,41 @@ mod tests {
     #[test]
     fn consecutive_acks_to_one_queue_pair_collapse_to_the_latest() {
         let mut out = Outbox::default();
-        out.push_ack(A, &ack(5, 1, 1));
-        out.push_ack(A, &ack(6, 9, 1));
-        out.push_ack(A, &ack(5, 2, 2));
-        out.push_ack(A, &ack(5, 3, 3));
+        out.push_ack(&peer(0), &ack(5, 1, 1));
+        out.push_ack(&peer(0), &ack(6, 9, 1));
+        out.push_ack(&peer(0), &ack(5, 2, 2));
+        out.push_ack(&peer(0), &ack(5, 3, 3));
         assert_eq!(psns(&mut out), [(5, 3), (6, 9)]);
     }
 
     #[test]
     fn an_ack_does_not_jump_over_other_packets_to_its_queue_pair() {
         let mut out = Outbox::default();
-        out.push_ack(A, &ack(5, 1, 1));
+        out.push_ack(&peer(0), &ack(5, 1, 1));
         let mut nak = ack(5, 2, 1);
         nak.aeth = Some(AethRepr::new(Syndrome::Nak(NakCode::PsnSequenceError), 1));
-        out.push_headers(A, &nak);
-        out.push_ack(A, &ack(5, 3, 2));
+        out.push_headers(&peer(0), &nak);
+        out.push_ack(&peer(0), &ack(5, 3, 2));
         assert_eq!(psns(&mut out), [(5, 1), (5, 2), (5, 3)]);
     }
 
     #[test]
     fn a_failed_fill_leaves_nothing_behind() {
         let mut out = Outbox::default();
-        out.push_ack(A, &ack(5, 1, 1));
+        out.push_ack(&peer(0), &ack(5, 1, 1));
         let mut h = ack(5, 2, 1);
         h.bth.opcode = Opcode::RC_SEND_ONLY;
         h.aeth = None;
-        assert_eq!(out.push(A, &h, 100, |_| Err("no")), Err("no"));
+        assert_eq!(out.push(&peer(0), &h, 100, |_| Err("no")), Err("no"));
         assert_eq!(out.len(), 1);
-        out.push::<()>(A, &h, 8, |b| {
+        out.push::<()>(&peer(0), &h, 8, |b| {
             b.fill(7);
             Ok(())
         })
         .unwrap();
         assert_eq!(psns(&mut out), [(5, 1), (5, 2)]);
-        let (_, bytes) = out.packets_mut().nth(1).unwrap();
+        let (source_port, dest, bytes) = out.packets_mut().nth(1).unwrap();
+        assert_eq!((source_port, dest), (0xC121, A));
         assert_eq!(bytes.len(), 12 + 8 + ICRC_LEN);
         assert_eq!(&bytes[12..20], &[7; 8]);
         out.clear();

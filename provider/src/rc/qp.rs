@@ -25,6 +25,9 @@ pub(crate) struct Peer {
     pub(crate) addr: SocketAddr,
     /// This end's address: received packets must be addressed to it.
     pub(crate) local: IpAddr,
+    /// The UDP source port this end sends from (the flow's; see
+    /// [`crate::wire::udp_source_port`]), or 0 for the device's own.
+    pub(crate) source_port: u16,
     pub(crate) qpn: u32,
     pub(crate) mtu: usize,
     /// The queue pair's partition key.

@@ -159,7 +159,7 @@ fn read_response(
         h.aeth = Some(AethRepr::new(Syndrome::Ack { credits: 31 }, reply.msn));
     }
     let va = reply.va;
-    out.push(peer.addr, &h, seg, |buf| match mr {
+    out.push(peer, &h, seg, |buf| match mr {
         Some(mr) => mr.read(va, buf),
         None => Ok(()),
     })

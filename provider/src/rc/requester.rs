@@ -353,7 +353,7 @@ impl QpCore {
                         len,
                     });
                     req.next_psn = psn_add(w.first_psn, end);
-                    out.push(peer.addr, &h, 0, |_| Ok(()))
+                    out.push(&peer, &h, 0, |_| Ok(()))
                 }
                 SendOp::CompareSwap {
                     remote_addr,
@@ -369,7 +369,7 @@ impl QpCore {
                         compare,
                     });
                     req.next_psn = w.end_psn();
-                    out.push(peer.addr, &h, 0, |_| Ok(()))
+                    out.push(&peer, &h, 0, |_| Ok(()))
                 }
                 SendOp::FetchAdd {
                     remote_addr,
@@ -384,7 +384,7 @@ impl QpCore {
                         compare: 0,
                     });
                     req.next_psn = w.end_psn();
-                    out.push(peer.addr, &h, 0, |_| Ok(()))
+                    out.push(&peer, &h, 0, |_| Ok(()))
                 }
                 op => {
                     let (target, imm) = segmented(op).unwrap_or((None, None));
@@ -393,7 +393,7 @@ impl QpCore {
                     let h = send_or_write_headers(w, target, imm, &peer, psn, k, seg, ack_req);
                     req.next_psn = psn_add(psn, 1);
                     let sges = &w.sges;
-                    out.push(peer.addr, &h, seg, |buf| {
+                    out.push(&peer, &h, seg, |buf| {
                         sge::gather(regions, self.pd, sges, offset as u64, buf)
                     })
                 }

@@ -650,8 +650,8 @@ fn push(out: &mut Outbox, peer: &Peer, h: &PacketRepr<'_>) {
         && h.aeth
             .is_some_and(|a| matches!(a.decode(), Syndrome::Ack { .. }));
     if plain_ack {
-        out.push_ack(peer.addr, h);
+        out.push_ack(peer, h);
     } else {
-        out.push_headers(peer.addr, h);
+        out.push_headers(peer, h);
     }
 }

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
 
 use super::{CompletionQueue, Gid, Mtu, ProtectionDomain, RecvWr, SendWr, VerbsError};
 use crate::device::Device;
@@ -155,6 +156,7 @@ impl<'a> QueuePairBuilder<'a> {
             rnr_retry: self.rnr_retry,
             min_rnr_timer: self.min_rnr_timer,
             max_rd_atomic: self.max_rd_atomic,
+            flow_port: AtomicU16::new(0),
             _pd: self.pd.clone(),
             _send_cq: self.send_cq.clone(),
             _recv_cq: self.recv_cq.clone(),
@@ -178,6 +180,9 @@ pub struct QueuePair {
     rnr_retry: u8,
     min_rnr_timer: u8,
     max_rd_atomic: u8,
+    /// The UDP source port opened for the connection's flow at RTR (0:
+    /// none, the device's own port).
+    flow_port: AtomicU16,
     _pd: ProtectionDomain,
     _send_cq: CompletionQueue,
     _recv_cq: CompletionQueue,
@@ -234,14 +239,36 @@ impl QueuePair {
         } else {
             remote.port
         };
+        let remote_qpn = remote.qp_num & 0xff_ffff;
+        let flow_port = self.dev.open_flow_port(self.core.qpn, remote_qpn);
         let peer = Peer {
             addr: SocketAddr::new(remote.gid.ip(), port),
             local: self.dev.local_addr().ip(),
-            qpn: remote.qp_num & 0xff_ffff,
+            source_port: flow_port,
+            qpn: remote_qpn,
             mtu: remote.mtu.bytes(),
             pkey: DEFAULT_PKEY,
         };
-        self.core.to_rtr(peer, remote.psn, self.min_rnr_timer)
+        if let Err(e) = self.core.to_rtr(peer, remote.psn, self.min_rnr_timer) {
+            self.dev.close_flow_port(flow_port);
+            return Err(e);
+        }
+        self.dev
+            .close_flow_port(self.flow_port.swap(flow_port, Ordering::Relaxed));
+        Ok(())
+    }
+
+    /// The UDP source port this queue pair sends from: its flow's port as
+    /// kernel rxe computes it from the two QP numbers (0xC000 and up), or
+    /// the device's own port before RTR, when flow ports are off
+    /// ([`crate::DeviceOptions::flow_source_ports`]) or when the flow's
+    /// port could not be bound (counted in
+    /// [`crate::DeviceStats::tx_flow_port_fallbacks`]).
+    pub fn udp_source_port(&self) -> u16 {
+        match self.flow_port.load(Ordering::Relaxed) {
+            0 => self.dev.local_addr().port(),
+            port => port,
+        }
     }
 
     /// RTR -> RTS.
@@ -297,5 +324,6 @@ impl QueuePair {
 impl Drop for QueuePair {
     fn drop(&mut self) {
         self.dev.remove_qp(self.core.qpn);
+        self.dev.close_flow_port(*self.flow_port.get_mut());
     }
 }

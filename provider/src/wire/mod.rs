@@ -23,6 +23,7 @@ mod aeth;
 mod atomic;
 mod bth;
 mod encap;
+mod flow;
 #[cfg(test)]
 pub(crate) mod golden;
 mod icrc;
@@ -37,6 +38,7 @@ pub use aeth::{AethRepr, NakCode, Syndrome};
 pub use atomic::{AtomicAckEthRepr, AtomicEthRepr};
 pub use bth::BthRepr;
 pub use encap::{UdpDatagram, ip_of_ethernet};
+pub use flow::{FLOW_SOURCE_PORT_BASE, flow_label, udp_source_port};
 pub use icrc::{ICRC_LEN, IpHeader, icrc, icrc_of_udp_payload};
 pub use opcode::{Layout, Opcode};
 pub use packet::PacketRepr;

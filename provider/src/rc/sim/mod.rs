@@ -219,6 +219,7 @@ impl Sim {
             let peer = Peer {
                 addr: b.addr,
                 local: a.addr.ip(),
+                source_port: crate::wire::udp_source_port(0, a.qp.qpn, b.qp.qpn),
                 qpn: b.qp.qpn,
                 mtu,
                 pkey: DEFAULT_PKEY,
@@ -251,7 +252,7 @@ impl Sim {
         let to = 1 - from;
         let (src, dst) = (self.nodes[from].addr, self.nodes[to].addr);
         let now = self.elapsed();
-        for (dest, bytes) in out.packets_mut() {
+        for (_, dest, bytes) in out.packets_mut() {
             debug_assert_eq!(dest, dst);
             seal(&src, &dst, 0, bytes).expect("sealable packet");
             self.stats.sent += 1;
