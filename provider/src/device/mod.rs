@@ -207,6 +207,20 @@ impl Shared {
         self.with_outbox(f)
     }
 
+    /// [`Self::in_send_order`] with the caller's (empty) outbox: the
+    /// progress thread's path for every response it receives.
+    fn in_send_order_with<T>(
+        &self,
+        qp: &QpCore,
+        out: &mut Outbox,
+        f: impl FnOnce(&mut Outbox) -> T,
+    ) -> T {
+        let _order = qp.send_order.lock().unwrap_or_else(PoisonError::into_inner);
+        let result = f(out);
+        self.send(out);
+        result
+    }
+
     fn qp(&self, qpn: u32) -> Option<Arc<QpCore>> {
         self.qps
             .read()
@@ -226,6 +240,8 @@ impl Shared {
         };
         let mut slots: Vec<RecvSlot> = (0..BATCH).map(|_| RecvSlot::new(slot_bytes)).collect();
         let mut out = Outbox::default();
+        // For requester packets that responses release, sent at once.
+        let mut ordered = Outbox::default();
         // Reused: the loop allocates nothing per turn.
         let mut qps: Vec<Arc<QpCore>> = Vec::new();
         while !self.stop.load(Relaxed) {
@@ -258,7 +274,8 @@ impl Shared {
                     for slot in &slots[..n] {
                         let dst = slot.dst().unwrap_or(self.local.ip());
                         for (bytes, verdict) in slot.packets() {
-                            self.dispatch(slot.src(), dst, bytes, verdict, &mut out);
+                            let outs = (&mut out, &mut ordered);
+                            self.dispatch(slot.src(), dst, bytes, verdict, outs);
                         }
                     }
                 }
@@ -269,14 +286,16 @@ impl Shared {
     }
 
     /// Hands one received packet, sent from `src` to the local address
-    /// `dst`, to its queue pair.
+    /// `dst`, to its queue pair. Responses to requests go into `out` (sent
+    /// with the batch); requester packets that responses release go out
+    /// through `ordered` at once, in send order.
     fn dispatch(
         &self,
         src: SocketAddr,
         dst: IpAddr,
         datagram: &[u8],
         verdict: IcrcVerdict,
-        out: &mut Outbox,
+        (out, ordered): (&mut Outbox, &mut Outbox),
     ) {
         match verdict {
             IcrcVerdict::Good => {}
@@ -307,7 +326,7 @@ impl Shared {
         } else {
             // An acknowledgement may open the window: the requester packets
             // it releases go out at once, in order with the poster's.
-            self.in_send_order(&qp, |out| qp.receive(self, src, dst, &pkt, out))
+            self.in_send_order_with(&qp, ordered, |out| qp.receive(self, src, dst, &pkt, out))
         };
         let counter = match received {
             Ok(()) => &self.counters.rx_packets,
@@ -488,8 +507,9 @@ impl Device {
     pub(crate) fn receive_datagram(&self, src: SocketAddr, datagram: &[u8]) {
         let shared = &self.shared;
         let verdict = crate::net::verify(&src, &shared.local, datagram, shared.ipv4_id);
-        let mut out = Outbox::default();
-        shared.dispatch(src, shared.local.ip(), datagram, verdict, &mut out);
+        let (mut out, mut ordered) = (Outbox::default(), Outbox::default());
+        let outs = (&mut out, &mut ordered);
+        shared.dispatch(src, shared.local.ip(), datagram, verdict, outs);
         shared.send(&mut out);
     }
 

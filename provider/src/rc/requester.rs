@@ -284,11 +284,14 @@ impl QpCore {
         if st.kind != QpStateKind::Rts {
             return;
         }
-        let now = st.req.clock.now();
-        if st.req.rnr_until.is_some_and(|t| now < t) {
-            return;
+        // Called for every response: the clock is read only while an RNR
+        // wait is pending.
+        if let Some(until) = st.req.rnr_until {
+            if st.req.clock.now() < until {
+                return;
+            }
+            st.req.rnr_until = None;
         }
-        st.req.rnr_until = None;
         let mtu = peer.mtu;
         loop {
             let req = &mut st.req;
