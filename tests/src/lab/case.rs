@@ -389,5 +389,6 @@ fn check_capture(setup: &Setup, pcap: &Path) -> Result<String, String> {
     if frames == 0 {
         return Err("the capture holds no RoCEv2 frame".into());
     }
-    Ok(format!("capture: {frames} RoCEv2 frames checked"))
+    let ports = super::flow_ports::check(&setup.tools.join("roce-dump"), pcap)?;
+    Ok(format!("capture: {frames} RoCEv2 frames checked, {ports}"))
 }

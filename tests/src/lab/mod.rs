@@ -8,6 +8,7 @@
 
 pub mod case;
 pub mod datacheck;
+pub mod flow_ports;
 pub mod guest;
 pub mod matrix;
 pub mod table;
