@@ -16,8 +16,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use divan::Bencher;
@@ -165,89 +164,6 @@ mod latency {
     }
 }
 
-/// The bare transport: datagrams of an RDMA WRITE's packets for messages of
-/// `size` bytes, sent in batches of 64 with at most `TX_DEPTH` packets in
-/// flight (the RC window), received by a thread of their own.
-struct BareUdp {
-    tx: RoceSocket,
-    dest: SocketAddr,
-    received: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    rx: Option<JoinHandle<()>>,
-}
-
-impl BareUdp {
-    fn new() -> BareUdp {
-        // The device's own socket options.
-        let config = SocketConfig {
-            gro: true,
-            recv_buffer: Some(8 << 20),
-            send_buffer: Some(8 << 20),
-            ..SocketConfig::default()
-        };
-        let tx = RoceSocket::bind_with(SocketAddr::new(LOCALHOST, 0), config.clone()).unwrap();
-        let rx = RoceSocket::bind_with(SocketAddr::new(LOCALHOST, 0), config).unwrap();
-        let dest = rx.local_addr();
-        let received = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (count, halt) = (Arc::clone(&received), Arc::clone(&stop));
-        let rx = std::thread::spawn(move || {
-            let mut slots: Vec<RecvSlot> = (0..64).map(|_| RecvSlot::new(65_536)).collect();
-            while !halt.load(Ordering::Relaxed) {
-                let n = rx
-                    .recv_batch(&mut slots, Some(Duration::from_millis(20)))
-                    .unwrap();
-                let mut good = 0;
-                for slot in &slots[..n] {
-                    good += slot.packets().filter(|(_, v)| v.is_good()).count() as u64;
-                }
-                count.fetch_add(good, Ordering::Release);
-            }
-        });
-        BareUdp {
-            tx,
-            dest,
-            received,
-            stop,
-            rx: Some(rx),
-        }
-    }
-
-    /// Sends `packets` datagrams of `payload` bytes of data (plus BTH,
-    /// RETH and ICRC, like RDMA WRITE packets) and waits until all arrived.
-    fn run(&self, packets: usize, payload: usize, bufs: &mut [Vec<u8>]) {
-        let start = self.received.load(Ordering::Acquire) as usize;
-        let mut sent = 0;
-        while sent < packets {
-            let n = (packets - sent).min(bufs.len());
-            while sent + n - (self.received.load(Ordering::Acquire) as usize - start) > TX_DEPTH {
-                std::thread::yield_now();
-            }
-            let mut batch: Vec<OutPacket<'_>> = bufs[..n]
-                .iter_mut()
-                .map(|b| OutPacket::new(self.dest, &mut b[..12 + 16 + payload + 4]))
-                .collect();
-            let mut at = 0;
-            while at < n {
-                at += self.tx.send_batch(&mut batch[at..]).unwrap();
-            }
-            sent += n;
-        }
-        while (self.received.load(Ordering::Acquire) as usize) < start + packets {
-            std::thread::yield_now();
-        }
-    }
-}
-
-impl Drop for BareUdp {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(rx) = self.rx.take() {
-            let _ = rx.join();
-        }
-    }
-}
-
 /// Bare UDP for messages of `size`: the same number of datagrams, of the
 /// same sizes, as the RDMA WRITEs of `write::*` put on the wire.
 #[divan::bench(args = SIZES, sample_count = 30, sample_size = 1)]
@@ -255,17 +171,8 @@ fn udp(bencher: Bencher, size: usize) {
     let udp = BareUdp::new();
     let payload = size.min(MTU);
     let packets = messages(size) * size.div_ceil(MTU);
-    let mut bufs: Vec<Vec<u8>> = (0..64)
-        .map(|_| {
-            // A WRITE_ONLY BTH (opcode 0x0a, version 0) with a RETH.
-            let mut b = vec![0u8; 12 + 16 + MTU + 4];
-            b[0] = 0x0a;
-            b[2..4].copy_from_slice(&0xffffu16.to_be_bytes());
-            b[7] = 1;
-            b
-        })
-        .collect();
+    let mut bufs = write_only_buffers();
     bencher
         .counter(bytes(size))
-        .bench_local(|| udp.run(packets, payload, &mut bufs));
+        .bench_local(|| udp.run(packets, payload, TX_DEPTH, &mut bufs));
 }

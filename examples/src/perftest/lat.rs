@@ -82,14 +82,15 @@ fn await_byte(
     let mut spins = 0u32;
     while side.byte(offset) != value {
         spins += 1;
-        if spins.is_multiple_of(64) {
-            if let Some(end) = patience.give_up(start) {
-                return end;
-            }
-            // Two cores are shared with the devices' threads.
+        if spins.is_multiple_of(64)
+            && let Some(end) = patience.give_up(start)
+        {
+            return end;
+        }
+        // Receive in this thread (no hand-over to the device's thread);
+        // with nothing to receive, let the other threads have the CPU.
+        if side.ctx.progress() == 0 {
             std::thread::yield_now();
-        } else {
-            std::hint::spin_loop();
         }
     }
     Ok(true)

@@ -3,10 +3,14 @@
 
 #![allow(dead_code)] // Each user takes a different part.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use odp::{AddressSpace, Mapping};
+use provider::net::{OutPacket, RecvSlot, RoceSocket, SocketConfig};
 use provider::{
     AccessFlags, CompletionQueue, Context, MemoryRegion, Mtu, ProtectionDomain, QpCaps, QueuePair,
     RecvWr, SendOp, SendWr, WcStatus, WorkCompletion,
@@ -97,7 +101,18 @@ pub fn reap(cq: &CompletionQueue, wc: &mut [WorkCompletion]) -> usize {
 /// outstanding, and waits for all of them. With `receiver`, `b`'s receive
 /// completions are drained and its receives reposted as they are used.
 pub fn stream(a: &End, b: &End, op: fn(&End, usize) -> SendOp, size: usize, receiver: bool) {
-    let count = messages(size);
+    stream_count(a, b, op, size, messages(size), receiver);
+}
+
+/// [`stream`] of `count` messages.
+pub fn stream_count(
+    a: &End,
+    b: &End,
+    op: fn(&End, usize) -> SendOp,
+    size: usize,
+    count: usize,
+    receiver: bool,
+) {
     let slots = REGION / size;
     let mut wc = vec![WorkCompletion::default(); 64];
     let mut rwc = vec![WorkCompletion::default(); 256];
@@ -178,4 +193,102 @@ pub fn read_op(b: &End, at: usize) -> SendOp {
 
 pub fn send_op(_: &End, _: usize) -> SendOp {
     SendOp::Send
+}
+
+/// The bare transport: datagrams of an RDMA WRITE's packets for messages of
+/// `size` bytes, sent in batches of 64 with at most `TX_DEPTH` packets in
+/// flight (the RC window), received by a thread of their own.
+pub struct BareUdp {
+    tx: RoceSocket,
+    dest: SocketAddr,
+    received: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    rx: Option<JoinHandle<()>>,
+}
+
+impl BareUdp {
+    pub fn new() -> BareUdp {
+        // The device's own socket options.
+        let config = SocketConfig {
+            gro: true,
+            recv_buffer: Some(8 << 20),
+            send_buffer: Some(8 << 20),
+            ..SocketConfig::default()
+        };
+        let tx = RoceSocket::bind_with(SocketAddr::new(LOCALHOST, 0), config.clone()).unwrap();
+        let rx = RoceSocket::bind_with(SocketAddr::new(LOCALHOST, 0), config).unwrap();
+        let dest = rx.local_addr();
+        let received = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (count, halt) = (Arc::clone(&received), Arc::clone(&stop));
+        let rx = std::thread::spawn(move || {
+            let mut slots: Vec<RecvSlot> = (0..64).map(|_| RecvSlot::new(65_536)).collect();
+            while !halt.load(Ordering::Relaxed) {
+                let n = rx
+                    .recv_batch(&mut slots, Some(Duration::from_millis(20)))
+                    .unwrap();
+                let mut good = 0;
+                for slot in &slots[..n] {
+                    good += slot.packets().filter(|(_, v)| v.is_good()).count() as u64;
+                }
+                count.fetch_add(good, Ordering::Release);
+            }
+        });
+        BareUdp {
+            tx,
+            dest,
+            received,
+            stop,
+            rx: Some(rx),
+        }
+    }
+
+    /// Sends `packets` datagrams of `payload` bytes of data (plus BTH,
+    /// RETH and ICRC, like RDMA WRITE packets), at most `window` in flight,
+    /// and waits until all arrived.
+    pub fn run(&self, packets: usize, payload: usize, window: usize, bufs: &mut [Vec<u8>]) {
+        let start = self.received.load(Ordering::Acquire) as usize;
+        let mut sent = 0;
+        while sent < packets {
+            let n = (packets - sent).min(bufs.len());
+            while sent + n - (self.received.load(Ordering::Acquire) as usize - start) > window {
+                std::thread::yield_now();
+            }
+            let mut batch: Vec<OutPacket<'_>> = bufs[..n]
+                .iter_mut()
+                .map(|b| OutPacket::new(self.dest, &mut b[..12 + 16 + payload + 4]))
+                .collect();
+            let mut at = 0;
+            while at < n {
+                at += self.tx.send_batch(&mut batch[at..]).unwrap();
+            }
+            sent += n;
+        }
+        while (self.received.load(Ordering::Acquire) as usize) < start + packets {
+            std::thread::yield_now();
+        }
+    }
+}
+
+impl Drop for BareUdp {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(rx) = self.rx.take() {
+            let _ = rx.join();
+        }
+    }
+}
+
+/// 64 buffers for [`BareUdp::run`], each a WRITE_ONLY BTH (opcode 0x0a,
+/// version 0) with a RETH and room for an MTU of payload.
+pub fn write_only_buffers() -> Vec<Vec<u8>> {
+    (0..64)
+        .map(|_| {
+            let mut b = vec![0u8; 12 + 16 + MTU + 4];
+            b[0] = 0x0a;
+            b[2..4].copy_from_slice(&0xffffu16.to_be_bytes());
+            b[7] = 1;
+            b
+        })
+        .collect()
 }

@@ -8,19 +8,20 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 mod keys;
+mod progress;
 
 use keys::KeyTable;
 
 use crate::net::{
-    GRO_SLOT_CAPACITY, IcrcVerdict, Ipv4IdPolicy, Lossy, LossySocket, LossyStats, OutPacket,
-    RecvSlot, RoceSocket, SocketConfig, Transport,
+    IcrcVerdict, Ipv4IdPolicy, Lossy, LossySocket, LossyStats, OutPacket, RoceSocket, SocketConfig,
+    Transport,
 };
 use crate::rc::{Outbox, QpCore, Regions, RxDrop};
 use crate::verbs::{MrInner, OdpEvents};
-use crate::wire::PacketRepr;
+use crate::wire::{Opcode, PacketRepr};
 
 /// Datagrams received per system call, and packets handed to the socket per
 /// send call.
@@ -123,7 +124,6 @@ struct Counters {
 struct Shared {
     transport: Box<dyn Transport>,
     local: SocketAddr,
-    gro: bool,
     ipv4_id: Ipv4IdPolicy,
     /// Outboxes for the application's threads to reuse, keeping their
     /// arenas' capacity.
@@ -132,6 +132,18 @@ struct Shared {
     qps: RwLock<HashMap<u32, Arc<QpCore>>>,
     stop: AtomicBool,
     counters: Counters,
+    /// The receive side, taken by whichever thread receives.
+    rx: Mutex<progress::Rx>,
+    /// When the device opened (the clock of [`progress::Manual`]).
+    opened: Instant,
+    /// Whether READ replies are in progress (mirrors the receive side's
+    /// list, which only the receive lock's holder reads).
+    replies_pending: AtomicBool,
+    /// Application threads driving progress.
+    manual: progress::Manual,
+    /// The progress thread, to wake when application threads stop
+    /// driving progress.
+    progress_thread: std::sync::OnceLock<std::thread::Thread>,
 }
 
 impl Regions for Shared {
@@ -146,7 +158,7 @@ impl Regions for Shared {
 
 impl Shared {
     /// Sends and empties `out`, up to [`BATCH`] packets per socket call.
-    fn send(&self, out: &mut Outbox) {
+    pub(super) fn send(&self, out: &mut Outbox) {
         if out.is_empty() {
             return;
         }
@@ -202,7 +214,7 @@ impl Shared {
 
     /// Like [`Self::with_outbox`], holding `qp`'s send-order lock until the
     /// packets are sent: for everything that builds requester packets.
-    fn in_send_order<T>(&self, qp: &QpCore, f: impl FnOnce(&mut Outbox) -> T) -> T {
+    pub(super) fn in_send_order<T>(&self, qp: &QpCore, f: impl FnOnce(&mut Outbox) -> T) -> T {
         let _order = qp.send_order.lock().unwrap_or_else(PoisonError::into_inner);
         self.with_outbox(f)
     }
@@ -221,7 +233,7 @@ impl Shared {
         result
     }
 
-    fn qp(&self, qpn: u32) -> Option<Arc<QpCore>> {
+    pub(super) fn qp(&self, qpn: u32) -> Option<Arc<QpCore>> {
         self.qps
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -229,74 +241,20 @@ impl Shared {
             .cloned()
     }
 
-    /// The progress loop: run timers, receive a batch, dispatch every
-    /// packet in it, then send what they produced (so acknowledgements for
-    /// one batch coalesce).
-    fn run(&self) {
-        let slot_bytes = if self.gro {
-            GRO_SLOT_CAPACITY
-        } else {
-            SLOT_BYTES
-        };
-        let mut slots: Vec<RecvSlot> = (0..BATCH).map(|_| RecvSlot::new(slot_bytes)).collect();
-        let mut out = Outbox::default();
-        // For requester packets that responses release, sent at once.
-        let mut ordered = Outbox::default();
-        // Reused: the loop allocates nothing per turn.
-        let mut qps: Vec<Arc<QpCore>> = Vec::new();
-        while !self.stop.load(Relaxed) {
-            let now = Instant::now();
-            qps.extend(
-                self.qps
-                    .read()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .values()
-                    .cloned(),
-            );
-            let mut wait = Duration::from_millis(20);
-            for qp in qps.drain(..) {
-                // READ replies in progress go on a budget at a time, one
-                // queue pair after the other, between receive batches.
-                if qp.continue_reply(self, &mut out) {
-                    wait = Duration::ZERO;
-                }
-                match qp.deadline() {
-                    Some(t) if t <= now => {
-                        self.in_send_order(&qp, |out| qp.on_timer(self, now, out));
-                    }
-                    Some(t) => wait = wait.min(t - now),
-                    None => {}
-                }
-            }
-            self.send(&mut out);
-            match self.transport.recv_batch(&mut slots, Some(wait)) {
-                Ok(n) => {
-                    for slot in &slots[..n] {
-                        let dst = slot.dst().unwrap_or(self.local.ip());
-                        for (bytes, verdict) in slot.packets() {
-                            let outs = (&mut out, &mut ordered);
-                            self.dispatch(slot.src(), dst, bytes, verdict, outs);
-                        }
-                    }
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(1)),
-            }
-            self.send(&mut out);
-        }
-    }
-
     /// Hands one received packet, sent from `src` to the local address
     /// `dst`, to its queue pair. Responses to requests go into `out` (sent
     /// with the batch); requester packets that responses release go out
-    /// through `ordered` at once, in send order.
-    fn dispatch(
+    /// through `ordered` at once, in send order. Returns the queue pair if
+    /// the packet was a READ request whose reply goes on (see
+    /// [`QpCore::continue_reply`]).
+    pub(super) fn dispatch(
         &self,
         src: SocketAddr,
         dst: IpAddr,
         datagram: &[u8],
         verdict: IcrcVerdict,
         (out, ordered): (&mut Outbox, &mut Outbox),
-    ) {
+    ) -> Option<Arc<QpCore>> {
         match verdict {
             IcrcVerdict::Good => {}
             IcrcVerdict::GoodWithIpId(_) => {
@@ -304,25 +262,30 @@ impl Shared {
             }
             IcrcVerdict::Bad { .. } | IcrcVerdict::Unverifiable => {
                 self.counters.rx_bad_icrc.fetch_add(1, Relaxed);
-                return;
+                return None;
             }
             IcrcVerdict::TooShort | IcrcVerdict::Truncated => {
                 self.counters.rx_malformed.fetch_add(1, Relaxed);
-                return;
+                return None;
             }
         }
         let Ok(pkt) = PacketRepr::parse(datagram) else {
             self.counters.rx_malformed.fetch_add(1, Relaxed);
-            return;
+            return None;
         };
         let Some(qp) = self.qp(pkt.bth.dest_qp) else {
             self.counters.rx_unknown_qp.fetch_add(1, Relaxed);
-            return;
+            return None;
         };
         let (src, dst) = (src.ip(), dst);
+        let mut replying = None;
         let received = if pkt.bth.opcode.is_request() {
             // Responses to requests (ACKs coalesce) go out with the batch.
-            qp.receive(self, src, dst, &pkt, out)
+            let received = qp.receive(self, src, dst, &pkt, out);
+            if pkt.bth.opcode == Opcode::RC_RDMA_READ_REQUEST && qp.replying() {
+                replying = Some(Arc::clone(&qp));
+            }
+            received
         } else {
             // An acknowledgement may open the window: the requester packets
             // it releases go out at once, in order with the poster's.
@@ -335,6 +298,7 @@ impl Shared {
             Err(RxDrop::BadPkey) => &self.counters.rx_bad_pkey,
         };
         counter.fetch_add(1, Relaxed);
+        replying
     }
 }
 
@@ -377,18 +341,23 @@ impl Device {
         let shared = Arc::new(Shared {
             transport,
             local,
-            gro: options.socket.gro,
             ipv4_id: options.socket.ipv4_id,
             outboxes: Mutex::new(Vec::new()),
             mrs: RwLock::new(KeyTable::default()),
             qps: RwLock::new(HashMap::new()),
             stop: AtomicBool::new(false),
             counters: Counters::default(),
+            rx: Mutex::new(progress::Rx::new(options.socket.gro)),
+            opened: Instant::now(),
+            replies_pending: AtomicBool::new(false),
+            manual: progress::Manual::default(),
+            progress_thread: std::sync::OnceLock::new(),
         });
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name(format!("roce-{local}"))
             .spawn(move || thread_shared.run())?;
+        let _ = shared.progress_thread.set(thread.thread().clone());
         let dev = Arc::new(Device {
             shared,
             thread: Mutex::new(Some(thread)),
@@ -505,12 +474,21 @@ impl Device {
     /// socket had delivered it from `src` to the device's own address:
     /// ICRC check, parse, dispatch; responses are sent.
     pub(crate) fn receive_datagram(&self, src: SocketAddr, datagram: &[u8]) {
-        let shared = &self.shared;
-        let verdict = crate::net::verify(&src, &shared.local, datagram, shared.ipv4_id);
-        let (mut out, mut ordered) = (Outbox::default(), Outbox::default());
-        let outs = (&mut out, &mut ordered);
-        shared.dispatch(src, shared.local.ip(), datagram, verdict, outs);
-        shared.send(&mut out);
+        self.shared.receive_datagram(src, datagram);
+    }
+
+    /// Receives and handles what the socket holds, in the calling thread,
+    /// unless another thread is receiving; returns the datagrams handled.
+    /// While application threads call this, the progress thread leaves
+    /// receiving to them (see [`progress`]).
+    pub(crate) fn progress(&self) -> usize {
+        self.shared.progress()
+    }
+
+    /// Marks the calling thread as driving progress until the guard drops
+    /// (a completion-queue wait that spins).
+    pub(crate) fn driving_progress(&self) -> progress::Driving<'_> {
+        progress::Driving::new(&self.shared)
     }
 
     /// A snapshot of the counters.

@@ -89,6 +89,50 @@ static UNSTEP_POW: [Matrix; 16] = {
     pows
 };
 
+/// Runs `s` backwards over `n` zero bytes, one matrix per set bit of `n`.
+fn unstep_bytes(mut s: u32, n: usize) -> u32 {
+    for (k, m) in UNSTEP_POW.iter().enumerate() {
+        if (n >> k) & 1 == 1 {
+            s = mat_vec(m, s);
+        }
+    }
+    s
+}
+
+/// Lengths seen recently, each with the backwards map over that many
+/// bytes as one matrix once it came a second time. Packets come in runs of
+/// one length (a GSO send, a GRO datagram, a stream of equal messages):
+/// the solver then costs one matrix-vector product instead of one per set
+/// bit of the length. A length seen once gets no matrix (building one
+/// costs 32 solves), so packets of ever-new lengths cost what they did.
+struct RecentLengths {
+    entries: [(usize, Option<Matrix>); 4],
+    next: usize,
+}
+
+impl RecentLengths {
+    fn unstep(&mut self, s: u32, n: usize) -> u32 {
+        let Some(i) = self.entries.iter().position(|(len, _)| *len == n) else {
+            self.entries[self.next] = (n, None);
+            self.next = (self.next + 1) % self.entries.len();
+            return unstep_bytes(s, n);
+        };
+        let matrix = self.entries[i].1.get_or_insert_with(|| {
+            let mut m = [0u32; 32];
+            for (j, column) in m.iter_mut().enumerate() {
+                *column = unstep_bytes(1 << j, n);
+            }
+            m
+        });
+        mat_vec(matrix, s)
+    }
+}
+
+thread_local! {
+    static RECENT_LENGTHS: std::cell::RefCell<RecentLengths> =
+        const { std::cell::RefCell::new(RecentLengths { entries: [(usize::MAX, None); 4], next: 0 }) };
+}
+
 /// Solves for the IPv4 ID: `delta` is the trailer XOR the ICRC computed with
 /// ID 0, `bytes_after_id` the number of CRC-message bytes after the ID field
 /// (the rest of the IPv4 header from the flags on, 14 bytes, the UDP
@@ -99,12 +143,7 @@ pub fn solve_ipv4_id(delta: u32, bytes_after_id: usize) -> Option<u16> {
     if bytes_after_id >= 1 << 16 {
         return None;
     }
-    let mut s = delta;
-    for (k, m) in UNSTEP_POW.iter().enumerate() {
-        if (bytes_after_id >> k) & 1 == 1 {
-            s = mat_vec(m, s);
-        }
-    }
+    let s = RECENT_LENGTHS.with_borrow_mut(|recent| recent.unstep(delta, bytes_after_id));
     // `s` is now the syndrome right after the ID field. Going back over the
     // 16 ID bits, each unknown bit d_k (k in processing order) is XORed
     // into bit 0 and then shifted up by the k steps still to go, so the
@@ -187,6 +226,22 @@ mod tests {
         m[ID_OFFSET_IN_CRC_MESSAGE..ID_OFFSET_IN_CRC_MESSAGE + 2]
             .copy_from_slice(&id.to_be_bytes());
         m
+    }
+
+    #[test]
+    fn the_cached_map_of_a_recurring_length_equals_the_direct_one() {
+        let mut recent = RecentLengths {
+            entries: [(usize::MAX, None); 4],
+            next: 0,
+        };
+        let mut seed = 0x1234_5678u32;
+        // Lengths recurring, interleaved, and more of them than entries.
+        for round in 0..40 {
+            let n = [40, 40, 1500, 4123, 1500, 9000, 77, 65_535, 65_535, 40][round % 10];
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            assert_eq!(recent.unstep(seed, n), unstep_bytes(seed, n), "length {n}");
+        }
+        assert!(recent.entries.iter().any(|(_, m)| m.is_some()));
     }
 
     #[test]

@@ -289,6 +289,10 @@ impl Transport for LossySocket {
         Some(self.stats())
     }
 
+    fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
+        self.inner.wait_readable(timeout)
+    }
+
     fn open_source_port(&self, port: u16) -> Result<(), NetError> {
         self.inner.open_source_port(port)
     }

@@ -161,6 +161,12 @@ pub trait Transport: Send + Sync {
     /// # Errors
     /// As [`RoceSocket::recv_batch`].
     fn recv_batch(&self, slots: &mut [RecvSlot], timeout: Option<Duration>) -> io::Result<usize>;
+    /// Waits at most `timeout` until a datagram can be received; whether
+    /// one can.
+    ///
+    /// # Errors
+    /// The error of ppoll(2).
+    fn wait_readable(&self, timeout: Duration) -> io::Result<bool>;
     /// What fault injection did so far, if this transport injects faults.
     fn fault_stats(&self) -> Option<LossyStats> {
         None

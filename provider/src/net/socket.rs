@@ -712,6 +712,10 @@ impl Transport for RoceSocket {
         RoceSocket::recv_batch(self, slots, timeout)
     }
 
+    fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
+        sys::wait(self.fd.as_fd(), libc::POLLIN, Some(timeout))
+    }
+
     fn open_source_port(&self, port: u16) -> Result<(), NetError> {
         RoceSocket::open_source_port(self, port)
     }

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use super::clock::Clock;
 use super::psn::{psn_add, psn_diff, retransmit_timeout, rnr_delay};
 use super::qp::{QpAttrs, QpCore, QpState, QpStateKind, bad_state, bth, headers};
-use super::sge::{self, SgeError};
+use super::sge::{self, SgeError, Sges};
 use super::{Outbox, Regions};
-use crate::verbs::{SendOp, SendWr, Sge, VerbsError, WcOpcode, WcStatus, WorkCompletion};
+use crate::verbs::{SendOp, SendWr, VerbsError, WcOpcode, WcStatus, WorkCompletion};
 use crate::wire::{AtomicEthRepr, Opcode, RethRepr};
 
 /// PSNs the requester may have outstanding (rxe's `RXE_MAX_UNACKED_PSNS`).
@@ -34,7 +34,7 @@ const MAX_PKTS_PER_ACK: u32 = 64;
 pub(crate) struct SendWqe {
     pub(crate) wr_id: u64,
     pub(crate) op: SendOp,
-    pub(crate) sges: Vec<Sge>,
+    pub(crate) sges: Sges,
     pub(crate) signaled: bool,
     /// Local bytes (payload, or read/atomic destination).
     pub(crate) len: u32,
@@ -256,7 +256,7 @@ impl QpCore {
             st.req.sq.push_back(SendWqe {
                 wr_id: wr.wr_id,
                 op: wr.op,
-                sges: wr.sg_list.to_vec(),
+                sges: Sges::from_slice(wr.sg_list),
                 signaled: wr.signaled,
                 len: len as u32,
                 started: false,

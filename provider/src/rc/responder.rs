@@ -27,10 +27,10 @@ use std::collections::VecDeque;
 use super::psn::{psn_add, psn_diff};
 use super::qp::{Peer, QpCore, QpState, bth, headers};
 use super::read_reply::{ReadReply, hold};
-use super::sge::{self, SgeError};
+use super::sge::{self, SgeError, Sges};
 use super::{Outbox, Regions};
 use crate::verbs::{
-    AccessFlags, AtomicOp, MrAccessError, MrInner, Sge, WcOpcode, WcStatus, WorkCompletion,
+    AccessFlags, AtomicOp, MrAccessError, MrInner, WcOpcode, WcStatus, WorkCompletion,
 };
 use crate::wire::{AethRepr, AtomicAckEthRepr, NakCode, Opcode, PacketRepr, RethRepr, Syndrome};
 
@@ -42,7 +42,7 @@ const MAX_MESSAGE: u32 = 1 << 31;
 /// A posted receive work request.
 pub(crate) struct RecvWqe {
     pub(crate) wr_id: u64,
-    pub(crate) sges: Vec<Sge>,
+    pub(crate) sges: Sges,
 }
 
 /// A READ or atomic request already carried out (rxe's `resp_res`).
@@ -533,7 +533,7 @@ impl QpCore {
         for wr in wrs {
             st.resp.rq.push_back(RecvWqe {
                 wr_id: wr.wr_id,
-                sges: wr.sg_list.to_vec(),
+                sges: Sges::from_slice(wr.sg_list),
             });
         }
         if st.kind == super::QpStateKind::Error {

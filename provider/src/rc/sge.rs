@@ -3,6 +3,10 @@
 use super::Regions;
 use crate::verbs::{AccessFlags, MrAccessError, Sge};
 
+/// A work request's SGE list, kept in the request: up to two entries
+/// inline (most work requests have one), so posting allocates nothing.
+pub(crate) type Sges = smallvec::SmallVec<[Sge; 2]>;
+
 /// Why a local SGE access failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum SgeError {

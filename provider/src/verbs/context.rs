@@ -276,7 +276,7 @@ impl Context {
     /// # Errors
     /// [`VerbsError::InvalidArgument`] for 0; an eventfd failure.
     pub fn create_cq(&self, capacity: usize) -> Result<CompletionQueue, VerbsError> {
-        CompletionQueue::new(capacity)
+        CompletionQueue::new(Some(Arc::clone(&self.dev)), capacity)
     }
 
     /// Runs one RoCEv2 datagram (the UDP payload: BTH to ICRC) through the
@@ -286,6 +286,17 @@ impl Context {
     /// fuzzing and for tests that play a hostile peer without a socket.
     pub fn receive_datagram(&self, src: SocketAddr, datagram: &[u8]) {
         self.dev.receive_datagram(src, datagram);
+    }
+
+    /// Receives and handles, in the calling thread, what has arrived for
+    /// the device, unless another thread is doing so; returns the number
+    /// of datagrams handled. For applications that wait by polling memory
+    /// (a perftest `write_lat` loop): calling this in the loop saves the
+    /// hand-over to the device's progress thread and back, and while it is
+    /// called the progress thread leaves receiving to the caller.
+    /// Completion-queue polls that find nothing do the same by themselves.
+    pub fn progress(&self) -> usize {
+        self.dev.progress()
     }
 
     /// Packet counters of the device.

@@ -7,6 +7,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::VerbsError;
+use crate::device::Device;
 
 /// The outcome of a work request, as verbs reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +88,9 @@ impl Default for WorkCompletion {
     }
 }
 
+/// How long [`CompletionQueue::poll_wait`] spins before it sleeps.
+const POLL_SPIN: Duration = Duration::from_micros(50);
+
 /// The shared state of a completion queue.
 pub(crate) struct CqInner {
     entries: Mutex<VecDeque<WorkCompletion>>,
@@ -95,9 +99,14 @@ pub(crate) struct CqInner {
     /// Threads in `poll_wait`; changed only under the `entries` lock, so a
     /// push that sees 0 under that lock has nobody to wake.
     waiters: AtomicUsize,
+    /// The number of entries, for polls that spin without the lock;
+    /// written under the `entries` lock.
+    len: AtomicUsize,
     overflowed: AtomicBool,
-    /// Signalled when a completion arrives in an empty queue, for `epoll`.
+    /// Signalled when a completion arrives in an empty queue, for `epoll`,
+    /// once someone asked for it ([`CompletionQueue::event_fd`]).
     event_fd: OwnedFd,
+    events_wanted: AtomicBool,
 }
 
 impl CqInner {
@@ -111,6 +120,7 @@ impl CqInner {
         }
         let was_empty = entries.is_empty();
         entries.push_back(wc);
+        self.len.store(entries.len(), Ordering::Release);
         let wake = self.waiters.load(Ordering::Relaxed) > 0;
         drop(entries);
         // Both cost a system call, so only when someone can be waiting: a
@@ -118,7 +128,7 @@ impl CqInner {
         if wake {
             self.ready.notify_all();
         }
-        if was_empty {
+        if was_empty && self.events_wanted.load(Ordering::Relaxed) {
             let one: u64 = 1;
             // SAFETY: writes 8 bytes from a valid u64 to our eventfd; a full
             // counter (EAGAIN) only means the reader is far behind.
@@ -131,6 +141,9 @@ impl CqInner {
 #[derive(Clone)]
 pub struct CompletionQueue {
     pub(crate) inner: Arc<CqInner>,
+    /// The device whose receive path a poll that finds nothing runs (none
+    /// for the engine's simulation, which has no device).
+    dev: Option<Arc<Device>>,
 }
 
 impl std::fmt::Debug for CompletionQueue {
@@ -142,7 +155,7 @@ impl std::fmt::Debug for CompletionQueue {
 }
 
 impl CompletionQueue {
-    pub(crate) fn new(capacity: usize) -> Result<Self, VerbsError> {
+    pub(crate) fn new(dev: Option<Arc<Device>>, capacity: usize) -> Result<Self, VerbsError> {
         if capacity == 0 {
             return Err(VerbsError::InvalidArgument("CQ capacity 0"));
         }
@@ -157,15 +170,29 @@ impl CompletionQueue {
                 capacity,
                 ready: Condvar::new(),
                 waiters: AtomicUsize::new(0),
+                len: AtomicUsize::new(0),
                 overflowed: AtomicBool::new(false),
                 // SAFETY: `fd` is a fresh descriptor nobody else owns.
                 event_fd: unsafe { OwnedFd::from_raw_fd(fd) },
+                events_wanted: AtomicBool::new(false),
             }),
+            dev,
         })
     }
 
     /// Moves up to `out.len()` completions into `out`; returns how many.
+    /// Finding none, it receives for the device in the calling thread
+    /// (see [`crate::Context::progress`]) and looks again.
     pub fn poll(&self, out: &mut [WorkCompletion]) -> usize {
+        let n = self.take(out);
+        if n > 0 || out.is_empty() || self.progress() == 0 {
+            return n;
+        }
+        self.take(out)
+    }
+
+    /// Moves up to `out.len()` queued completions into `out`.
+    fn take(&self, out: &mut [WorkCompletion]) -> usize {
         let mut entries = self
             .inner
             .entries
@@ -175,13 +202,16 @@ impl CompletionQueue {
         for (slot, wc) in out.iter_mut().zip(entries.drain(..n)) {
             *slot = wc;
         }
+        self.inner.len.store(entries.len(), Ordering::Release);
         n
     }
 
     /// Like [`Self::poll`], but waits up to `timeout` for the first
-    /// completion.
+    /// completion: spinning for the first 50 µs (yielding the CPU between
+    /// looks), then asleep.
     pub fn poll_wait(&self, out: &mut [WorkCompletion], timeout: Duration) -> usize {
         let deadline = Instant::now() + timeout;
+        self.spin_until_nonempty(POLL_SPIN.min(timeout));
         let mut entries = self
             .inner
             .entries
@@ -205,15 +235,45 @@ impl CompletionQueue {
         for (slot, wc) in out.iter_mut().zip(entries.drain(..n)) {
             *slot = wc;
         }
+        self.inner.len.store(entries.len(), Ordering::Release);
         n
     }
 
+    /// Drives the device's progress in this thread for at most `limit`
+    /// until a completion is queued (yielding the CPU when nothing came
+    /// in): a completion that comes within the spin costs no hand-over
+    /// between threads, no sleep and no wake-up.
+    fn spin_until_nonempty(&self, limit: Duration) {
+        let _driving = self.dev.as_ref().map(|d| d.driving_progress());
+        let start = Instant::now();
+        while self.inner.len.load(Ordering::Acquire) == 0 && start.elapsed() < limit {
+            if self.progress() == 0 {
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    /// The device's progress in this thread (see [`Device::progress`]).
+    fn progress(&self) -> usize {
+        self.dev.as_ref().map_or(0, |d| d.progress())
+    }
+
     /// An eventfd for `epoll` (the completion channel of verbs): it becomes
-    /// readable when a completion arrives in an empty queue. After an event,
+    /// readable when a completion arrives in an empty queue (and at once if
+    /// completions are queued already). Until the first call the queue
+    /// signals nothing, which saves a system call per completion. After an event,
     /// read the eventfd (which resets it) and poll until the queue is empty
     /// before waiting again, as with `ibv_get_cq_event` and
     /// `ibv_req_notify_cq`.
     pub fn event_fd(&self) -> RawFd {
+        self.inner.events_wanted.store(true, Ordering::Relaxed);
+        // A completion already queued would never signal: make the fd
+        // readable now, as for a completion arriving in an empty queue.
+        if self.inner.len.load(Ordering::Acquire) > 0 {
+            let one: u64 = 1;
+            // SAFETY: as in `CqInner::push`.
+            unsafe { libc::write(self.inner.event_fd.as_raw_fd(), (&raw const one).cast(), 8) };
+        }
         self.inner.event_fd.as_raw_fd()
     }
 

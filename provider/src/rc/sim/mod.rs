@@ -127,7 +127,7 @@ pub(crate) struct Node {
 
 impl Node {
     fn new(index: usize, mem_len: usize, clock: &Clock) -> Node {
-        let cq = CompletionQueue::new(1 << 14).expect("completion queue");
+        let cq = CompletionQueue::new(None, 1 << 14).expect("completion queue");
         let qp = QpCore::new(
             0x100 + index as u32,
             1,

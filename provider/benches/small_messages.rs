@@ -1,0 +1,226 @@
+//! Small messages against what bare UDP sockets allow, each goal measured
+//! as alternating rounds of the device and its bare-UDP counterpart in one
+//! run (this machine's speed drifts by 2-3x from hour to hour, so only
+//! ratios of neighbouring rounds mean something). Prints every round and
+//! the median ratio.
+//!
+//! - latency: 8-byte RDMA WRITE ping-pong in perftest `write_lat`'s order
+//!   (each side polls its memory for the other's write, then writes back),
+//!   typical (median) half round trip, against a ping-pong of 36-byte
+//!   datagrams between two threads with blocking `send`/`recv`;
+//! - rate: 64-byte RDMA WRITEs streamed with up to 128 outstanding, in
+//!   messages per second, against bare datagrams of the same size sent in
+//!   GSO runs and received with GRO;
+//! - multi-packet: RDMA WRITE bandwidth of 2-, 4- and 16-packet messages
+//!   against one-packet messages, at MTU 4096.
+//!
+//! `cargo bench -p provider --bench small_messages` (`SMALL_ROUNDS=n`
+//! rounds, default 5; `SMALL_ONLY=latency|rate|multi` for one goal).
+
+use std::net::UdpSocket;
+use std::time::Instant;
+
+use provider::SendWr;
+
+mod harness;
+
+use harness::*;
+
+fn main() {
+    // Cargo passes `--bench`; there are no options.
+    let rounds = std::env::var("SMALL_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let only = std::env::var("SMALL_ONLY").unwrap_or_default();
+    let wanted = |goal: &str| only.is_empty() || only == goal;
+    if wanted("latency") {
+        latency(rounds);
+    }
+    if wanted("rate") {
+        message_rate(rounds);
+    }
+    if wanted("multi") {
+        multi_packet(rounds);
+    }
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Prints one goal's rounds (each a measurement and its reference,
+/// named by `names`) and the median of their ratios.
+fn report(goal: &str, unit: &str, names: (&str, &str), rounds: &[(f64, f64)]) {
+    println!("{goal}:");
+    for (i, (device, reference)) in rounds.iter().enumerate() {
+        println!(
+            "  round {i}: {} {device:.2} {unit}, {} {reference:.2} {unit}, ratio {:.2}",
+            names.0,
+            names.1,
+            device / reference
+        );
+    }
+    let ratios: Vec<f64> = rounds.iter().map(|(d, b)| d / b).collect();
+    let devices: Vec<f64> = rounds.iter().map(|(d, _)| *d).collect();
+    println!(
+        "  median: {} {:.2} {unit}, ratio {:.2}",
+        names.0,
+        median(&devices),
+        median(&ratios)
+    );
+}
+
+const PING_PONGS: usize = 20_000;
+
+fn latency(rounds: usize) {
+    let (a, b) = pair(false);
+    let results: Vec<(f64, f64)> = (0..rounds)
+        .map(|_| (device_ping_pong(&a, &b), udp_ping_pong()))
+        .collect();
+    let names = ("device", "bare UDP");
+    report(
+        "8-byte write_lat, typical half round trip",
+        "us",
+        names,
+        &results,
+    );
+}
+
+/// The word at `offset` of `end`'s region.
+fn word(end: &End, offset: usize) -> *mut u64 {
+    (end.mr.addr() as usize + offset) as *mut u64
+}
+
+/// Writes `value` into `from`'s staging word and RDMA-WRITEs it to word 0
+/// of `to`, unsignaled.
+fn write_word(from: &End, to: &End, value: u64) {
+    // SAFETY: offset 64 of the region is this side's staging word, which
+    // only this thread writes.
+    unsafe { word(from, 64).write_volatile(value) };
+    from.qp
+        .post_send(&[SendWr {
+            wr_id: value,
+            op: write_op(to, 0),
+            sg_list: &[from.mr.sge(64, 8)],
+            signaled: false,
+            solicited: false,
+        }])
+        .unwrap();
+}
+
+/// Spins until word 0 of `end` holds `value`, receiving for the device
+/// in this thread meanwhile (as `write_lat` does).
+fn wait_word(end: &End, value: u64) {
+    // SAFETY: word 0 is in the region; the device writes it, this thread
+    // only reads it.
+    while unsafe { word(end, 0).read_volatile() } != value {
+        // Nothing came in: let the other threads have the CPU (two cores
+        // for two spinning threads and two device threads).
+        if end.ctx.progress() == 0 {
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// perftest `write_lat`'s exchange, `a` first; the median half round trip
+/// in microseconds.
+fn device_ping_pong(a: &End, b: &End) -> f64 {
+    // SAFETY: both words are in the regions; no transfer is in flight.
+    unsafe {
+        word(a, 0).write_volatile(0);
+        word(b, 0).write_volatile(0);
+    }
+    let base = 1 << 32;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 1..=PING_PONGS as u64 {
+                wait_word(b, base + i);
+                write_word(b, a, base + i);
+            }
+        });
+        let mut times = Vec::with_capacity(PING_PONGS);
+        for i in 1..=PING_PONGS as u64 {
+            let start = Instant::now();
+            write_word(a, b, base + i);
+            wait_word(a, base + i);
+            times.push(start.elapsed().as_secs_f64() * 1e6 / 2.0);
+        }
+        let worst = times.iter().copied().fold(0.0, f64::max);
+        if worst > 1000.0 {
+            println!("  (device: slowest half round trip {worst:.0} us)");
+        }
+        median(&times)
+    })
+}
+
+/// A ping-pong of 36-byte datagrams between two threads, blocking calls;
+/// the median half round trip in microseconds.
+fn udp_ping_pong() -> f64 {
+    let here = UdpSocket::bind((LOCALHOST, 0)).unwrap();
+    let there = UdpSocket::bind((LOCALHOST, 0)).unwrap();
+    here.connect(there.local_addr().unwrap()).unwrap();
+    there.connect(here.local_addr().unwrap()).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut buf = [0u8; 64];
+            for _ in 0..PING_PONGS {
+                let n = there.recv(&mut buf).unwrap();
+                there.send(&buf[..n]).unwrap();
+            }
+        });
+        let mut buf = [0u8; 64];
+        let mut times = Vec::with_capacity(PING_PONGS);
+        for _ in 0..PING_PONGS {
+            let start = Instant::now();
+            here.send(&[7u8; 36]).unwrap();
+            here.recv(&mut buf).unwrap();
+            times.push(start.elapsed().as_secs_f64() * 1e6 / 2.0);
+        }
+        median(&times)
+    })
+}
+
+const RATE_MESSAGES: usize = 200_000;
+
+fn message_rate(rounds: usize) {
+    let (a, b) = pair(false);
+    let udp = BareUdp::new();
+    let mut bufs = write_only_buffers();
+    let results: Vec<(f64, f64)> = (0..rounds)
+        .map(|_| {
+            let start = Instant::now();
+            stream_count(&a, &b, write_op, 64, RATE_MESSAGES, false);
+            let device = RATE_MESSAGES as f64 / start.elapsed().as_secs_f64() / 1e6;
+            let start = Instant::now();
+            // A window the receive buffer holds, so nothing is dropped.
+            udp.run(RATE_MESSAGES, 64, 16_384, &mut bufs);
+            let bare = RATE_MESSAGES as f64 / start.elapsed().as_secs_f64() / 1e6;
+            (device, bare)
+        })
+        .collect();
+    let names = ("device", "bare UDP");
+    report("64-byte RDMA WRITE message rate", "M/s", names, &results);
+}
+
+/// Bytes per size and round in the multi-packet comparison.
+const MULTI_BYTES: usize = 64 << 20;
+
+fn multi_packet(rounds: usize) {
+    let (a, b) = pair(false);
+    let bandwidth = |size: usize| {
+        let count = MULTI_BYTES / size;
+        let start = Instant::now();
+        stream_count(&a, &b, write_op, size, count, false);
+        MULTI_BYTES as f64 / start.elapsed().as_secs_f64() / 1e9
+    };
+    for size in [8192, 16_384, 65_536] {
+        let results: Vec<(f64, f64)> = (0..rounds)
+            .map(|_| (bandwidth(size), bandwidth(4096)))
+            .collect();
+        let goal = format!("{}-packet RDMA WRITEs ({size} B)", size / 4096);
+        report(&goal, "GB/s", ("multi-packet", "one-packet"), &results);
+    }
+}
