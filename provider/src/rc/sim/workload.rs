@@ -14,11 +14,12 @@
 //!   8-byte slot per atomic this end posts.
 
 use std::ops::Range;
+use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{Node, Schedule, Sim};
+use super::{LinkStats, Node, Schedule, Sim};
 use crate::verbs::{RecvWr, SendOp, SendWr, Sge, WcOpcode, WcStatus, WorkCompletion};
 
 const SRC: Range<usize> = 0..0x1_0000;
@@ -261,9 +262,45 @@ struct Progress {
 /// Runs the workload of `seed`; returns a description of the first rule
 /// broken, if any.
 pub(crate) fn run_seed(seed: u64) -> Result<String, String> {
+    run(seed, None).map(|(mtu, dirs, steps, sim)| {
+        format!(
+            "mtu {mtu}, {} + {} ops, {steps} steps, {:?} virtual, {:?}",
+            dirs[0].ops.len(),
+            dirs[1].ops.len(),
+            sim.elapsed(),
+            sim.stats
+        )
+    })
+}
+
+/// Runs the workload of `seed` (the same operations whatever the rate)
+/// over a link that drops, duplicates and reorders `rate` of the packets
+/// and corrupts half that, in both directions, without stalls, with every
+/// receive posted up front (no RNR waits): what the link carried, for
+/// measuring the cost of loss.
+pub(crate) fn run_with_faults(seed: u64, rate: f64) -> Result<LinkStats, String> {
+    run(seed, Some(rate)).map(|(.., sim)| sim.stats)
+}
+
+/// A finished run: MTU, operations, steps and the simulation.
+type Finished = (usize, [Direction; 2], u64, Sim);
+
+/// Runs the workload of `seed`, over the seed's own link schedule or, with
+/// `fault_rate`, the uniform one of [`run_with_faults`].
+fn run(seed: u64, fault_rate: Option<f64>) -> Result<Finished, String> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mtu = [256, 512, 1024, 2048, 4096][rng.random_range(0..5)];
-    let schedule = Schedule::draw(&mut rng);
+    let mut schedule = Schedule::draw(&mut rng);
+    if let Some(rate) = fault_rate {
+        schedule = Schedule {
+            drop: rate,
+            duplicate: rate,
+            reorder: rate,
+            corrupt: rate / 2.0,
+            stalls: [(Duration::ZERO, Duration::ZERO); 2],
+            ..schedule
+        };
+    }
     let mut sim = Sim::new(seed, mtu, MEM_LEN, schedule);
     for i in 0..2 {
         sim.nodes[i].fill(SRC.start, &pattern(i, seed));
@@ -272,7 +309,10 @@ pub(crate) fn run_seed(seed: u64) -> Result<String, String> {
     // Receives for the peer's SENDs: some now, the rest later (the sender
     // meets RNR NAKs meanwhile).
     let mut progress = [Progress::default(), Progress::default()];
-    let early = [0, 1].map(|i| rng.random_range(0..=dirs[1 - i].recvs.len()));
+    let mut early = [0, 1].map(|i| rng.random_range(0..=dirs[1 - i].recvs.len()));
+    if fault_rate.is_some() {
+        early = [RECV_SLOTS; 2];
+    }
     for i in 0..2 {
         post_recvs(&mut sim, i, &mut progress[i], early[i]);
     }
@@ -309,7 +349,7 @@ pub(crate) fn run_seed(seed: u64) -> Result<String, String> {
             }
         }
         steps += 1;
-        if sim.elapsed() > std::time::Duration::from_secs(600) || steps > 5_000_000 {
+        if sim.elapsed() > Duration::from_secs(600) || steps > 5_000_000 {
             return Err(format!(
                 "no end after {steps} steps, {:?} virtual",
                 sim.elapsed()
@@ -323,13 +363,7 @@ pub(crate) fn run_seed(seed: u64) -> Result<String, String> {
             sim.stats.missed
         ));
     }
-    Ok(format!(
-        "mtu {mtu}, {} + {} ops, {steps} steps, {:?} virtual, {:?}",
-        dirs[0].ops.len(),
-        dirs[1].ops.len(),
-        sim.elapsed(),
-        sim.stats
-    ))
+    Ok((mtu, dirs, steps, sim))
 }
 
 /// Posts `n` more receives on `node` for its peer's SENDs.
