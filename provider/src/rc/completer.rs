@@ -24,6 +24,8 @@ impl QpCore {
         };
         let psn = pkt.bth.psn;
         let before = st.req.oldest_unacked();
+        // Where this response says the requester must send again from.
+        let mut retry_from = None;
         match pkt.bth.opcode {
             Opcode::RC_ACKNOWLEDGE => {
                 let Some(aeth) = pkt.aeth else { return };
@@ -36,8 +38,7 @@ impl QpCore {
                             && w.is_read_or_atomic()
                             && psn_diff(psn, w.first_psn) >= 0
                         {
-                            let again = w.first_psn;
-                            st.req.go_back(again, mtu);
+                            retry_from = Some(w.first_psn);
                         }
                     }
                     Syndrome::RnrNak { timer } => {
@@ -48,7 +49,7 @@ impl QpCore {
                     }
                     Syndrome::Nak(NakCode::PsnSequenceError) => {
                         acknowledge_through(st, psn_add(psn, 0xff_ffff));
-                        st.req.go_back(psn, mtu);
+                        retry_from = Some(psn);
                     }
                     Syndrome::Nak(code) => {
                         acknowledge_through(st, psn_add(psn, 0xff_ffff));
@@ -84,7 +85,7 @@ impl QpCore {
                     // are ignored.
                     if w.started && psn_diff(psn, expected) > 0 && w.reread_from != Some(expected) {
                         w.reread_from = Some(expected);
-                        st.req.go_back(expected, mtu);
+                        st.req.retry(expected, mtu);
                     }
                     return;
                 }
@@ -149,9 +150,13 @@ impl QpCore {
         // Progress resets the retry budget and restarts the timer.
         if psn_diff(st.req.oldest_unacked(), before) > 0 {
             st.req.retries_left = st.req.retry_cnt_attr();
+            st.req.retry_started = false;
             st.req.rearm();
         } else if st.req.sq.iter().all(|w| w.done.is_some() || !w.started) {
             st.req.timer = None;
+        }
+        if let Some(psn) = retry_from {
+            st.req.retry(psn, mtu);
         }
     }
 }

@@ -90,6 +90,12 @@ pub(crate) struct Requester {
     /// READs and atomics transmitted and not finished.
     pub(crate) rd_atomic_out: u32,
     pub(crate) retries_left: u8,
+    /// A response made the requester go back, and no response has made
+    /// progress since (rxe's `comp.started_retry`): further responses
+    /// asking for the same retransmission (a duplicated NAK, the ACKs of
+    /// later requests overtaking a READ's or atomic's lost response, late
+    /// packets of the first pass) do not start another go-back.
+    pub(crate) retry_started: bool,
     pub(crate) rnr_left: u8,
     pub(crate) timer: Option<Instant>,
     pub(crate) rnr_until: Option<Instant>,
@@ -152,6 +158,7 @@ impl Requester {
         self.retries_left = attrs.retry_cnt;
         self.rnr_left = attrs.rnr_retry;
         self.max_rd_atomic = u32::from(attrs.max_rd_atomic);
+        self.retry_started = false;
     }
 
     /// The oldest PSN not yet acknowledged (or answered).
@@ -197,6 +204,17 @@ impl Requester {
             (true, Some(t)) => Some(self.clock.now() + t),
             _ => None,
         };
+    }
+
+    /// A go-back asked for by a response (a NAK, an ACK past an unanswered
+    /// READ or atomic, a gap in READ responses), unless one is already
+    /// under way: see [`Self::retry_started`].
+    pub(crate) fn retry(&mut self, psn: u32, mtu: usize) {
+        if self.retry_started {
+            return;
+        }
+        self.retry_started = true;
+        self.go_back(psn, mtu);
     }
 
     /// Moves the transmit position back to `psn` (go-back-N): every
@@ -453,6 +471,7 @@ impl QpCore {
             if st.req.retry_cnt != 7 {
                 st.req.retries_left -= 1;
             }
+            st.req.retry_started = true;
             st.req.go_back(oldest, mtu);
             self.fill(&mut st, regions, out);
             st.req.rearm();
