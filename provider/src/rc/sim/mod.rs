@@ -11,9 +11,8 @@
 
 mod workload;
 
-#[cfg(test)]
 mod loss;
-#[cfg(test)]
+mod rxe_answers;
 mod tests;
 
 use std::cmp::Reverse;
