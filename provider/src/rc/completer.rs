@@ -31,6 +31,7 @@ impl QpCore {
                 let Some(aeth) = pkt.aeth else { return };
                 match aeth.decode() {
                     Syndrome::Ack { .. } => {
+                        st.req.received_before(psn_add(psn, 1));
                         acknowledge_through(st, psn);
                         // An ACK past an unanswered READ or atomic means
                         // its responses were lost: ask again.
@@ -42,12 +43,14 @@ impl QpCore {
                         }
                     }
                     Syndrome::RnrNak { timer } => {
+                        st.req.received_before(psn);
                         acknowledge_through(st, psn_add(psn, 0xff_ffff));
                         self.retire(st);
                         self.rnr_wait(st, psn, timer);
                         return;
                     }
                     Syndrome::Nak(NakCode::PsnSequenceError) => {
+                        st.req.received_before(psn);
                         acknowledge_through(st, psn_add(psn, 0xff_ffff));
                         retry_from = Some(psn);
                     }
@@ -146,6 +149,10 @@ impl QpCore {
             }
             _ => return,
         }
+        // Requests past a READ or atomic that the responder acknowledged
+        // before its response came complete now.
+        let received = st.req.received_to();
+        acknowledge_through(st, psn_add(received, 0xff_ffff));
         self.retire(st);
         // Progress resets the retry budget and restarts the timer.
         if psn_diff(st.req.oldest_unacked(), before) > 0 {

@@ -87,6 +87,9 @@ pub(crate) struct Requester {
     pub(crate) next_psn: u32,
     /// The oldest PSN not yet acknowledged or answered.
     pub(crate) una: u32,
+    /// The responder has every request packet before this PSN (see
+    /// [`Self::received_to`]).
+    received: u32,
     /// READs and atomics transmitted and not finished.
     pub(crate) rd_atomic_out: u32,
     pub(crate) retries_left: u8,
@@ -152,6 +155,7 @@ impl Requester {
     pub(crate) fn reset(&mut self, attrs: &QpAttrs) {
         self.next_psn = attrs.sq_psn;
         self.una = attrs.sq_psn;
+        self.received = attrs.sq_psn;
         self.timeout = retransmit_timeout(attrs.timeout);
         self.retry_cnt = attrs.retry_cnt;
         self.rnr_retry = attrs.rnr_retry;
@@ -164,6 +168,24 @@ impl Requester {
     /// The oldest PSN not yet acknowledged (or answered).
     pub(crate) fn oldest_unacked(&self) -> u32 {
         self.una
+    }
+
+    /// Notes that the responder has every request packet before `psn` (an
+    /// ACK of `psn - 1`, a NAK of `psn`); never moves back.
+    pub(crate) fn received_before(&mut self, psn: u32) {
+        if psn_diff(psn, self.received) > 0 {
+            self.received = psn;
+        }
+    }
+
+    /// The first PSN the responder may lack: requests before it arrived,
+    /// though a READ's or atomic's response may still be missing.
+    pub(crate) fn received_to(&self) -> u32 {
+        if psn_diff(self.received, self.una) > 0 {
+            self.received
+        } else {
+            self.una
+        }
     }
 
     /// Moves the oldest unacknowledged PSN forward to `psn` (never back).
@@ -311,6 +333,7 @@ impl QpCore {
         loop {
             let req = &mut st.req;
             let oldest = req.oldest_unacked();
+            let received = req.received_to();
             let Some(w) = req.sq.get_mut(req.cursor) else {
                 break;
             };
@@ -322,13 +345,19 @@ impl QpCore {
                 req.cursor += 1;
                 continue;
             }
-            // Packets acknowledged during a go-back are not sent again.
-            if !w.is_read_or_atomic()
-                && w.started
-                && psn_diff(req.una, req.next_psn) > 0
-                && psn_diff(req.una, w.end_psn()) < 0
-            {
-                req.next_psn = req.una;
+            // Packets the responder is known to have (acknowledged, or
+            // before a NAKed PSN, even past a READ or atomic whose response
+            // was lost) are not sent again during a go-back.
+            if !w.is_read_or_atomic() && w.started {
+                if psn_diff(received, req.next_psn) > 0 {
+                    if psn_diff(received, w.end_psn()) >= 0 {
+                        req.next_psn = w.end_psn();
+                        w.transmitted = true;
+                        req.cursor += 1;
+                        continue;
+                    }
+                    req.next_psn = received;
+                }
             }
             if psn_diff(req.next_psn, oldest) >= MAX_UNACKED_PSNS {
                 break;
