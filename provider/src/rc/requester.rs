@@ -348,16 +348,14 @@ impl QpCore {
             // Packets the responder is known to have (acknowledged, or
             // before a NAKed PSN, even past a READ or atomic whose response
             // was lost) are not sent again during a go-back.
-            if !w.is_read_or_atomic() && w.started {
-                if psn_diff(received, req.next_psn) > 0 {
-                    if psn_diff(received, w.end_psn()) >= 0 {
-                        req.next_psn = w.end_psn();
-                        w.transmitted = true;
-                        req.cursor += 1;
-                        continue;
-                    }
-                    req.next_psn = received;
+            if !w.is_read_or_atomic() && w.started && psn_diff(received, req.next_psn) > 0 {
+                if psn_diff(received, w.end_psn()) >= 0 {
+                    req.next_psn = w.end_psn();
+                    w.transmitted = true;
+                    req.cursor += 1;
+                    continue;
                 }
+                req.next_psn = received;
             }
             if psn_diff(req.next_psn, oldest) >= MAX_UNACKED_PSNS {
                 break;
