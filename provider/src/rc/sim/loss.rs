@@ -4,7 +4,7 @@
 //! that, counting what the link carried. A measurement, not a check: it
 //! prints a table and asserts only that every run finished correctly.
 //!
-//! `cargo test -p provider --release --lib loss_efficiency -- --ignored --nocapture`
+//! `cargo test -p provider --lib loss_efficiency -- --ignored --nocapture`
 //! (`LOSS_SEEDS=<n>` seeds per rate, 400 by default).
 
 use super::{LinkStats, run_with_faults};
