@@ -31,7 +31,7 @@ use crate::net::{IcrcVerdict, Ipv4IdPolicy, seal, verify};
 use crate::verbs::{AccessFlags, CompletionQueue, MrInner, WorkCompletion};
 use crate::wire::{Opcode, PacketRepr};
 
-pub(crate) use workload::{run_seed, run_with_faults};
+pub(crate) use workload::{Workload, run_seed, run_with_faults};
 
 /// The faults of a link, as probabilities per packet (and virtual times).
 #[derive(Clone, Copy, Debug)]

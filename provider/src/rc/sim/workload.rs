@@ -108,7 +108,65 @@ fn sges(rng: &mut StdRng, node: &Node, offset: usize, len: usize) -> Vec<Sge> {
     }
 }
 
+/// What the ends post to each other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Workload {
+    /// A random mix of every operation, both ways (10 to 40 each).
+    Mixed,
+    /// One end WRITEs all of its `SRC` into the other's `IN`, then READs
+    /// the other's `SRC` back, whole (64 KiB each: 16 to 256 packets).
+    Bulk,
+}
+
 impl Direction {
+    /// Nothing posted.
+    fn idle() -> Direction {
+        Direction {
+            ops: Vec::new(),
+            recvs: Vec::new(),
+            peer_in: vec![0; IN.len()],
+            read_buf: vec![0; READ_BUF.len()],
+            counter: 0,
+        }
+    }
+
+    /// The [`Workload::Bulk`] operations of `from`.
+    fn bulk(sim: &Sim, from: usize, seed: u64) -> Direction {
+        let (me, peer) = (&sim.nodes[from], &sim.nodes[1 - from]);
+        let mut d = Direction::idle();
+        d.peer_in.copy_from_slice(&pattern(from, seed));
+        d.read_buf.copy_from_slice(&pattern(1 - from, seed));
+        let sge = |offset: usize, len: usize| Sge {
+            addr: me.mem.addr() as u64 + offset as u64,
+            length: len as u32,
+            lkey: me.key,
+        };
+        let remote = |offset: usize| peer.mem.addr() as u64 + offset as u64;
+        d.ops.push(Op {
+            wr_id: 0,
+            op: SendOp::Write {
+                remote_addr: remote(IN.start),
+                rkey: peer.key,
+            },
+            sges: vec![sge(SRC.start, SRC.len())],
+            opcode: WcOpcode::RdmaWrite,
+            byte_len: SRC.len() as u32,
+            atomic_result: None,
+        });
+        d.ops.push(Op {
+            wr_id: 1,
+            op: SendOp::Read {
+                remote_addr: remote(SRC.start),
+                rkey: peer.key,
+            },
+            sges: vec![sge(READ_BUF.start, READ_BUF.len())],
+            opcode: WcOpcode::RdmaRead,
+            byte_len: READ_BUF.len() as u32,
+            atomic_result: None,
+        });
+        d
+    }
+
     /// Draws the operations `from` posts to `to` and their outcomes.
     fn draw(rng: &mut StdRng, sim: &Sim, from: usize, seed: u64, mtu: usize) -> Direction {
         let (me, peer) = (&sim.nodes[from], &sim.nodes[1 - from]);
@@ -262,7 +320,7 @@ struct Progress {
 /// Runs the workload of `seed`; returns a description of the first rule
 /// broken, if any.
 pub(crate) fn run_seed(seed: u64) -> Result<String, String> {
-    run(seed, None).map(|(mtu, dirs, steps, sim)| {
+    run(seed, None, Workload::Mixed).map(|(mtu, dirs, steps, sim)| {
         format!(
             "mtu {mtu}, {} + {} ops, {steps} steps, {:?} virtual, {:?}",
             dirs[0].ops.len(),
@@ -278,8 +336,12 @@ pub(crate) fn run_seed(seed: u64) -> Result<String, String> {
 /// and corrupts half that, in both directions, without stalls, with every
 /// receive posted up front (no RNR waits): what the link carried, for
 /// measuring the cost of loss.
-pub(crate) fn run_with_faults(seed: u64, rate: f64) -> Result<LinkStats, String> {
-    run(seed, Some(rate)).map(|(.., sim)| sim.stats)
+pub(crate) fn run_with_faults(
+    seed: u64,
+    rate: f64,
+    workload: Workload,
+) -> Result<LinkStats, String> {
+    run(seed, Some(rate), workload).map(|(.., sim)| sim.stats)
 }
 
 /// A finished run: MTU, operations, steps and the simulation.
@@ -287,7 +349,7 @@ type Finished = (usize, [Direction; 2], u64, Sim);
 
 /// Runs the workload of `seed`, over the seed's own link schedule or, with
 /// `fault_rate`, the uniform one of [`run_with_faults`].
-fn run(seed: u64, fault_rate: Option<f64>) -> Result<Finished, String> {
+fn run(seed: u64, fault_rate: Option<f64>, workload: Workload) -> Result<Finished, String> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mtu = [256, 512, 1024, 2048, 4096][rng.random_range(0..5)];
     let mut schedule = Schedule::draw(&mut rng);
@@ -305,7 +367,10 @@ fn run(seed: u64, fault_rate: Option<f64>) -> Result<Finished, String> {
     for i in 0..2 {
         sim.nodes[i].fill(SRC.start, &pattern(i, seed));
     }
-    let dirs = [0, 1].map(|i| Direction::draw(&mut rng, &sim, i, seed, mtu));
+    let mut dirs = [0, 1].map(|i| Direction::draw(&mut rng, &sim, i, seed, mtu));
+    if workload == Workload::Bulk {
+        dirs = [Direction::bulk(&sim, 0, seed), Direction::idle()];
+    }
     // Receives for the peer's SENDs: some now, the rest later (the sender
     // meets RNR NAKs meanwhile).
     let mut progress = [Progress::default(), Progress::default()];
