@@ -334,14 +334,14 @@ pub(crate) fn run_seed(seed: u64) -> Result<String, String> {
 /// Runs the workload of `seed` (the same operations whatever the rate)
 /// over a link that drops, duplicates and reorders `rate` of the packets
 /// and corrupts half that, in both directions, without stalls, with every
-/// receive posted up front (no RNR waits): what the link carried, for
-/// measuring the cost of loss.
+/// receive posted up front (no RNR waits): what the link carried and the
+/// virtual time the run took, for measuring the cost of loss.
 pub(crate) fn run_with_faults(
     seed: u64,
     rate: f64,
     workload: Workload,
-) -> Result<LinkStats, String> {
-    run(seed, Some(rate), workload).map(|(.., sim)| sim.stats)
+) -> Result<(LinkStats, Duration), String> {
+    run(seed, Some(rate), workload).map(|(.., sim)| (sim.stats, sim.elapsed()))
 }
 
 /// A finished run: MTU, operations, steps and the simulation.
