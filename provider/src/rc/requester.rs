@@ -171,27 +171,36 @@ impl Requester {
     }
 
     /// Notes that the responder has every request packet before `psn` (an
-    /// ACK of `psn - 1`, a NAK of `psn`); never moves back.
+    /// ACK of `psn - 1`, a NAK of `psn`); never moves back, nor past the
+    /// PSNs handed out (an answer to a PSN never sent says nothing).
     pub(crate) fn received_before(&mut self, psn: u32) {
-        if psn_diff(psn, self.received) > 0 {
+        let assigned_end = self
+            .sq
+            .iter()
+            .rev()
+            .find(|w| w.started)
+            .map_or(self.next_psn, SendWqe::end_psn);
+        if psn_diff(psn, self.received) > 0 && psn_diff(psn, assigned_end) <= 0 {
             self.received = psn;
         }
     }
 
     /// The first PSN the responder may lack: requests before it arrived,
-    /// though a READ's or atomic's response may still be missing.
+    /// though a READ's or atomic's response may still be missing. Never
+    /// before the oldest unacknowledged PSN.
     pub(crate) fn received_to(&self) -> u32 {
-        if psn_diff(self.received, self.una) > 0 {
-            self.received
-        } else {
-            self.una
-        }
+        self.received
     }
 
-    /// Moves the oldest unacknowledged PSN forward to `psn` (never back).
+    /// Moves the oldest unacknowledged PSN forward to `psn` (never back),
+    /// and the received mark with it (READ responses alone may move it
+    /// any distance; the two must stay within comparing range).
     pub(crate) fn acked_to(&mut self, psn: u32) {
         if psn_diff(psn, self.una) > 0 {
             self.una = psn;
+        }
+        if psn_diff(self.una, self.received) > 0 {
+            self.received = self.una;
         }
     }
 
