@@ -24,6 +24,10 @@
 //! its response PSN says. So an atomic returning the value from a wrong
 //! address, or a READ response carrying the wrong part of the source, is
 //! caught; the memory an atomic leaves behind is checked too.
+//!
+//! Known differences: none. Every answer matches rxe's in every compared
+//! field, the ACK's credit field included (both send 31, "unlimited"); a
+//! difference found later is either fixed or listed here with its reason.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
