@@ -8,17 +8,19 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pcap_file::DataLink;
-use pcap_file::pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter};
+use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
 use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketBlock;
 use pcap_file::pcapng::blocks::interface_description::{
     InterfaceDescriptionBlock, InterfaceDescriptionOption,
 };
 use pcap_file::pcapng::{Block, PcapNgWriter};
+use provider::wire::UdpDatagram;
 
-const GOLDEN: &[u8] = include_bytes!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../provider/tests/data/rxe-7.3.4-perftest.pcap"
-));
+#[path = "../../provider/src/wire/golden.rs"]
+#[allow(dead_code)] // `frames` serves the provider's tests
+mod golden;
+
+use golden::CAPTURE as GOLDEN;
 const GOLDEN_COUNTS: &str = "frames read: 1104, RoCEv2 frames: 615, ICRC good: 615, ICRC bad: 0, \
                              re-emit mismatches: 0, unparsed or truncated: 0";
 
@@ -49,13 +51,7 @@ fn last_line(s: &str) -> &str {
 }
 
 fn golden() -> (PcapHeader, Vec<PcapPacket<'static>>) {
-    let mut reader = PcapReader::new(GOLDEN).unwrap();
-    let header = reader.header();
-    let mut packets = Vec::new();
-    while let Some(p) = reader.next_packet() {
-        packets.push(p.unwrap().into_owned());
-    }
-    (header, packets)
+    golden::records().clone()
 }
 
 fn write_pcap(header: PcapHeader, packets: &[PcapPacket<'_>]) -> Vec<u8> {

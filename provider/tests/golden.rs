@@ -3,35 +3,17 @@
 //! byte for byte.
 
 use std::collections::BTreeMap;
-use std::sync::LazyLock;
 
-use pcap_file::pcap::PcapReader;
 use provider::wire::{
     ICRC_LEN, IpHeader, Opcode, PacketRepr, Syndrome, UdpDatagram, WireError, icrc_of_udp_payload,
     udp_source_port,
 };
 
-const CAPTURE: &[u8] = include_bytes!("data/rxe-7.3.4-perftest.pcap");
+#[path = "../src/wire/golden.rs"]
+#[allow(dead_code)] // `records` and `CAPTURE` serve other tests
+mod golden;
 
-/// The capture's frames, read once.
-static RECORDS: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
-    let mut reader = PcapReader::new(CAPTURE).expect("a pcap file");
-    let mut records = Vec::new();
-    while let Some(packet) = reader.next_packet() {
-        records.push(packet.expect("a whole record").data.into_owned());
-    }
-    records
-});
-
-/// The RoCEv2 frames: UDP to port 4791 (the capture holds nothing else
-/// over UDP, and only IP without options).
-fn frames() -> Vec<UdpDatagram<'static>> {
-    RECORDS
-        .iter()
-        .filter_map(|r| UdpDatagram::from_ethernet(r).ok())
-        .filter(UdpDatagram::is_roce)
-        .collect()
-}
+use golden::frames;
 
 #[test]
 fn every_frame_parses_has_a_good_icrc_and_re_emits_byte_for_byte() {

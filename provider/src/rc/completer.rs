@@ -24,11 +24,14 @@ impl QpCore {
         };
         let psn = pkt.bth.psn;
         let before = st.req.oldest_unacked();
+        // Where this response says the requester must send again from.
+        let mut retry_from = None;
         match pkt.bth.opcode {
             Opcode::RC_ACKNOWLEDGE => {
                 let Some(aeth) = pkt.aeth else { return };
                 match aeth.decode() {
                     Syndrome::Ack { .. } => {
+                        st.req.received_before(psn_add(psn, 1));
                         acknowledge_through(st, psn);
                         // An ACK past an unanswered READ or atomic means
                         // its responses were lost: ask again.
@@ -36,19 +39,20 @@ impl QpCore {
                             && w.is_read_or_atomic()
                             && psn_diff(psn, w.first_psn) >= 0
                         {
-                            let again = w.first_psn;
-                            st.req.go_back(again, mtu);
+                            retry_from = Some(w.first_psn);
                         }
                     }
                     Syndrome::RnrNak { timer } => {
+                        st.req.received_before(psn);
                         acknowledge_through(st, psn_add(psn, 0xff_ffff));
                         self.retire(st);
                         self.rnr_wait(st, psn, timer);
                         return;
                     }
                     Syndrome::Nak(NakCode::PsnSequenceError) => {
+                        st.req.received_before(psn);
                         acknowledge_through(st, psn_add(psn, 0xff_ffff));
-                        st.req.go_back(psn, mtu);
+                        retry_from = Some(psn);
                     }
                     Syndrome::Nak(code) => {
                         acknowledge_through(st, psn_add(psn, 0xff_ffff));
@@ -84,7 +88,7 @@ impl QpCore {
                     // are ignored.
                     if w.started && psn_diff(psn, expected) > 0 && w.reread_from != Some(expected) {
                         w.reread_from = Some(expected);
-                        st.req.go_back(expected, mtu);
+                        st.req.retry(expected, mtu);
                     }
                     return;
                 }
@@ -145,13 +149,21 @@ impl QpCore {
             }
             _ => return,
         }
+        // Requests past a READ or atomic that the responder acknowledged
+        // before its response came complete now.
+        let received = st.req.received_to();
+        acknowledge_through(st, psn_add(received, 0xff_ffff));
         self.retire(st);
         // Progress resets the retry budget and restarts the timer.
         if psn_diff(st.req.oldest_unacked(), before) > 0 {
             st.req.retries_left = st.req.retry_cnt_attr();
+            st.req.retry_started = false;
             st.req.rearm();
         } else if st.req.sq.iter().all(|w| w.done.is_some() || !w.started) {
             st.req.timer = None;
+        }
+        if let Some(psn) = retry_from {
+            st.req.retry(psn, mtu);
         }
     }
 }

@@ -87,9 +87,18 @@ pub(crate) struct Requester {
     pub(crate) next_psn: u32,
     /// The oldest PSN not yet acknowledged or answered.
     pub(crate) una: u32,
+    /// The responder has every request packet before this PSN (see
+    /// [`Self::received_to`]).
+    received: u32,
     /// READs and atomics transmitted and not finished.
     pub(crate) rd_atomic_out: u32,
     pub(crate) retries_left: u8,
+    /// A response made the requester go back, and no response has made
+    /// progress since (rxe's `comp.started_retry`): further responses
+    /// asking for the same retransmission (a duplicated NAK, the ACKs of
+    /// later requests overtaking a READ's or atomic's lost response, late
+    /// packets of the first pass) do not start another go-back.
+    pub(crate) retry_started: bool,
     pub(crate) rnr_left: u8,
     pub(crate) timer: Option<Instant>,
     pub(crate) rnr_until: Option<Instant>,
@@ -146,12 +155,14 @@ impl Requester {
     pub(crate) fn reset(&mut self, attrs: &QpAttrs) {
         self.next_psn = attrs.sq_psn;
         self.una = attrs.sq_psn;
+        self.received = attrs.sq_psn;
         self.timeout = retransmit_timeout(attrs.timeout);
         self.retry_cnt = attrs.retry_cnt;
         self.rnr_retry = attrs.rnr_retry;
         self.retries_left = attrs.retry_cnt;
         self.rnr_left = attrs.rnr_retry;
         self.max_rd_atomic = u32::from(attrs.max_rd_atomic);
+        self.retry_started = false;
     }
 
     /// The oldest PSN not yet acknowledged (or answered).
@@ -159,10 +170,37 @@ impl Requester {
         self.una
     }
 
-    /// Moves the oldest unacknowledged PSN forward to `psn` (never back).
+    /// Notes that the responder has every request packet before `psn` (an
+    /// ACK of `psn - 1`, a NAK of `psn`); never moves back, nor past the
+    /// PSNs handed out (an answer to a PSN never sent says nothing).
+    pub(crate) fn received_before(&mut self, psn: u32) {
+        let assigned_end = self
+            .sq
+            .iter()
+            .rev()
+            .find(|w| w.started)
+            .map_or(self.next_psn, SendWqe::end_psn);
+        if psn_diff(psn, self.received) > 0 && psn_diff(psn, assigned_end) <= 0 {
+            self.received = psn;
+        }
+    }
+
+    /// The first PSN the responder may lack: requests before it arrived,
+    /// though a READ's or atomic's response may still be missing. Never
+    /// before the oldest unacknowledged PSN.
+    pub(crate) fn received_to(&self) -> u32 {
+        self.received
+    }
+
+    /// Moves the oldest unacknowledged PSN forward to `psn` (never back),
+    /// and the received mark with it (READ responses alone may move it
+    /// any distance; the two must stay within comparing range).
     pub(crate) fn acked_to(&mut self, psn: u32) {
         if psn_diff(psn, self.una) > 0 {
             self.una = psn;
+        }
+        if psn_diff(self.una, self.received) > 0 {
+            self.received = self.una;
         }
     }
 
@@ -197,6 +235,17 @@ impl Requester {
             (true, Some(t)) => Some(self.clock.now() + t),
             _ => None,
         };
+    }
+
+    /// A go-back asked for by a response (a NAK, an ACK past an unanswered
+    /// READ or atomic, a gap in READ responses), unless one is already
+    /// under way: see [`Self::retry_started`].
+    pub(crate) fn retry(&mut self, psn: u32, mtu: usize) {
+        if self.retry_started {
+            return;
+        }
+        self.retry_started = true;
+        self.go_back(psn, mtu);
     }
 
     /// Moves the transmit position back to `psn` (go-back-N): every
@@ -296,6 +345,7 @@ impl QpCore {
         loop {
             let req = &mut st.req;
             let oldest = req.oldest_unacked();
+            let received = req.received_to();
             let Some(w) = req.sq.get_mut(req.cursor) else {
                 break;
             };
@@ -307,13 +357,17 @@ impl QpCore {
                 req.cursor += 1;
                 continue;
             }
-            // Packets acknowledged during a go-back are not sent again.
-            if !w.is_read_or_atomic()
-                && w.started
-                && psn_diff(req.una, req.next_psn) > 0
-                && psn_diff(req.una, w.end_psn()) < 0
-            {
-                req.next_psn = req.una;
+            // Packets the responder is known to have (acknowledged, or
+            // before a NAKed PSN, even past a READ or atomic whose response
+            // was lost) are not sent again during a go-back.
+            if !w.is_read_or_atomic() && w.started && psn_diff(received, req.next_psn) > 0 {
+                if psn_diff(received, w.end_psn()) >= 0 {
+                    req.next_psn = w.end_psn();
+                    w.transmitted = true;
+                    req.cursor += 1;
+                    continue;
+                }
+                req.next_psn = received;
             }
             if psn_diff(req.next_psn, oldest) >= MAX_UNACKED_PSNS {
                 break;
@@ -456,6 +510,7 @@ impl QpCore {
             if st.req.retry_cnt != 7 {
                 st.req.retries_left -= 1;
             }
+            st.req.retry_started = true;
             st.req.go_back(oldest, mtu);
             self.fill(&mut st, regions, out);
             st.req.rearm();

@@ -11,11 +11,13 @@
 
 mod workload;
 
-#[cfg(test)]
+mod loss;
+mod retry_tests;
+mod rxe_answers;
 mod tests;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,9 +30,9 @@ use super::clock::{Clock, ManualClock};
 use super::{DEFAULT_PKEY, Outbox, Peer, QpCore, Regions};
 use crate::net::{IcrcVerdict, Ipv4IdPolicy, seal, verify};
 use crate::verbs::{AccessFlags, CompletionQueue, MrInner, WorkCompletion};
-use crate::wire::PacketRepr;
+use crate::wire::{Opcode, PacketRepr};
 
-pub(crate) use workload::run_seed;
+pub(crate) use workload::{Workload, run_seed, run_with_faults};
 
 /// The faults of a link, as probabilities per packet (and virtual times).
 #[derive(Clone, Copy, Debug)]
@@ -92,6 +94,35 @@ pub(crate) struct LinkStats {
     pub(crate) caught: u64,
     /// Corrupted packets the receiver accepted (must stay 0).
     pub(crate) missed: u64,
+    /// Packets that carry a PSN the peer must receive (requests, READ
+    /// responses, atomic acknowledgements; not plain ACKs and NAKs).
+    pub(crate) data_sent: u64,
+    /// Of `data_sent`, the first transmission of each (sender, direction,
+    /// PSN): what a link without faults would have carried.
+    pub(crate) data_first: u64,
+}
+
+impl LinkStats {
+    /// Data packets sent again (a go-back, a timeout, a duplicate request
+    /// answered again).
+    pub(crate) fn retransmitted(&self) -> u64 {
+        self.data_sent - self.data_first
+    }
+
+    /// The sum of two runs' counts.
+    pub(crate) fn add(&self, o: &LinkStats) -> LinkStats {
+        LinkStats {
+            sent: self.sent + o.sent,
+            delivered: self.delivered + o.delivered,
+            dropped: self.dropped + o.dropped,
+            duplicated: self.duplicated + o.duplicated,
+            corrupted: self.corrupted + o.corrupted,
+            caught: self.caught + o.caught,
+            missed: self.missed + o.missed,
+            data_sent: self.data_sent + o.data_sent,
+            data_first: self.data_first + o.data_first,
+        }
+    }
 }
 
 /// A packet in flight.
@@ -201,6 +232,8 @@ pub(crate) struct Sim {
     flight: BinaryHeap<Reverse<InFlight>>,
     seq: u64,
     pub(crate) stats: LinkStats,
+    /// (sender, is a response, PSN) of every data packet sent so far.
+    data_seen: HashSet<(usize, bool, u32)>,
 }
 
 impl Sim {
@@ -238,6 +271,7 @@ impl Sim {
             flight: BinaryHeap::new(),
             seq: 0,
             stats: LinkStats::default(),
+            data_seen: HashSet::new(),
         }
     }
 
@@ -256,6 +290,7 @@ impl Sim {
             debug_assert_eq!(dest, dst);
             seal(&src, &dst, 0, bytes).expect("sealable packet");
             self.stats.sent += 1;
+            self.count_data(from, bytes);
             let s = self.schedule;
             if self.rng.random_bool(s.drop) || s.stalled(now) {
                 self.stats.dropped += 1;
@@ -295,6 +330,20 @@ impl Sim {
             }
         }
         out.clear();
+    }
+
+    /// Counts a data packet (see [`LinkStats::data_sent`]) from its BTH:
+    /// the opcode in byte 0, the PSN in bytes 9..12.
+    fn count_data(&mut self, from: usize, bytes: &[u8]) {
+        let opcode = Opcode(bytes[0]);
+        if opcode == Opcode::RC_ACKNOWLEDGE {
+            return;
+        }
+        let psn = u32::from_be_bytes([0, bytes[9], bytes[10], bytes[11]]);
+        self.stats.data_sent += 1;
+        if self.data_seen.insert((from, !opcode.is_request(), psn)) {
+            self.stats.data_first += 1;
+        }
     }
 
     /// Posts on `node` through `post`, then transmits what it produced.

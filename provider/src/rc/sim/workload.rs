@@ -14,11 +14,12 @@
 //!   8-byte slot per atomic this end posts.
 
 use std::ops::Range;
+use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{Node, Schedule, Sim};
+use super::{LinkStats, Node, Schedule, Sim};
 use crate::verbs::{RecvWr, SendOp, SendWr, Sge, WcOpcode, WcStatus, WorkCompletion};
 
 const SRC: Range<usize> = 0..0x1_0000;
@@ -107,7 +108,65 @@ fn sges(rng: &mut StdRng, node: &Node, offset: usize, len: usize) -> Vec<Sge> {
     }
 }
 
+/// What the ends post to each other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Workload {
+    /// A random mix of every operation, both ways (10 to 40 each).
+    Mixed,
+    /// One end WRITEs all of its `SRC` into the other's `IN`, then READs
+    /// the other's `SRC` back, whole (64 KiB each: 16 to 256 packets).
+    Bulk,
+}
+
 impl Direction {
+    /// Nothing posted.
+    fn idle() -> Direction {
+        Direction {
+            ops: Vec::new(),
+            recvs: Vec::new(),
+            peer_in: vec![0; IN.len()],
+            read_buf: vec![0; READ_BUF.len()],
+            counter: 0,
+        }
+    }
+
+    /// The [`Workload::Bulk`] operations of `from`.
+    fn bulk(sim: &Sim, from: usize, seed: u64) -> Direction {
+        let (me, peer) = (&sim.nodes[from], &sim.nodes[1 - from]);
+        let mut d = Direction::idle();
+        d.peer_in.copy_from_slice(&pattern(from, seed));
+        d.read_buf.copy_from_slice(&pattern(1 - from, seed));
+        let sge = |offset: usize, len: usize| Sge {
+            addr: me.mem.addr() as u64 + offset as u64,
+            length: len as u32,
+            lkey: me.key,
+        };
+        let remote = |offset: usize| peer.mem.addr() as u64 + offset as u64;
+        d.ops.push(Op {
+            wr_id: 0,
+            op: SendOp::Write {
+                remote_addr: remote(IN.start),
+                rkey: peer.key,
+            },
+            sges: vec![sge(SRC.start, SRC.len())],
+            opcode: WcOpcode::RdmaWrite,
+            byte_len: SRC.len() as u32,
+            atomic_result: None,
+        });
+        d.ops.push(Op {
+            wr_id: 1,
+            op: SendOp::Read {
+                remote_addr: remote(SRC.start),
+                rkey: peer.key,
+            },
+            sges: vec![sge(READ_BUF.start, READ_BUF.len())],
+            opcode: WcOpcode::RdmaRead,
+            byte_len: READ_BUF.len() as u32,
+            atomic_result: None,
+        });
+        d
+    }
+
     /// Draws the operations `from` posts to `to` and their outcomes.
     fn draw(rng: &mut StdRng, sim: &Sim, from: usize, seed: u64, mtu: usize) -> Direction {
         let (me, peer) = (&sim.nodes[from], &sim.nodes[1 - from]);
@@ -261,18 +320,64 @@ struct Progress {
 /// Runs the workload of `seed`; returns a description of the first rule
 /// broken, if any.
 pub(crate) fn run_seed(seed: u64) -> Result<String, String> {
+    run(seed, None, Workload::Mixed).map(|(mtu, dirs, steps, sim)| {
+        format!(
+            "mtu {mtu}, {} + {} ops, {steps} steps, {:?} virtual, {:?}",
+            dirs[0].ops.len(),
+            dirs[1].ops.len(),
+            sim.elapsed(),
+            sim.stats
+        )
+    })
+}
+
+/// Runs the workload of `seed` (the same operations whatever the rate)
+/// over a link that drops, duplicates and reorders `rate` of the packets
+/// and corrupts half that, in both directions, without stalls, with every
+/// receive posted up front (no RNR waits): what the link carried and the
+/// virtual time the run took, for measuring the cost of loss.
+pub(crate) fn run_with_faults(
+    seed: u64,
+    rate: f64,
+    workload: Workload,
+) -> Result<(LinkStats, Duration), String> {
+    run(seed, Some(rate), workload).map(|(.., sim)| (sim.stats, sim.elapsed()))
+}
+
+/// A finished run: MTU, operations, steps and the simulation.
+type Finished = (usize, [Direction; 2], u64, Sim);
+
+/// Runs the workload of `seed`, over the seed's own link schedule or, with
+/// `fault_rate`, the uniform one of [`run_with_faults`].
+fn run(seed: u64, fault_rate: Option<f64>, workload: Workload) -> Result<Finished, String> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mtu = [256, 512, 1024, 2048, 4096][rng.random_range(0..5)];
-    let schedule = Schedule::draw(&mut rng);
+    let mut schedule = Schedule::draw(&mut rng);
+    if let Some(rate) = fault_rate {
+        schedule = Schedule {
+            drop: rate,
+            duplicate: rate,
+            reorder: rate,
+            corrupt: rate / 2.0,
+            stalls: [(Duration::ZERO, Duration::ZERO); 2],
+            ..schedule
+        };
+    }
     let mut sim = Sim::new(seed, mtu, MEM_LEN, schedule);
     for i in 0..2 {
         sim.nodes[i].fill(SRC.start, &pattern(i, seed));
     }
-    let dirs = [0, 1].map(|i| Direction::draw(&mut rng, &sim, i, seed, mtu));
+    let mut dirs = [0, 1].map(|i| Direction::draw(&mut rng, &sim, i, seed, mtu));
+    if workload == Workload::Bulk {
+        dirs = [Direction::bulk(&sim, 0, seed), Direction::idle()];
+    }
     // Receives for the peer's SENDs: some now, the rest later (the sender
     // meets RNR NAKs meanwhile).
     let mut progress = [Progress::default(), Progress::default()];
-    let early = [0, 1].map(|i| rng.random_range(0..=dirs[1 - i].recvs.len()));
+    let mut early = [0, 1].map(|i| rng.random_range(0..=dirs[1 - i].recvs.len()));
+    if fault_rate.is_some() {
+        early = [RECV_SLOTS; 2];
+    }
     for i in 0..2 {
         post_recvs(&mut sim, i, &mut progress[i], early[i]);
     }
@@ -309,7 +414,7 @@ pub(crate) fn run_seed(seed: u64) -> Result<String, String> {
             }
         }
         steps += 1;
-        if sim.elapsed() > std::time::Duration::from_secs(600) || steps > 5_000_000 {
+        if sim.elapsed() > Duration::from_secs(600) || steps > 5_000_000 {
             return Err(format!(
                 "no end after {steps} steps, {:?} virtual",
                 sim.elapsed()
@@ -323,13 +428,7 @@ pub(crate) fn run_seed(seed: u64) -> Result<String, String> {
             sim.stats.missed
         ));
     }
-    Ok(format!(
-        "mtu {mtu}, {} + {} ops, {steps} steps, {:?} virtual, {:?}",
-        dirs[0].ops.len(),
-        dirs[1].ops.len(),
-        sim.elapsed(),
-        sim.stats
-    ))
+    Ok((mtu, dirs, steps, sim))
 }
 
 /// Posts `n` more receives on `node` for its peer's SENDs.
