@@ -249,10 +249,12 @@ fn responder(conn: &Connection, mtu: usize, cq: &CompletionQueue) -> QpCore {
         1024,
         1024,
     );
+    let requester_qpn = conn.requester_qpn.expect("answered connection");
     let peer = Peer {
         addr: SocketAddr::new(conn.requester, ROCE_V2_PORT),
         local: conn.responder,
-        qpn: conn.requester_qpn.expect("answered connection"),
+        source_port: crate::wire::udp_source_port(0, conn.qpn, requester_qpn),
+        qpn: requester_qpn,
         mtu,
         pkey: DEFAULT_PKEY,
     };
@@ -304,7 +306,7 @@ fn replay(conn: &Connection) -> Replayed {
     let mtu = conn.mtu();
     let mut memory = Memory::new(conn);
     preload(conn, &memory, mtu);
-    let cq = CompletionQueue::new(1024).expect("completion queue");
+    let cq = CompletionQueue::new(None, 1024).expect("completion queue");
     let qp = responder(conn, mtu, &cq);
     post_receives(conn, &qp, &mut memory, mtu);
     let mut answers = Vec::new();
@@ -320,7 +322,7 @@ fn replay(conn: &Connection) -> Replayed {
         )
         .expect("the request reaches the queue pair");
         while qp.continue_reply(&memory.regions, &mut out) {}
-        answers.extend(out.packets_mut().map(|(_, bytes)| bytes.to_vec()));
+        answers.extend(out.packets_mut().map(|(_, _, bytes)| bytes.to_vec()));
         out.clear();
     }
     let mut received = vec![WorkCompletion::default(); 1024];
