@@ -335,8 +335,11 @@ fn the_largest_read_keeps_the_psn_arithmetic_right() {
         "the request after the READ was carried out at {after:#x}"
     );
     assert_eq!(qp.state(), QpState::Rts);
+    // The reply runs a budget (64 packets) per turn of the device until the
+    // duplicate arrives, which takes as many turns as the scheduler lets
+    // this thread wait between its sends; the whole reply would be 2^23.
     assert!(
-        got.len() < 200,
+        got.len() < 4096,
         "the abandoned reply stopped: {} packets",
         got.len()
     );

@@ -139,6 +139,9 @@ struct Shared {
     /// Whether READ replies are in progress (mirrors the receive side's
     /// list, which only the receive lock's holder reads).
     replies_pending: AtomicBool,
+    /// Whether the receive side holds acknowledgements back (see
+    /// [`progress`]).
+    acks_pending: AtomicBool,
     /// Application threads driving progress.
     manual: progress::Manual,
     /// The progress thread, to wake when application threads stop
@@ -159,10 +162,18 @@ impl Regions for Shared {
 impl Shared {
     /// Sends and empties `out`, up to [`BATCH`] packets per socket call.
     pub(super) fn send(&self, out: &mut Outbox) {
-        if out.is_empty() {
+        self.send_with(out, None);
+    }
+
+    /// Sends and empties `first`, then `second`, in the same socket calls
+    /// (up to [`BATCH`] packets each).
+    fn send_with(&self, first: &mut Outbox, mut second: Option<&mut Outbox>) {
+        if first.is_empty() && second.as_ref().is_none_or(|o| o.is_empty()) {
             return;
         }
-        let mut packets = out.packets_mut();
+        let mut packets = first
+            .packets_mut()
+            .chain(second.iter_mut().flat_map(|o| o.packets_mut()));
         let mut batch: [OutPacket<'_>; BATCH] =
             std::array::from_fn(|_| OutPacket::new(self.local, &mut []));
         loop {
@@ -192,7 +203,10 @@ impl Shared {
             }
         }
         drop(packets);
-        out.clear();
+        first.clear();
+        if let Some(o) = second {
+            o.clear();
+        }
     }
 
     /// Runs `f` with a pooled outbox, then sends what it queued.
@@ -204,7 +218,12 @@ impl Shared {
             .pop();
         let mut out = pooled.unwrap_or_default();
         let result = f(&mut out);
-        self.send(&mut out);
+        // Acknowledgements held back by a polling thread leave with these
+        // packets, in the same system call.
+        match self.deferred_acks() {
+            Some(mut rx) => self.send_with(&mut out, Some(rx.acks())),
+            None => self.send(&mut out),
+        }
         self.outboxes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -350,6 +369,7 @@ impl Device {
             rx: Mutex::new(progress::Rx::new(options.socket.gro)),
             opened: Instant::now(),
             replies_pending: AtomicBool::new(false),
+            acks_pending: AtomicBool::new(false),
             manual: progress::Manual::default(),
             progress_thread: std::sync::OnceLock::new(),
         });

@@ -49,9 +49,18 @@ pub(crate) struct Rx {
     /// Queue pairs with a READ reply in progress, continued a budget at a
     /// time after every batch.
     replying: Vec<Arc<QpCore>>,
+    /// Queue pairs whose reply started in the current batch (its first
+    /// budget went with the request): continued from the next batch on.
+    started: Vec<Arc<QpCore>>,
 }
 
 impl Rx {
+    /// The answers queued (acknowledgements held back), for a thread that
+    /// sends them.
+    pub(super) fn acks(&mut self) -> &mut Outbox {
+        &mut self.out
+    }
+
     /// Receive slots for GRO (64 KiB each) or single packets.
     pub(crate) fn new(gro: bool) -> Self {
         let slot_bytes = if gro { GRO_SLOT_CAPACITY } else { SLOT_BYTES };
@@ -60,6 +69,7 @@ impl Rx {
             out: Outbox::default(),
             ordered: Outbox::default(),
             replying: Vec::new(),
+            started: Vec::new(),
         }
     }
 }
@@ -124,6 +134,7 @@ impl Shared {
             let wait = self.run_timers(&mut qps);
             if self.driven() {
                 std::thread::park_timeout(wait.min(MANUAL_GRACE));
+                self.flush_deferred_acks();
                 continue;
             }
             let wait = if self.replies_pending.load(Relaxed) {
@@ -134,7 +145,7 @@ impl Shared {
             if !wait.is_zero() && self.transport.wait_readable(wait).is_err() {
                 std::thread::sleep(Duration::from_millis(1));
             }
-            if self.receive(&mut self.lock_rx()).is_err() {
+            if self.receive(&mut self.lock_rx(), Acks::Send).is_err() {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
@@ -165,8 +176,9 @@ impl Shared {
 
     /// Receives what the socket holds (without waiting), hands every
     /// packet to its queue pair, continues the READ replies in progress
-    /// and sends the answers; returns the number of datagrams.
-    fn receive(&self, rx: &mut Rx) -> io::Result<usize> {
+    /// and sends the answers (see [`Acks`]); returns the number of
+    /// datagrams.
+    fn receive(&self, rx: &mut Rx, acks: Acks) -> io::Result<usize> {
         let received = self.transport.recv_batch(&mut rx.slots, None);
         let n = *received.as_ref().unwrap_or(&0);
         for slot in &rx.slots[..n] {
@@ -174,20 +186,56 @@ impl Shared {
             for (bytes, verdict) in slot.packets() {
                 let outs = (&mut rx.out, &mut rx.ordered);
                 let replying = self.dispatch(slot.src(), dst, bytes, verdict, outs);
-                note_replying(&mut rx.replying, replying);
+                rx.started.extend(replying);
             }
         }
         self.continue_replies(rx);
+        // Held back only just after something came in: a poll that finds
+        // nothing sends what an earlier one held.
+        self.answer(rx, if n > 0 { acks } else { Acks::Send });
         received
     }
 
     /// One budget of every READ reply in progress (one queue pair after
-    /// the other), then the batch's answers go out.
+    /// the other); replies started by this batch join from the next.
     fn continue_replies(&self, rx: &mut Rx) {
         let out = &mut rx.out;
         rx.replying.retain(|qp| qp.continue_reply(self, out));
+        for qp in rx.started.drain(..) {
+            if !rx.replying.iter().any(|q| Arc::ptr_eq(q, &qp)) {
+                rx.replying.push(qp);
+            }
+        }
         self.replies_pending.store(!rx.replying.is_empty(), Relaxed);
-        self.send(&mut rx.out);
+    }
+
+    /// Sends the answers queued in `rx`, or holds them back if `acks`
+    /// allows and they are only acknowledgements.
+    fn answer(&self, rx: &mut Rx, acks: Acks) {
+        let hold = acks == Acks::HoldBack && !rx.out.is_empty() && rx.out.only_acks();
+        if !hold {
+            self.send(&mut rx.out);
+        }
+        self.acks_pending.store(hold, Relaxed);
+    }
+
+    /// The receive side, if it holds acknowledgements back and no other
+    /// thread has it: the caller sends them ([`Rx::acks`]).
+    pub(super) fn deferred_acks(&self) -> Option<MutexGuard<'_, Rx>> {
+        if !self.acks_pending.load(Relaxed) {
+            return None;
+        }
+        let rx = self.rx.try_lock().ok()?;
+        self.acks_pending.store(false, Relaxed);
+        Some(rx)
+    }
+
+    /// Sends the acknowledgements held back, unless another thread holds
+    /// the receive side (which then sends them itself).
+    fn flush_deferred_acks(&self) {
+        if let Some(mut rx) = self.deferred_acks() {
+            self.send(rx.acks());
+        }
     }
 
     /// Runs one datagram through the receive path in the calling thread,
@@ -199,8 +247,9 @@ impl Shared {
         let rx = &mut *guard;
         let outs = (&mut rx.out, &mut rx.ordered);
         let replying = self.dispatch(src, self.local.ip(), datagram, verdict, outs);
-        note_replying(&mut rx.replying, replying);
+        rx.started.extend(replying);
         self.continue_replies(rx);
+        self.answer(rx, Acks::Send);
     }
 
     /// Receives in the calling application thread, unless another thread
@@ -212,15 +261,23 @@ impl Shared {
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
             Err(TryLockError::WouldBlock) => return 0,
         };
-        self.receive(&mut rx).unwrap_or(0)
+        self.receive(&mut rx, Acks::HoldBack).unwrap_or(0)
     }
 }
 
-/// Adds a queue pair whose READ reply goes on to `replying`, once.
-fn note_replying(replying: &mut Vec<Arc<QpCore>>, qp: Option<Arc<QpCore>>) {
-    if let Some(qp) = qp
-        && !replying.iter().any(|q| Arc::ptr_eq(q, &qp))
-    {
-        replying.push(qp);
-    }
+/// What a receiving thread does with the acknowledgements it produced.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Acks {
+    /// Send them with the batch's other answers (the progress thread).
+    Send,
+    /// When they are the only answers, hold them back (an application
+    /// thread, which would otherwise pay a system call on its critical
+    /// path, after the data it waits for has landed): they leave with the
+    /// next packets the device sends (a request the application posts, in
+    /// the same system call), at the next receive (a poll that finds
+    /// nothing sends them), or when the progress thread next wakes (within
+    /// [`MANUAL_GRACE`] while application threads poll; at once when the
+    /// last spinning one stops). A held acknowledgement is replaced by a
+    /// later one to the same queue pair.
+    HoldBack,
 }

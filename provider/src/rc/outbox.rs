@@ -35,6 +35,12 @@ impl Outbox {
         self.packets.len()
     }
 
+    /// Whether everything queued is a plain, cumulative ACK (which a later
+    /// one replaces).
+    pub(crate) fn only_acks(&self) -> bool {
+        self.packets.iter().all(|q| q.coalescable)
+    }
+
     /// Whether nothing is queued.
     pub(crate) fn is_empty(&self) -> bool {
         self.packets.is_empty()
