@@ -1,7 +1,9 @@
-//! The soft RoCE device: one UDP socket on one address, the key and
-//! queue-pair tables, and the progress thread that receives packets and
-//! runs the timers, so that a passive target makes progress without the
-//! application calling into the library.
+//! The soft RoCE device: one UDP socket on one address (sending also from
+//! its connections' flow ports), the key and queue-pair tables, and the
+//! progress thread that runs the timers and receives packets, so that a
+//! passive target makes progress without the application calling into the
+//! library; application threads that poll receive in their own thread
+//! instead ([`progress`]).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
