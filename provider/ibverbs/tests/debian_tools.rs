@@ -1,0 +1,353 @@
+//! Debian's own verbs programs (ibverbs-utils, perftest 4.5) over this
+//! library, through `LD_LIBRARY_PATH`: `ibv_devices`, `ibv_devinfo -v`,
+//! `ibv_rc_pingpong -c` (it checks the data it receives) and every perftest
+//! tool, with and without ODP, each pair of processes in two network
+//! namespaces joined by a veth pair that the test creates.
+//!
+//! Needs the Debian packages (`.ci/run` installs them) and, for the
+//! namespaces, root; without them the tests print why and pass, unless
+//! `SRXE_IBVERBS_REQUIRE_TOOLS=1` (set by `.ci/run` as root) makes that a
+//! failure.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Set to make a missing tool or missing root a failure instead of a skip.
+const REQUIRE_ENV: &str = "SRXE_IBVERBS_REQUIRE_TOOLS";
+/// Seconds any one program may run before `timeout` stops it.
+const RUN_LIMIT: &str = "60";
+/// The TCP port both ibv_rc_pingpong and perftest listen on.
+const EXCHANGE_PORT: u16 = 18515;
+
+/// Whether the test can run; prints the reason and fails if required.
+fn can_run(tools: &[&str], need_root: bool) -> bool {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| !Path::new("/usr/bin").join(t).exists())
+        .collect();
+    // SAFETY: getuid has no preconditions.
+    let root = unsafe { libc::getuid() } == 0;
+    let reason = if !missing.is_empty() {
+        format!("missing {missing:?} (apt-get install ibverbs-utils perftest)")
+    } else if need_root && !root {
+        "needs root (network namespaces)".to_owned()
+    } else {
+        return true;
+    };
+    if std::env::var_os(REQUIRE_ENV).is_some_and(|v| v == "1") {
+        panic!("required but cannot run: {reason}");
+    }
+    eprintln!("skipped: {reason}");
+    false
+}
+
+/// A directory holding `libibverbs.so.1`, a link to the library cargo
+/// built for this test run.
+fn library_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(make_library_dir)
+}
+
+/// Makes [`library_dir`]'s directory.
+fn make_library_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let deps = exe.parent().expect("test executable directory");
+    let lib = deps.join("libibverbs.so");
+    assert!(lib.exists(), "{} not built", lib.display());
+    let dir = deps.join(format!("srxe-ibverbs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create library directory");
+    let link = dir.join("libibverbs.so.1");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&lib, &link).expect("link libibverbs.so.1");
+    dir
+}
+
+/// Runs a command, panicking if it cannot start.
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Runs `ip` with `args`, which must succeed.
+fn ip(args: &[&str]) {
+    let out = run(Command::new("ip").args(args));
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Two network namespaces joined by a veth pair, `10.47.91.1` in the
+/// first (interface `sv0`) and `10.47.91.2` in the second (`sv1`);
+/// deleted on drop.
+struct NamespacePair {
+    names: [String; 2],
+}
+
+impl NamespacePair {
+    const ADDRS: [&str; 2] = ["10.47.91.1", "10.47.91.2"];
+    const IFACES: [&str; 2] = ["sv0", "sv1"];
+
+    fn new() -> NamespacePair {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let base = format!("srxe-{}-{n}", std::process::id());
+        let names = [format!("{base}a"), format!("{base}b")];
+        for name in &names {
+            ip(&["netns", "add", name]);
+        }
+        let pair = NamespacePair { names };
+        let [a, b] = &pair.names;
+        ip(&[
+            "-n", a, "link", "add", "sv0", "type", "veth", "peer", "name", "sv1", "netns", b,
+        ]);
+        for (i, ns) in pair.names.iter().enumerate() {
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{}/24", Self::ADDRS[i]),
+                "dev",
+                Self::IFACES[i],
+            ]);
+            ip(&["-n", ns, "link", "set", Self::IFACES[i], "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        pair
+    }
+
+    /// A command running `program` in namespace `side` over the library.
+    fn command(&self, side: usize, lib: &Path, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.names[side], "env"])
+            .arg(format!("LD_LIBRARY_PATH={}", lib.display()))
+            .args(["timeout", RUN_LIMIT, program]);
+        cmd
+    }
+
+    /// Waits until something listens on the exchange port in namespace
+    /// `side` (the server is ready for its client).
+    fn wait_for_listener(&self, side: usize) {
+        let needle = format!(":{EXCHANGE_PORT:04X} 00000000:0000 0A");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let out = run(Command::new("ip").args([
+                "netns",
+                "exec",
+                &self.names[side],
+                "cat",
+                "/proc/net/tcp",
+            ]));
+            if String::from_utf8_lossy(&out.stdout).contains(&needle) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("no server listening on port {EXCHANGE_PORT}");
+    }
+
+    /// Runs `program` as server in the first namespace and client in the
+    /// second with the same `args` (plus the device and GID index, and the
+    /// server's address for the client); returns both outputs.
+    fn run_pair(&self, lib: &Path, program: &str, args: &[&str]) -> [Output; 2] {
+        let device = |side: usize| format!("srxe-{}", Self::IFACES[side]);
+        let server = self
+            .command(0, lib, program)
+            .args(["-d", &device(0)])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start server");
+        self.wait_for_listener(0);
+        let client = run(self
+            .command(1, lib, program)
+            .args(["-d", &device(1)])
+            .args(args)
+            .arg(Self::ADDRS[0]));
+        let server = server.wait_with_output().expect("server output");
+        [server, client]
+    }
+}
+
+impl Drop for NamespacePair {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = Command::new("ip").args(["netns", "delete", name]).status();
+        }
+    }
+}
+
+/// Asserts that both sides exited 0, showing their output otherwise.
+fn assert_both_succeeded(what: &str, outputs: &[Output; 2]) {
+    for (side, out) in ["server", "client"].iter().zip(outputs) {
+        assert!(
+            out.status.success(),
+            "{what}: {side} failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn ibv_devices_lists_a_device_per_interface_address() {
+    if !can_run(&["ibv_devices"], false) {
+        return;
+    }
+    let lib = library_dir();
+    let out = run(Command::new("ibv_devices").env("LD_LIBRARY_PATH", lib));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "ibv_devices failed: {text}");
+    assert!(text.contains("srxe-lo"), "no loopback device in:\n{text}");
+}
+
+#[test]
+fn ibv_devinfo_shows_odp_capabilities_and_the_gid_table() {
+    if !can_run(&["ibv_devinfo"], true) {
+        return;
+    }
+    let lib = library_dir();
+    let pair = NamespacePair::new();
+    let out = run(pair
+        .command(0, lib, "ibv_devinfo")
+        .args(["-v", "-d", "srxe-sv0"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "ibv_devinfo failed: {text}");
+    for expected in [
+        "hca_id:\tsrxe-sv0",
+        "ODP_SUPPORT_IMPLICIT",
+        "SUPPORT_SEND",
+        "SUPPORT_RECV",
+        "SUPPORT_WRITE",
+        "SUPPORT_READ",
+        "SUPPORT_ATOMIC",
+        "PORT_ACTIVE",
+        "link_layer:\t\tEthernet",
+        // rxe's order: the link-local GID from the MAC, then IPv4.
+        "GID[  1]:\t\t::ffff:10.47.91.1, RoCE v2",
+    ] {
+        assert!(text.contains(expected), "no {expected:?} in:\n{text}");
+    }
+    let link_local = text
+        .lines()
+        .find(|l| l.contains("GID[  0]:"))
+        .unwrap_or_default();
+    assert!(
+        link_local.contains("fe80::"),
+        "GID 0 is not link-local: {link_local}"
+    );
+}
+
+/// ibv_rc_pingpong with data checking (`-c`) and `extra` options.
+fn pingpong(extra: &[&str]) {
+    if !can_run(&["ibv_rc_pingpong"], true) {
+        return;
+    }
+    let lib = library_dir();
+    let pair = NamespacePair::new();
+    let mut args = vec!["-g", "1", "-c", "-n", "200"];
+    args.extend_from_slice(extra);
+    let outputs = pair.run_pair(lib, "ibv_rc_pingpong", &args);
+    assert_both_succeeded(&format!("ibv_rc_pingpong {args:?}"), &outputs);
+    for out in &outputs {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("200 iters in"), "no result line in:\n{text}");
+    }
+}
+
+#[test]
+fn rc_pingpong_checked() {
+    pingpong(&[]);
+}
+
+#[test]
+fn rc_pingpong_odp() {
+    pingpong(&["-o", "-s", "65536"]);
+}
+
+#[test]
+fn rc_pingpong_implicit_odp() {
+    pingpong(&["-O"]);
+}
+
+#[test]
+fn rc_pingpong_odp_prefetch() {
+    pingpong(&["-o", "-P"]);
+}
+
+#[test]
+fn rc_pingpong_implicit_odp_prefetch() {
+    pingpong(&["-O", "-P"]);
+}
+
+#[test]
+fn rc_pingpong_completion_events() {
+    pingpong(&["-e"]);
+}
+
+/// A perftest tool between the namespaces, with `extra` options.
+fn perftest(tool: &str, extra: &[&str]) {
+    if !can_run(&[tool], true) {
+        return;
+    }
+    let lib = library_dir();
+    let pair = NamespacePair::new();
+    let mut args = vec!["-x", "1", "-n", "200"];
+    args.extend_from_slice(extra);
+    let outputs = pair.run_pair(lib, tool, &args);
+    assert_both_succeeded(&format!("{tool} {args:?}"), &outputs);
+    let text = String::from_utf8_lossy(&outputs[1].stdout);
+    assert!(text.contains("#bytes"), "no results in:\n{text}");
+}
+
+#[test]
+fn perftest_write_bw() {
+    perftest("ib_write_bw", &[]);
+    perftest("ib_write_bw", &["--odp"]);
+}
+
+#[test]
+fn perftest_read_bw() {
+    perftest("ib_read_bw", &[]);
+    perftest("ib_read_bw", &["--odp"]);
+}
+
+#[test]
+fn perftest_send_bw() {
+    perftest("ib_send_bw", &[]);
+    perftest("ib_send_bw", &["--odp"]);
+}
+
+/// perftest 4.5 itself refuses `--odp` with atomics ("ODP does not support
+/// ATOMICS for now"), so only without.
+#[test]
+fn perftest_atomic_bw() {
+    perftest("ib_atomic_bw", &[]);
+    perftest("ib_atomic_bw", &["-A", "CMP_AND_SWAP"]);
+}
+
+#[test]
+fn perftest_write_lat() {
+    perftest("ib_write_lat", &[]);
+    perftest("ib_write_lat", &["--odp"]);
+}
+
+#[test]
+fn perftest_read_lat() {
+    perftest("ib_read_lat", &[]);
+    perftest("ib_read_lat", &["--odp"]);
+}
+
+#[test]
+fn perftest_send_lat() {
+    perftest("ib_send_lat", &[]);
+    perftest("ib_send_lat", &["--odp"]);
+}
