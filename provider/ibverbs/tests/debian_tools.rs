@@ -9,9 +9,8 @@
 //! `SRXE_IBVERBS_REQUIRE_TOOLS=1` (set by `.ci/run` as root) makes that a
 //! failure.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -45,26 +44,9 @@ fn can_run(tools: &[&str], need_root: bool) -> bool {
     false
 }
 
-/// A directory holding `libibverbs.so.1`, a link to the library cargo
-/// built for this test run.
-fn library_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(make_library_dir)
-}
-
-/// Makes [`library_dir`]'s directory.
-fn make_library_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let deps = exe.parent().expect("test executable directory");
-    let lib = deps.join("libibverbs.so");
-    assert!(lib.exists(), "{} not built", lib.display());
-    let dir = deps.join(format!("srxe-ibverbs-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create library directory");
-    let link = dir.join("libibverbs.so.1");
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(&lib, &link).expect("link libibverbs.so.1");
-    dir
-}
+/// The launcher that runs a program over the library this test run built
+/// (the line README.md gives users).
+const LAUNCHER: &str = env!("CARGO_BIN_EXE_srxe-verbs");
 
 /// Runs a command, panicking if it cannot start.
 fn run(cmd: &mut Command) -> Output {
@@ -123,10 +105,9 @@ impl NamespacePair {
     }
 
     /// A command running `program` in namespace `side` over the library.
-    fn command(&self, side: usize, lib: &Path, program: &str) -> Command {
+    fn command(&self, side: usize, program: &str) -> Command {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.names[side], "env"])
-            .arg(format!("LD_LIBRARY_PATH={}", lib.display()))
+        cmd.args(["netns", "exec", &self.names[side], LAUNCHER])
             .args(["timeout", RUN_LIMIT, program]);
         cmd
     }
@@ -155,10 +136,10 @@ impl NamespacePair {
     /// Runs `program` as server in the first namespace and client in the
     /// second with the same `args` (plus the device and GID index, and the
     /// server's address for the client); returns both outputs.
-    fn run_pair(&self, lib: &Path, program: &str, args: &[&str]) -> [Output; 2] {
+    fn run_pair(&self, program: &str, args: &[&str]) -> [Output; 2] {
         let device = |side: usize| format!("srxe-{}", Self::IFACES[side]);
         let server = self
-            .command(0, lib, program)
+            .command(0, program)
             .args(["-d", &device(0)])
             .args(args)
             .stdout(Stdio::piped())
@@ -167,7 +148,7 @@ impl NamespacePair {
             .expect("start server");
         self.wait_for_listener(0);
         let client = run(self
-            .command(1, lib, program)
+            .command(1, program)
             .args(["-d", &device(1)])
             .args(args)
             .arg(Self::ADDRS[0]));
@@ -202,8 +183,7 @@ fn ibv_devices_lists_a_device_per_interface_address() {
     if !can_run(&["ibv_devices"], false) {
         return;
     }
-    let lib = library_dir();
-    let out = run(Command::new("ibv_devices").env("LD_LIBRARY_PATH", lib));
+    let out = run(Command::new(LAUNCHER).arg("ibv_devices"));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "ibv_devices failed: {text}");
     assert!(text.contains("srxe-lo"), "no loopback device in:\n{text}");
@@ -214,10 +194,9 @@ fn ibv_devinfo_shows_odp_capabilities_and_the_gid_table() {
     if !can_run(&["ibv_devinfo"], true) {
         return;
     }
-    let lib = library_dir();
     let pair = NamespacePair::new();
     let out = run(pair
-        .command(0, lib, "ibv_devinfo")
+        .command(0, "ibv_devinfo")
         .args(["-v", "-d", "srxe-sv0"]));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "ibv_devinfo failed: {text}");
@@ -251,11 +230,10 @@ fn pingpong(extra: &[&str]) {
     if !can_run(&["ibv_rc_pingpong"], true) {
         return;
     }
-    let lib = library_dir();
     let pair = NamespacePair::new();
     let mut args = vec!["-g", "1", "-c", "-n", "200"];
     args.extend_from_slice(extra);
-    let outputs = pair.run_pair(lib, "ibv_rc_pingpong", &args);
+    let outputs = pair.run_pair("ibv_rc_pingpong", &args);
     assert_both_succeeded(&format!("ibv_rc_pingpong {args:?}"), &outputs);
     for out in &outputs {
         let text = String::from_utf8_lossy(&out.stdout);
@@ -298,11 +276,10 @@ fn perftest(tool: &str, extra: &[&str]) {
     if !can_run(&[tool], true) {
         return;
     }
-    let lib = library_dir();
     let pair = NamespacePair::new();
     let mut args = vec!["-x", "1", "-n", "200"];
     args.extend_from_slice(extra);
-    let outputs = pair.run_pair(lib, tool, &args);
+    let outputs = pair.run_pair(tool, &args);
     assert_both_succeeded(&format!("{tool} {args:?}"), &outputs);
     let text = String::from_utf8_lossy(&outputs[1].stdout);
     assert!(text.contains("#bytes"), "no results in:\n{text}");
