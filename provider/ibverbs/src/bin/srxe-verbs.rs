@@ -1,8 +1,9 @@
 //! Runs a verbs program over the userspace device:
 //! `srxe-verbs PROGRAM [ARGS...]` starts PROGRAM with `LD_LIBRARY_PATH`
-//! leading to this crate's `libibverbs.so.1` (cargo builds it next to this
-//! executable as `libibverbs.so`; a directory beside it gets the
-//! `libibverbs.so.1` link the dynamic loader looks for).
+//! leading to this crate's `libibverbs.so.1` (cargo builds it as
+//! `libibverbs.so` beside this executable or in `deps/`; a directory beside
+//! the executable gets the `libibverbs.so.1` link the dynamic loader looks
+//! for).
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -28,10 +29,15 @@ enum LaunchError {
 fn library_dir() -> Result<PathBuf, LaunchError> {
     let exe = std::env::current_exe().map_err(LaunchError::NoExe)?;
     let dir = exe.parent().unwrap_or(Path::new("."));
-    let lib = dir.join("libibverbs.so");
-    if !lib.exists() {
-        return Err(LaunchError::NoLibrary(lib));
-    }
+    // `cargo build` leaves the library beside the executable; a build for
+    // `cargo run` or `cargo test` only in deps/. The newer one is current.
+    let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let lib = [dir.join("libibverbs.so"), dir.join("deps/libibverbs.so")]
+        .into_iter()
+        .filter_map(|p| Some((modified(&p)?, p)))
+        .max()
+        .map(|(_, p)| p)
+        .ok_or_else(|| LaunchError::NoLibrary(dir.join("libibverbs.so")))?;
     let link_dir = dir.join("srxe-ibverbs");
     let link = link_dir.join("libibverbs.so.1");
     if std::fs::read_link(&link).ok().as_deref() != Some(lib.as_path()) {
