@@ -10,7 +10,8 @@
 //! - [`context`]: open devices, their attributes, ports and GID tables.
 //! - [`mr`]: protection domains and memory regions (ODP included).
 //! - [`cq`]: completion queues and completion channels.
-//! - [`qp`]: RC queue pairs, their state machine and work requests.
+//! - [`qp`]: RC queue pairs, their state machine and work requests;
+//!   [`inline`]: inline payloads.
 //! - [`text`]: the string and rate helpers.
 //! - [`unsupported`]: everything else, failing cleanly.
 //!
@@ -26,6 +27,7 @@ mod cq;
 mod device;
 mod errno;
 mod exports;
+mod inline;
 mod mr;
 mod qp;
 pub mod sys;

@@ -2,23 +2,22 @@
 //! work requests `ibv_post_send` and `ibv_post_recv` post.
 
 use std::ffi::c_int;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use provider::{
-    Gid, Mtu, QpCaps, QpState, QueuePair, RecvWr, RemoteInfo, RtsAttr, SendOp, SendWr, Sge,
+    Gid, Mtu, ProtectionDomain, QpCaps, QpState, QueuePair, RecvWr, RemoteInfo, RtsAttr, SendOp,
+    SendWr, Sge,
 };
 
 use crate::context::Ctx;
 use crate::cq::Cq;
 use crate::errno::{errno_of, pointer, status};
+use crate::inline::{InlineRing, MAX_INLINE};
 use crate::mr::Pd;
 use crate::sys::*;
 
 /// The most SGEs a work request may carry.
 const MAX_SGE: usize = 32;
-/// The most inline data reported (the data is still read from the SGEs,
-/// whose keys must be valid).
-const MAX_INLINE: u32 = 256;
 /// RoCEv2's UDP port: every peer's.
 const ROCE_PORT: u16 = 4791;
 
@@ -27,6 +26,11 @@ const ROCE_PORT: u16 = 4791;
 struct Qp {
     ibv: ibv_qp,
     qp: QueuePair,
+    /// Where inline payloads are copied; made by the first inline post.
+    inline: OnceLock<InlineRing>,
+    /// The send queue's size and domain, for the ring.
+    max_send_wr: u32,
+    pd: ProtectionDomain,
     /// The context, for its GID table.
     ctx: *mut ibv_context,
     /// Every send request is signalled.
@@ -84,6 +88,9 @@ fn create(pd: *mut ibv_pd, init: *mut ibv_qp_init_attr) -> Result<*mut ibv_qp, i
             .build()
             .map_err(|e| errno_of(&e))?;
     cap.max_send_wr = caps.max_send_wr;
+    // Like rxe, report all the inline room there is, not just what was
+    // asked (ibv_rc_pingpong sends inline whenever its size fits).
+    cap.max_inline_data = MAX_INLINE;
     cap.max_recv_wr = caps.max_recv_wr;
     // SAFETY: plain C data (pointers, integers, pthread objects whose
     // all-zero state is their static initializer in glibc).
@@ -104,6 +111,9 @@ fn create(pd: *mut ibv_pd, init: *mut ibv_qp_init_attr) -> Result<*mut ibv_qp, i
         ctx: ibv.context,
         ibv,
         qp,
+        inline: OnceLock::new(),
+        max_send_wr: caps.max_send_wr,
+        pd: p.pd.clone(),
         sq_sig_all: init_ref.sq_sig_all != 0,
         attr: Mutex::new(attr),
         init: *init_ref,
@@ -202,7 +212,11 @@ fn modify(q: &Qp, attr: &ibv_qp_attr, mask: u32) -> Result<(), i32> {
             };
             q.qp.to_rts_with(&rts).map_err(|e| errno_of(&e))
         }
-        // RESET, SQD and ERR are not reachable on the device yet.
+        ibv_qp_state_IBV_QPS_ERR => {
+            q.qp.to_error();
+            Ok(())
+        }
+        // RESET and SQD are not reachable on the device yet.
         _ => Err(libc::EOPNOTSUPP),
     }
 }
@@ -354,6 +368,52 @@ unsafe fn sges(list: *const ibv_sge, n: c_int, out: &mut [Sge; MAX_SGE]) -> Resu
     Ok(&out[..n])
 }
 
+/// The SGEs of a send request: its own, or for an inline SEND or WRITE
+/// one SGE over the copy of its payload.
+///
+/// # Safety
+/// The request's SGE list holds `num_sge` SGEs naming readable memory.
+unsafe fn send_sges<'a>(
+    q: &Qp,
+    w: &ibv_send_wr,
+    op: &SendOp,
+    out: &'a mut [Sge; MAX_SGE],
+) -> Result<&'a [Sge], i32> {
+    let inline = w.send_flags & ibv_send_flags_IBV_SEND_INLINE != 0;
+    let carries_payload = matches!(
+        op,
+        SendOp::Send
+            | SendOp::SendWithImm { .. }
+            | SendOp::Write { .. }
+            | SendOp::WriteWithImm { .. }
+    );
+    if !(inline && carries_payload) {
+        // SAFETY: as the caller vouches.
+        return unsafe { sges(w.sg_list, w.num_sge, out) };
+    }
+    let n = usize::try_from(w.num_sge).map_err(|_| libc::EINVAL)?;
+    if n == 0 {
+        return Ok(&out[..0]);
+    }
+    if n > MAX_SGE || w.sg_list.is_null() {
+        return Err(libc::EINVAL);
+    }
+    let ring = match q.inline.get() {
+        Some(ring) => ring,
+        None => {
+            // Two first posts racing make two rings; one is kept.
+            let ring = InlineRing::new(&q.pd, q.max_send_wr)?;
+            let _ = q.inline.set(ring);
+            q.inline.get().ok_or(libc::EIO)?
+        }
+    };
+    // SAFETY: the caller's n SGEs.
+    let raw = unsafe { std::slice::from_raw_parts(w.sg_list, n) };
+    // SAFETY: they name the application's readable memory.
+    out[0] = unsafe { ring.stage(raw) }?;
+    Ok(&out[..1])
+}
+
 /// The operation of a send work request.
 fn send_op(wr: &ibv_send_wr) -> Result<SendOp, i32> {
     // SAFETY: the union member the opcode selects.
@@ -415,7 +475,7 @@ pub(crate) unsafe extern "C" fn post_send(
     while let Some(w) = unsafe { cur.as_ref() } {
         let posted = send_op(w).and_then(|op| {
             // SAFETY: the request's own SGE list.
-            let sg_list = unsafe { sges(w.sg_list, w.num_sge, &mut list) }?;
+            let sg_list = unsafe { send_sges(q, w, &op, &mut list) }?;
             let req = SendWr {
                 wr_id: w.wr_id,
                 op,

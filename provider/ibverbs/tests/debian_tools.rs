@@ -246,6 +246,13 @@ fn rc_pingpong_checked() {
     pingpong(&[]);
 }
 
+/// 200 bytes fit the inline room the library reports, so ibv_rc_pingpong
+/// sends with `IBV_SEND_INLINE`.
+#[test]
+fn rc_pingpong_inline() {
+    pingpong(&["-s", "200"]);
+}
+
 #[test]
 fn rc_pingpong_odp() {
     pingpong(&["-o", "-s", "65536"]);

@@ -300,6 +300,14 @@ impl QueuePair {
         )
     }
 
+    /// Any state -> ERROR (verbs' `IBV_QPS_ERR`, what applications do
+    /// before destroying a connected queue pair): requests still queued
+    /// complete with flush errors.
+    pub fn to_error(&self) {
+        let mut st = self.core.lock();
+        self.core.fail(&mut st, None);
+    }
+
     /// RESET -> INIT -> RTR -> RTS toward `remote`. A queue pair already in
     /// INIT (to post receives before the peer can send) starts from there.
     ///
