@@ -3,14 +3,14 @@
 //! A channel's fd is an epoll instance: each CQ of the channel registers
 //! its eventfd there with `EPOLLONESHOT`, and `ibv_req_notify_cq` re-arms
 //! it, so the channel fd becomes readable (for `poll`/`epoll` on it, and
-//! for `ibv_get_cq_event`) once an armed CQ gets a completion. Arming a CQ
-//! that still holds completions fires at once, so a program that polls in
-//! batches never waits for a completion it has not taken yet.
+//! for `ibv_get_cq_event`) once an armed CQ gets a completion. As verbs
+//! defines it, arming notifies on the next completion *added*: completions
+//! already in the queue do not fire (perftest's event mode re-arms before
+//! it polls, and counts on that).
 
 use std::ffi::{c_int, c_void};
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use provider::{CompletionQueue, WcOpcode, WcStatus, WorkCompletion};
 
@@ -31,10 +31,6 @@ pub(crate) struct Cq {
     ibv: ibv_cq,
     /// The provider's queue.
     pub(crate) cq: CompletionQueue,
-    /// A completion taken out of `cq` by `ibv_req_notify_cq` to see whether
-    /// the queue was empty; `ibv_poll_cq` returns it first.
-    stash: Mutex<Option<WorkCompletion>>,
-    stashed: AtomicBool,
     /// Completion events acknowledged (`ibv_ack_cq_events`).
     acked: AtomicU32,
 }
@@ -54,20 +50,6 @@ impl Cq {
         // SAFETY: the channel outlives its queues (verbs forbids destroying
         // a channel with queues on it, and we refuse to).
         unsafe { self.ibv.channel.as_ref() }.map(|c| c.fd)
-    }
-
-    /// Moves completions into `out`, the stashed one first.
-    fn poll(&self, out: &mut [WorkCompletion]) -> usize {
-        let mut n = 0;
-        if self.stashed.load(Ordering::Acquire) {
-            let mut stash = self.stash.lock().unwrap_or_else(PoisonError::into_inner);
-            if let (Some(wc), Some(slot)) = (stash.take(), out.first_mut()) {
-                *slot = wc;
-                n = 1;
-            }
-            self.stashed.store(stash.is_some(), Ordering::Release);
-        }
-        n + self.cq.poll(&mut out[n..])
     }
 }
 
@@ -158,8 +140,6 @@ pub(crate) unsafe extern "C" fn ibv_create_cq(
     let cq = Box::into_raw(Box::new(Cq {
         ibv,
         cq: queue,
-        stash: Mutex::new(None),
-        stashed: AtomicBool::new(false),
         acked: AtomicU32::new(0),
     }));
     // SAFETY: just allocated.
@@ -215,7 +195,7 @@ pub(crate) unsafe extern "C" fn poll_cq(
     let mut batch = [WorkCompletion::default(); 32];
     while done < wanted {
         let take = (wanted - done).min(batch.len());
-        let n = c.poll(&mut batch[..take]);
+        let n = c.cq.poll(&mut batch[..take]);
         for (i, w) in batch[..n].iter().enumerate() {
             // SAFETY: the caller passes num_entries writable ibv_wc.
             unsafe { wc.add(done + i).write(to_ibv_wc(w)) };
@@ -277,22 +257,10 @@ pub(crate) unsafe extern "C" fn req_notify_cq(cq: *mut ibv_cq, _solicited_only: 
     let Some(fd) = c.channel_fd() else {
         return libc::EINVAL;
     };
-    {
-        let mut stash = c.stash.lock().unwrap_or_else(PoisonError::into_inner);
-        if stash.is_none() {
-            let mut one = [WorkCompletion::default(); 1];
-            if c.cq.poll(&mut one) == 1 {
-                *stash = Some(one[0]);
-            }
-        }
-        if stash.is_some() {
-            c.stashed.store(true, Ordering::Release);
-            let one: u64 = 1;
-            // SAFETY: writes 8 bytes to the queue's eventfd (EAGAIN only
-            // when the counter is saturated, still readable).
-            unsafe { libc::write(c.cq.event_fd(), (&raw const one).cast(), 8) };
-        }
-    }
+    // Forget signals of completions added before now, then ask for the
+    // next one.
+    drain_event_fd(&c.cq);
+    c.cq.request_notify();
     match epoll_ctl(
         fd,
         libc::EPOLL_CTL_MOD,
@@ -337,15 +305,21 @@ pub(crate) unsafe extern "C" fn ibv_get_cq_event(
     // SAFETY: the epoll data is a queue registered on this channel, live
     // until ibv_destroy_cq removes it.
     let c = unsafe { &*cq };
-    let mut value = 0u64;
-    // SAFETY: resets the queue's eventfd (non-blocking; EAGAIN is fine).
-    unsafe { libc::read(c.cq.event_fd(), (&raw mut value).cast(), 8) };
+    drain_event_fd(&c.cq);
     // SAFETY: the caller's out-parameters.
     unsafe {
         cq_out.write(cq.cast());
         cq_context.write(c.ibv.cq_context);
     }
     0
+}
+
+/// Resets a queue's eventfd.
+fn drain_event_fd(cq: &CompletionQueue) {
+    let mut value = 0u64;
+    // SAFETY: reads 8 bytes into a u64 from the queue's non-blocking
+    // eventfd; EAGAIN (already reset) is fine.
+    unsafe { libc::read(cq.event_fd(), (&raw mut value).cast(), 8) };
 }
 
 /// `ibv_ack_cq_events`.

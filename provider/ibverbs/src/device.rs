@@ -1,5 +1,7 @@
-//! The device list: one device per interface address, as
-//! [`provider::devices`] lists them (`srxe-<if>`, `srxe6-<if>`).
+//! The device list: `srxe-<if>` and `srxe6-<if>`, as the project's tools
+//! name them, each on the interface's first usable address of its family
+//! ([`provider::devices`] lists one entry per address; an IPv6 link-local
+//! address cannot be a device's, as it needs a scope).
 //!
 //! Devices live for the life of the process (contexts keep pointing at
 //! theirs after `ibv_free_device_list`, as verbs allows): each distinct
@@ -174,6 +176,19 @@ fn device_for(registry: &mut Vec<Entry>, info: DeviceInfo) -> *mut Device {
     ptr
 }
 
+/// One device per name: the first of its addresses that is not IPv6
+/// link-local.
+fn usable(infos: Vec<DeviceInfo>) -> Vec<DeviceInfo> {
+    let mut kept: Vec<DeviceInfo> = Vec::new();
+    for info in infos {
+        let link_local = matches!(info.addr, IpAddr::V6(v6) if v6.is_unicast_link_local());
+        if !link_local && !kept.iter().any(|k| k.name == info.name) {
+            kept.push(info);
+        }
+    }
+    kept
+}
+
 /// `ibv_get_device_list`: a NULL-terminated array of this host's devices.
 pub(crate) unsafe extern "C" fn ibv_get_device_list(
     num_devices: *mut c_int,
@@ -183,7 +198,7 @@ pub(crate) unsafe extern "C" fn ibv_get_device_list(
         Err(e) => return pointer(Err(crate::errno::errno_of(&e))),
     };
     let mut registry = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
-    let mut list: Vec<*mut ibv_device> = infos
+    let mut list: Vec<*mut ibv_device> = usable(infos)
         .into_iter()
         .map(|info| device_for(&mut registry, info).cast::<ibv_device>())
         .collect();

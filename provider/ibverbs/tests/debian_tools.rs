@@ -64,15 +64,16 @@ fn ip(args: &[&str]) {
     );
 }
 
-/// Two network namespaces joined by a veth pair, `10.47.91.1` in the
-/// first (interface `sv0`) and `10.47.91.2` in the second (`sv1`);
-/// deleted on drop.
+/// Two network namespaces joined by a veth pair, `10.47.91.1` and
+/// `fd00:4791::1` in the first (interface `sv0`), `10.47.91.2` and
+/// `fd00:4791::2` in the second (`sv1`); deleted on drop.
 struct NamespacePair {
     names: [String; 2],
 }
 
 impl NamespacePair {
     const ADDRS: [&str; 2] = ["10.47.91.1", "10.47.91.2"];
+    const ADDRS6: [&str; 2] = ["fd00:4791::1", "fd00:4791::2"];
     const IFACES: [&str; 2] = ["sv0", "sv1"];
 
     fn new() -> NamespacePair {
@@ -97,6 +98,17 @@ impl NamespacePair {
                 &format!("{}/24", Self::ADDRS[i]),
                 "dev",
                 Self::IFACES[i],
+            ]);
+            let v6 = format!("{}/64", Self::ADDRS6[i]);
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &v6,
+                "dev",
+                Self::IFACES[i],
+                "nodad",
             ]);
             ip(&["-n", ns, "link", "set", Self::IFACES[i], "up"]);
             ip(&["-n", ns, "link", "set", "lo", "up"]);
@@ -134,10 +146,11 @@ impl NamespacePair {
     }
 
     /// Runs `program` as server in the first namespace and client in the
-    /// second with the same `args` (plus the device and GID index, and the
-    /// server's address for the client); returns both outputs.
-    fn run_pair(&self, program: &str, args: &[&str]) -> [Output; 2] {
-        let device = |side: usize| format!("srxe-{}", Self::IFACES[side]);
+    /// second with the same `args` (plus the device, `srxe-` or `srxe6-`
+    /// after `prefix`, and the server's IPv4 address for the client's
+    /// exchange); returns both outputs.
+    fn run_pair(&self, prefix: &str, program: &str, args: &[&str]) -> [Output; 2] {
+        let device = |side: usize| format!("{prefix}-{}", Self::IFACES[side]);
         let server = self
             .command(0, program)
             .args(["-d", &device(0)])
@@ -210,8 +223,10 @@ fn ibv_devinfo_shows_odp_capabilities_and_the_gid_table() {
         "SUPPORT_ATOMIC",
         "PORT_ACTIVE",
         "link_layer:\t\tEthernet",
-        // rxe's order: the link-local GID from the MAC, then IPv4.
+        // rxe's order: the link-local GID from the MAC, then IPv4, then
+        // the other IPv6 addresses.
         "GID[  1]:\t\t::ffff:10.47.91.1, RoCE v2",
+        "GID[  2]:\t\tfd00:4791::1, RoCE v2",
     ] {
         assert!(text.contains(expected), "no {expected:?} in:\n{text}");
     }
@@ -225,15 +240,21 @@ fn ibv_devinfo_shows_odp_capabilities_and_the_gid_table() {
     );
 }
 
-/// ibv_rc_pingpong with data checking (`-c`) and `extra` options.
+/// ibv_rc_pingpong with data checking (`-c`) and `extra` options, over
+/// IPv4 (GID 1 of `srxe-sv*`).
 fn pingpong(extra: &[&str]) {
+    pingpong_on("srxe", "1", extra);
+}
+
+/// ibv_rc_pingpong on devices `prefix-sv*` with GID index `gid`.
+fn pingpong_on(prefix: &str, gid: &str, extra: &[&str]) {
     if !can_run(&["ibv_rc_pingpong"], true) {
         return;
     }
     let pair = NamespacePair::new();
-    let mut args = vec!["-g", "1", "-c", "-n", "200"];
+    let mut args = vec!["-g", gid, "-c", "-n", "200"];
     args.extend_from_slice(extra);
-    let outputs = pair.run_pair("ibv_rc_pingpong", &args);
+    let outputs = pair.run_pair(prefix, "ibv_rc_pingpong", &args);
     assert_both_succeeded(&format!("ibv_rc_pingpong {args:?}"), &outputs);
     for out in &outputs {
         let text = String::from_utf8_lossy(&out.stdout);
@@ -244,6 +265,12 @@ fn pingpong(extra: &[&str]) {
 #[test]
 fn rc_pingpong_checked() {
     pingpong(&[]);
+}
+
+/// Over IPv6: `srxe6-sv*`, GID 2 (the global address).
+#[test]
+fn rc_pingpong_ipv6() {
+    pingpong_on("srxe6", "2", &["-o"]);
 }
 
 /// 200 bytes fit the inline room the library reports, so ibv_rc_pingpong
@@ -286,7 +313,7 @@ fn perftest(tool: &str, extra: &[&str]) {
     let pair = NamespacePair::new();
     let mut args = vec!["-x", "1", "-n", "200"];
     args.extend_from_slice(extra);
-    let outputs = pair.run_pair(tool, &args);
+    let outputs = pair.run_pair("srxe", tool, &args);
     assert_both_succeeded(&format!("{tool} {args:?}"), &outputs);
     let text = String::from_utf8_lossy(&outputs[1].stdout);
     assert!(text.contains("#bytes"), "no results in:\n{text}");
@@ -296,6 +323,7 @@ fn perftest(tool: &str, extra: &[&str]) {
 fn perftest_write_bw() {
     perftest("ib_write_bw", &[]);
     perftest("ib_write_bw", &["--odp"]);
+    perftest("ib_write_bw", &["-q", "4"]);
 }
 
 #[test]
@@ -308,6 +336,7 @@ fn perftest_read_bw() {
 fn perftest_send_bw() {
     perftest("ib_send_bw", &[]);
     perftest("ib_send_bw", &["--odp"]);
+    perftest("ib_send_bw", &["-e"]);
 }
 
 /// perftest 4.5 itself refuses `--odp` with atomics ("ODP does not support
@@ -328,6 +357,7 @@ fn perftest_write_lat() {
 fn perftest_read_lat() {
     perftest("ib_read_lat", &[]);
     perftest("ib_read_lat", &["--odp"]);
+    perftest("ib_read_lat", &["-e"]);
 }
 
 #[test]

@@ -98,6 +98,9 @@ pub(crate) struct CqInner {
     overflowed: AtomicBool,
     /// Signalled when a completion arrives in an empty queue, for `epoll`.
     event_fd: OwnedFd,
+    /// Set by `request_notify`: the next completion signals `event_fd`
+    /// even if the queue is not empty.
+    notify_next: AtomicBool,
 }
 
 impl CqInner {
@@ -118,7 +121,9 @@ impl CqInner {
         if wake {
             self.ready.notify_all();
         }
-        if was_empty {
+        let requested = self.notify_next.load(Ordering::Relaxed)
+            && self.notify_next.swap(false, Ordering::AcqRel);
+        if was_empty || requested {
             let one: u64 = 1;
             // SAFETY: writes 8 bytes from a valid u64 to our eventfd; a full
             // counter (EAGAIN) only means the reader is far behind.
@@ -158,6 +163,7 @@ impl CompletionQueue {
                 ready: Condvar::new(),
                 waiters: AtomicUsize::new(0),
                 overflowed: AtomicBool::new(false),
+                notify_next: AtomicBool::new(false),
                 // SAFETY: `fd` is a fresh descriptor nobody else owns.
                 event_fd: unsafe { OwnedFd::from_raw_fd(fd) },
             }),
@@ -215,6 +221,13 @@ impl CompletionQueue {
     /// `ibv_req_notify_cq`.
     pub fn event_fd(&self) -> RawFd {
         self.inner.event_fd.as_raw_fd()
+    }
+
+    /// Asks for the next completion to signal [`Self::event_fd`] even if it
+    /// arrives in a queue that is not empty (verbs' `ibv_req_notify_cq`:
+    /// notify on the next completion added).
+    pub fn request_notify(&self) {
+        self.inner.notify_next.store(true, Ordering::Release);
     }
 
     /// Whether a completion was dropped because the queue was full.
