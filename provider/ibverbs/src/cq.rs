@@ -10,7 +10,7 @@
 
 use std::ffi::{c_int, c_void};
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 
 use provider::{CompletionQueue, WcOpcode, WcStatus, WorkCompletion};
 
@@ -83,12 +83,24 @@ pub(crate) unsafe extern "C" fn ibv_destroy_comp_channel(channel: *mut ibv_comp_
         return status(Err(libc::EINVAL));
     }
     // SAFETY: a channel from ibv_create_comp_channel.
-    if unsafe { (*channel).refcnt } > 0 {
+    if unsafe { channel_refs(channel) }.load(Ordering::Acquire) > 0 {
         return status(Err(libc::EBUSY));
     }
     // SAFETY: as above, freed once.
     drop(unsafe { Box::from_raw(channel.cast::<Channel>()) });
     0
+}
+
+/// The channel's `refcnt` (queues using it), updated atomically: queues
+/// may be created and destroyed from several threads at once.
+///
+/// # Safety
+/// `channel` is a live channel of this library; its `refcnt` is only
+/// accessed through this function.
+unsafe fn channel_refs<'a>(channel: *mut ibv_comp_channel) -> &'a AtomicI32 {
+    // SAFETY: a c_int field of a live channel, aligned for i32 and only
+    // accessed atomically.
+    unsafe { AtomicI32::from_ptr(&raw mut (*channel).refcnt) }
 }
 
 /// The calling thread's errno after a failed system call.
@@ -153,7 +165,7 @@ pub(crate) unsafe extern "C" fn ibv_create_cq(
             return pointer(Err(code));
         }
         // SAFETY: the channel is live; counts the queues on it.
-        unsafe { (*channel).refcnt += 1 };
+        unsafe { channel_refs(channel) }.fetch_add(1, Ordering::AcqRel);
     }
     cq.cast()
 }
@@ -168,7 +180,7 @@ pub(crate) unsafe extern "C" fn ibv_destroy_cq(cq: *mut ibv_cq) -> c_int {
         // Failure only means it was not registered.
         let _ = epoll_ctl(fd, libc::EPOLL_CTL_DEL, c, 0);
         // SAFETY: the channel is live (it has this queue on it).
-        unsafe { (*c.ibv.channel).refcnt -= 1 };
+        unsafe { channel_refs(c.ibv.channel) }.fetch_sub(1, Ordering::AcqRel);
     }
     // SAFETY: a queue from ibv_create_cq, freed once.
     drop(unsafe { Box::from_raw(cq.cast::<Cq>()) });

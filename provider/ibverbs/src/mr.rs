@@ -27,6 +27,11 @@ impl Pd {
         // SAFETY: `ibv` is the first field of a live, boxed Pd.
         unsafe { pd.cast::<Pd>().as_ref() }
     }
+
+    /// The context the domain was allocated on.
+    pub(crate) fn ibv_context(&self) -> *mut ibv_context {
+        self.ibv.context
+    }
 }
 
 /// A memory region; `ibv` first.

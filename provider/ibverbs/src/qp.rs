@@ -71,10 +71,16 @@ fn create(pd: *mut ibv_pd, init: *mut ibv_qp_init_attr) -> Result<*mut ibv_qp, i
     let send_cq = unsafe { Cq::from_ptr(init_ref.send_cq) }.ok_or(libc::EINVAL)?;
     // SAFETY: as above.
     let recv_cq = unsafe { Cq::from_ptr(init_ref.recv_cq) }.ok_or(libc::EINVAL)?;
+    // SAFETY: the domain's context is open while the domain exists.
+    let ctx = unsafe { Ctx::from_ptr(p.ibv_context()) }.ok_or(libc::EINVAL)?;
+    // The device's limit; it also bounds the inline ring (256 bytes a slot).
+    let max_qp_wr = ctx.dev.query_device().max_qp_wr;
     let cap = &mut init_ref.cap;
     if cap.max_send_sge as usize > MAX_SGE
         || cap.max_recv_sge as usize > MAX_SGE
         || cap.max_inline_data > MAX_INLINE
+        || cap.max_send_wr > max_qp_wr
+        || cap.max_recv_wr > max_qp_wr
     {
         return Err(libc::EINVAL);
     }
@@ -95,8 +101,7 @@ fn create(pd: *mut ibv_pd, init: *mut ibv_qp_init_attr) -> Result<*mut ibv_qp, i
     // SAFETY: plain C data (pointers, integers, pthread objects whose
     // all-zero state is their static initializer in glibc).
     let mut ibv: ibv_qp = unsafe { std::mem::zeroed() };
-    // SAFETY: the domain's context pointer is an open context.
-    ibv.context = unsafe { (*pd).context };
+    ibv.context = p.ibv_context();
     ibv.qp_context = init_ref.qp_context;
     ibv.pd = pd;
     ibv.send_cq = init_ref.send_cq;
