@@ -6,5 +6,6 @@ pub(crate) use crate::cq::*;
 pub(crate) use crate::device::*;
 pub(crate) use crate::mr::*;
 pub(crate) use crate::qp::*;
+pub(crate) use crate::qp_ex::ibv_qp_to_qp_ex;
 pub(crate) use crate::text::*;
 pub(crate) use crate::unsupported::*;

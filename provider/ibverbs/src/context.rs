@@ -203,6 +203,7 @@ fn open(device: &'static Device) -> Result<Box<Ctx>, i32> {
     vctx.query_port = Some(query_port_ex);
     vctx.query_device_ex = Some(query_device_ex);
     vctx.advise_mr = Some(crate::mr::advise_mr);
+    vctx.create_qp_ex = Some(crate::qp_ex::create_qp_ex);
     let c = &mut vctx.context;
     c.device = (device as *const Device).cast_mut().cast::<ibv_device>();
     c.cmd_fd = -1;

@@ -12,7 +12,7 @@
 //! - `mr`: protection domains and memory regions (ODP included).
 //! - `cq`: completion queues and completion channels.
 //! - `qp`: RC queue pairs, their state machine and work requests;
-//!   `inline`: inline payloads.
+//!   `inline`: inline payloads; `qp_ex`: the `ibv_wr_*` send API.
 //! - `text`: the string and rate helpers.
 //! - `unsupported`: everything else, failing cleanly.
 //!
@@ -31,6 +31,7 @@ mod exports;
 mod inline;
 mod mr;
 mod qp;
+mod qp_ex;
 pub mod sys;
 mod text;
 mod unsupported;

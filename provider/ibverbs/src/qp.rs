@@ -17,15 +17,21 @@ use crate::mr::Pd;
 use crate::sys::*;
 
 /// The most SGEs a work request may carry.
-const MAX_SGE: usize = 32;
+pub(crate) const MAX_SGE: usize = 32;
 /// RoCEv2's UDP port: every peer's.
 const ROCE_PORT: u16 = 4791;
 
-/// A queue pair; `ibv` first.
+/// A queue pair; `ibv` first, and `ibv_qp_ex` begins with the `ibv_qp`,
+/// so `*mut ibv_qp`, `*mut ibv_qp_ex` and `*mut Qp` are one address.
 #[repr(C)]
-struct Qp {
-    ibv: ibv_qp,
+pub(crate) struct Qp {
+    pub(crate) ibv: ibv_qp_ex,
     qp: QueuePair,
+    /// Created by `ibv_create_qp_ex` with send operations: `ibv_qp_to_qp_ex`
+    /// hands out `ibv`, whose `wr_*` functions are filled in.
+    pub(crate) extended: bool,
+    /// The requests being built between `wr_start` and `wr_complete`.
+    pub(crate) building: Mutex<Vec<crate::qp_ex::PendingWr>>,
     /// Where inline payloads are copied; made by the first inline post.
     inline: OnceLock<InlineRing>,
     /// The send queue's size and domain, for the ring.
@@ -45,7 +51,7 @@ impl Qp {
     ///
     /// # Safety
     /// `qp` is null or came from [`ibv_create_qp`] and is not destroyed.
-    unsafe fn from_ptr<'a>(qp: *mut ibv_qp) -> Option<&'a Qp> {
+    pub(crate) unsafe fn from_ptr<'a>(qp: *mut ibv_qp) -> Option<&'a Qp> {
         // SAFETY: `ibv` is the first field of a live, boxed Qp.
         unsafe { qp.cast::<Qp>().as_ref() }
     }
@@ -56,10 +62,11 @@ pub(crate) unsafe extern "C" fn ibv_create_qp(
     pd: *mut ibv_pd,
     init: *mut ibv_qp_init_attr,
 ) -> *mut ibv_qp {
-    pointer(create(pd, init))
+    pointer(create(pd, init).map(|q| Box::into_raw(q).cast()))
 }
 
-fn create(pd: *mut ibv_pd, init: *mut ibv_qp_init_attr) -> Result<*mut ibv_qp, i32> {
+/// Creates the queue pair `init` describes (capacities written back).
+pub(crate) fn create(pd: *mut ibv_pd, init: *mut ibv_qp_init_attr) -> Result<Box<Qp>, i32> {
     // SAFETY: NULL or a live domain.
     let p = unsafe { Pd::from_ptr(pd) }.ok_or(libc::EINVAL)?;
     // SAFETY: NULL or the caller's attributes (written back below).
@@ -112,18 +119,22 @@ fn create(pd: *mut ibv_pd, init: *mut ibv_qp_init_attr) -> Result<*mut ibv_qp, i
     // SAFETY: plain C data; all zeros is valid.
     let mut attr: ibv_qp_attr = unsafe { std::mem::zeroed() };
     attr.cap = *cap;
-    let boxed = Box::new(Qp {
+    // SAFETY: plain C data; all zeros is valid (no wr_* functions).
+    let mut ibv_ex: ibv_qp_ex = unsafe { std::mem::zeroed() };
+    ibv_ex.qp_base = ibv;
+    Ok(Box::new(Qp {
         ctx: ibv.context,
-        ibv,
+        ibv: ibv_ex,
         qp,
+        extended: false,
+        building: Mutex::new(Vec::new()),
         inline: OnceLock::new(),
         max_send_wr: caps.max_send_wr,
         pd: p.pd.clone(),
         sq_sig_all: init_ref.sq_sig_all != 0,
         attr: Mutex::new(attr),
         init: *init_ref,
-    });
-    Ok(Box::into_raw(boxed).cast())
+    }))
 }
 
 /// `ibv_destroy_qp`.
@@ -373,18 +384,64 @@ unsafe fn sges(list: *const ibv_sge, n: c_int, out: &mut [Sge; MAX_SGE]) -> Resu
     Ok(&out[..n])
 }
 
+/// A request's SGE list as a slice.
+///
+/// # Safety
+/// `list` points to `n` SGEs when `n > 0`.
+unsafe fn raw_sges<'a>(list: *const ibv_sge, n: c_int) -> Result<&'a [ibv_sge], i32> {
+    let n = usize::try_from(n).map_err(|_| libc::EINVAL)?;
+    if n > MAX_SGE || (n > 0 && list.is_null()) {
+        return Err(libc::EINVAL);
+    }
+    if n == 0 {
+        return Ok(&[]);
+    }
+    // SAFETY: n SGEs, as the caller vouches.
+    Ok(unsafe { std::slice::from_raw_parts(list, n) })
+}
+
+/// Posts one send request with verbs' send `flags` over `raw` SGEs;
+/// `scratch` holds the converted list.
+///
+/// # Safety
+/// The SGEs name the application's memory (read now for an inline
+/// request).
+pub(crate) unsafe fn post_one(
+    q: &Qp,
+    wr_id: u64,
+    flags: u32,
+    op: SendOp,
+    raw: &[ibv_sge],
+    scratch: &mut [Sge; MAX_SGE],
+) -> Result<(), i32> {
+    // SAFETY: as the caller vouches.
+    let sg_list = unsafe { send_sges(q, flags, &op, raw, scratch) }?;
+    let req = SendWr {
+        wr_id,
+        op,
+        sg_list,
+        signaled: q.sq_sig_all || flags & ibv_send_flags_IBV_SEND_SIGNALED != 0,
+        solicited: flags & ibv_send_flags_IBV_SEND_SOLICITED != 0,
+    };
+    q.qp.post_send(&[req]).map_err(|e| errno_of(&e))
+}
+
 /// The SGEs of a send request: its own, or for an inline SEND or WRITE
 /// one SGE over the copy of its payload.
 ///
 /// # Safety
-/// The request's SGE list holds `num_sge` SGEs naming readable memory.
+/// The SGEs name readable memory.
 unsafe fn send_sges<'a>(
     q: &Qp,
-    w: &ibv_send_wr,
+    flags: u32,
     op: &SendOp,
+    raw: &[ibv_sge],
     out: &'a mut [Sge; MAX_SGE],
 ) -> Result<&'a [Sge], i32> {
-    let inline = w.send_flags & ibv_send_flags_IBV_SEND_INLINE != 0;
+    if raw.len() > MAX_SGE {
+        return Err(libc::EINVAL);
+    }
+    let inline = flags & ibv_send_flags_IBV_SEND_INLINE != 0;
     let carries_payload = matches!(
         op,
         SendOp::Send
@@ -393,15 +450,17 @@ unsafe fn send_sges<'a>(
             | SendOp::WriteWithImm { .. }
     );
     if !(inline && carries_payload) {
-        // SAFETY: as the caller vouches.
-        return unsafe { sges(w.sg_list, w.num_sge, out) };
+        for (slot, s) in out.iter_mut().zip(raw) {
+            *slot = Sge {
+                addr: s.addr,
+                length: s.length,
+                lkey: s.lkey,
+            };
+        }
+        return Ok(&out[..raw.len()]);
     }
-    let n = usize::try_from(w.num_sge).map_err(|_| libc::EINVAL)?;
-    if n == 0 {
+    if raw.is_empty() {
         return Ok(&out[..0]);
-    }
-    if n > MAX_SGE || w.sg_list.is_null() {
-        return Err(libc::EINVAL);
     }
     let ring = match q.inline.get() {
         Some(ring) => ring,
@@ -412,9 +471,7 @@ unsafe fn send_sges<'a>(
             q.inline.get().ok_or(libc::EIO)?
         }
     };
-    // SAFETY: the caller's n SGEs.
-    let raw = unsafe { std::slice::from_raw_parts(w.sg_list, n) };
-    // SAFETY: they name the application's readable memory.
+    // SAFETY: the SGEs name the application's readable memory.
     out[0] = unsafe { ring.stage(raw) }?;
     Ok(&out[..1])
 }
@@ -480,15 +537,9 @@ pub(crate) unsafe extern "C" fn post_send(
     while let Some(w) = unsafe { cur.as_ref() } {
         let posted = send_op(w).and_then(|op| {
             // SAFETY: the request's own SGE list.
-            let sg_list = unsafe { send_sges(q, w, &op, &mut list) }?;
-            let req = SendWr {
-                wr_id: w.wr_id,
-                op,
-                sg_list,
-                signaled: q.sq_sig_all || w.send_flags & ibv_send_flags_IBV_SEND_SIGNALED != 0,
-                solicited: w.send_flags & ibv_send_flags_IBV_SEND_SOLICITED != 0,
-            };
-            q.qp.post_send(&[req]).map_err(|e| errno_of(&e))
+            let raw = unsafe { raw_sges(w.sg_list, w.num_sge) }?;
+            // SAFETY: the SGEs name the application's memory.
+            unsafe { post_one(q, w.wr_id, w.send_flags, op, raw, &mut list) }
         });
         if let Err(code) = posted {
             if !bad_wr.is_null() {

@@ -69,7 +69,7 @@ int_stubs!(libc::EOPNOTSUPP =>
 );
 
 null_stubs!(libc::EOPNOTSUPP =>
-    ibv_create_ah, ibv_create_ah_from_wc, ibv_create_srq, ibv_qp_to_qp_ex, ibv_import_device,
+    ibv_create_ah, ibv_create_ah_from_wc, ibv_create_srq, ibv_import_device,
     ibv_import_dm, ibv_import_mr, ibv_import_pd, ibv_reg_dmabuf_mr, _verbs_init_and_alloc_context,
     verbs_open_device,
 );

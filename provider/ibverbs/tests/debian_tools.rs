@@ -280,6 +280,13 @@ fn rc_pingpong_inline() {
     pingpong(&["-s", "200"]);
 }
 
+/// The `ibv_wr_*` send API (`ibv_create_qp_ex`, `ibv_qp_to_qp_ex`).
+#[test]
+fn rc_pingpong_new_send_api() {
+    pingpong(&["-N"]);
+    pingpong(&["-N", "-s", "200"]);
+}
+
 #[test]
 fn rc_pingpong_odp() {
     pingpong(&["-o", "-s", "65536"]);
@@ -364,4 +371,74 @@ fn perftest_read_lat() {
 fn perftest_send_lat() {
     perftest("ib_send_lat", &[]);
     perftest("ib_send_lat", &["--odp"]);
+}
+
+/// What the device lacks makes the tools stop with their own message and
+/// exit status, never a crash: completion timestamps and device memory
+/// (ibv_rc_pingpong), UD and UC queue pairs and rdma_cm (perftest).
+#[test]
+fn unsupported_features_fail_cleanly() {
+    use std::os::unix::process::ExitStatusExt;
+    if !can_run(&["ibv_rc_pingpong", "ib_send_bw"], true) {
+        return;
+    }
+    let pair = NamespacePair::new();
+    for (option, message) in [("-t", "completion timestamp"), ("-j", "dm allocation")] {
+        let out = run(pair
+            .command(0, "ibv_rc_pingpong")
+            .args(["-d", "srxe-sv0", "-g", "1", option]));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "ibv_rc_pingpong {option}: {text}"
+        );
+        assert!(text.contains(message), "ibv_rc_pingpong {option}: {text}");
+    }
+    // UD and UC fail once the two sides have exchanged their addresses.
+    for qp_type in ["UD", "UC"] {
+        let outputs = pair.run_pair("srxe", "ib_send_bw", &["-x", "1", "-n", "5", "-c", qp_type]);
+        for out in &outputs {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                out.status.signal().is_none(),
+                "ib_send_bw -c {qp_type} crashed: {text}"
+            );
+            assert!(
+                !out.status.success(),
+                "ib_send_bw -c {qp_type} succeeded: {text}"
+            );
+        }
+        let client = String::from_utf8_lossy(&outputs[1].stdout).into_owned()
+            + &String::from_utf8_lossy(&outputs[1].stderr);
+        assert!(
+            client.contains("Unable to create QP"),
+            "ib_send_bw -c {qp_type}: {client}"
+        );
+    }
+    // rdma_cm is the kernel's, which knows nothing of these devices.
+    let out = run(pair
+        .command(0, "ib_send_bw")
+        .args(["-d", "srxe-sv0", "-x", "1", "-R"]));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.signal().is_none() && !out.status.success(),
+        "ib_send_bw -R: {text}"
+    );
+    assert!(
+        text.contains("rdma_create_event_channel failed"),
+        "ib_send_bw -R: {text}"
+    );
 }
