@@ -5,6 +5,7 @@
 use std::ffi::{c_int, c_void};
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::OnceLock;
 
 use provider::{Context, Gid, Mtu};
 
@@ -17,8 +18,13 @@ use crate::sys::*;
 #[repr(C)]
 pub(crate) struct Ctx {
     vctx: verbs_context,
-    /// The provider's context on the device's address.
-    pub(crate) dev: Context,
+    /// A provider context on the device's address, for the attributes:
+    /// the one of `data` or, when another process holds the device's UDP
+    /// port, one on a port of its own (so `ibv_devinfo` works meanwhile).
+    query: Context,
+    /// The context on UDP port 4791 that carries traffic, opened by the
+    /// first protection domain or completion queue.
+    data: OnceLock<Context>,
     /// The device it was opened from.
     pub(crate) device: &'static Device,
     /// The interface's GID table in rxe's order, as of opening.
@@ -44,6 +50,24 @@ impl Ctx {
         unsafe { Some(&*context.cast::<u8>().sub(CONTEXT_OFFSET).cast::<Ctx>()) }
     }
 
+    /// The provider's context that carries traffic (UDP port 4791),
+    /// opened now if it is not yet.
+    pub(crate) fn device(&self) -> Result<&Context, i32> {
+        if let Some(dev) = self.data.get() {
+            return Ok(dev);
+        }
+        let dev = Context::open(self.device.info.addr).map_err(|e| errno_of(&e))?;
+        // Two threads racing open one shared device (same address and
+        // port); either context serves.
+        let _ = self.data.set(dev);
+        self.data.get().ok_or(libc::EIO)
+    }
+
+    /// Device limits (as [`Context::query_device`]).
+    pub(crate) fn limits(&self) -> provider::DeviceAttr {
+        self.query.query_device()
+    }
+
     /// The address of the `ibv_context` applications use.
     pub(crate) fn ibv_ptr(&self) -> *mut ibv_context {
         (&raw const self.vctx.context).cast_mut()
@@ -56,7 +80,7 @@ impl Ctx {
 
     /// The attributes verbs reports for this device.
     fn device_attr(&self) -> ibv_device_attr {
-        let a = self.dev.query_device();
+        let a = self.query.query_device();
         let clamp = |v: u32| c_int::try_from(v).unwrap_or(c_int::MAX);
         // SAFETY: plain C data; all zeros is valid.
         let mut attr: ibv_device_attr = unsafe { std::mem::zeroed() };
@@ -96,7 +120,7 @@ impl Ctx {
         // SAFETY: plain C data; all zeros is valid.
         let mut ex: ibv_device_attr_ex = unsafe { std::mem::zeroed() };
         ex.orig_attr = self.device_attr();
-        let odp = self.dev.query_device().odp_caps;
+        let odp = self.query.query_device().odp_caps;
         if odp.general {
             ex.odp_caps.general_caps = u64::from(ibv_odp_general_caps_IBV_ODP_SUPPORT);
         }
@@ -126,7 +150,7 @@ impl Ctx {
 
     /// The port's attributes (port 1, the only one).
     fn port_attr(&self) -> ibv_port_attr {
-        let p = self.dev.query_port();
+        let p = self.query.query_port();
         // SAFETY: plain C data; all zeros is valid.
         let mut attr: ibv_port_attr = unsafe { std::mem::zeroed() };
         attr.state = ibv_port_state_IBV_PORT_ACTIVE;
@@ -187,7 +211,17 @@ pub(crate) unsafe extern "C" fn ibv_open_device(device: *mut ibv_device) -> *mut
 
 /// Opens the provider's device and builds the context around it.
 fn open(device: &'static Device) -> Result<Box<Ctx>, i32> {
-    let dev = Context::open(device.info.addr).map_err(|e| errno_of(&e))?;
+    let data = OnceLock::new();
+    let query = match Context::open(device.info.addr) {
+        Ok(dev) => {
+            let _ = data.set(dev.clone());
+            dev
+        }
+        Err(provider::VerbsError::Io(e)) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            Context::open_with_port(device.info.addr, 0).map_err(|e| errno_of(&e))?
+        }
+        Err(e) => return Err(errno_of(&e)),
+    };
     // SAFETY: eventfd takes integer arguments; returns a new fd or -1.
     let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
     if fd < 0 {
@@ -222,7 +256,8 @@ fn open(device: &'static Device) -> Result<Box<Ctx>, i32> {
     c.ops.dealloc_mw = Some(crate::unsupported::dealloc_mw);
     Ok(Box::new(Ctx {
         vctx,
-        dev,
+        query,
+        data,
         device,
         gids: device.gid_table(),
         // SAFETY: a fresh descriptor nobody else owns.

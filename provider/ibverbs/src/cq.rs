@@ -138,9 +138,12 @@ pub(crate) unsafe extern "C" fn ibv_create_cq(
     let Ok(entries) = usize::try_from(cqe) else {
         return pointer(Err(libc::EINVAL));
     };
-    let queue = match ctx.dev.create_cq(entries) {
+    let queue = match ctx
+        .device()
+        .and_then(|d| d.create_cq(entries).map_err(|e| errno_of(&e)))
+    {
         Ok(q) => q,
-        Err(e) => return pointer(Err(errno_of(&e))),
+        Err(code) => return pointer(Err(code)),
     };
     // SAFETY: plain C data (pointers, integers, pthread objects whose
     // all-zero state is their static initializer in glibc).

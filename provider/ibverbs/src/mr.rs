@@ -47,9 +47,12 @@ pub(crate) unsafe extern "C" fn ibv_alloc_pd(context: *mut ibv_context) -> *mut 
     let Some(ctx) = (unsafe { Ctx::from_ptr(context) }) else {
         return pointer(Err(libc::EINVAL));
     };
-    let pd = match ctx.dev.alloc_pd() {
+    let pd = match ctx
+        .device()
+        .and_then(|d| d.alloc_pd().map_err(|e| errno_of(&e)))
+    {
         Ok(pd) => pd,
-        Err(e) => return pointer(Err(errno_of(&e))),
+        Err(code) => return pointer(Err(code)),
     };
     let pd = Box::new(Pd {
         ibv: ibv_pd { context, handle: 0 },

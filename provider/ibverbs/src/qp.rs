@@ -81,7 +81,7 @@ pub(crate) fn create(pd: *mut ibv_pd, init: *mut ibv_qp_init_attr) -> Result<Box
     // SAFETY: the domain's context is open while the domain exists.
     let ctx = unsafe { Ctx::from_ptr(p.ibv_context()) }.ok_or(libc::EINVAL)?;
     // The device's limit; it also bounds the inline ring (256 bytes a slot).
-    let max_qp_wr = ctx.dev.query_device().max_qp_wr;
+    let max_qp_wr = ctx.limits().max_qp_wr;
     let cap = &mut init_ref.cap;
     if cap.max_send_sge as usize > MAX_SGE
         || cap.max_recv_sge as usize > MAX_SGE

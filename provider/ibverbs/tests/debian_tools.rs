@@ -442,3 +442,29 @@ fn unsupported_features_fail_cleanly() {
         "ib_send_bw -R: {text}"
     );
 }
+
+/// While one process uses a device (its UDP port 4791), another can still
+/// open it for its attributes; only its traffic needs the port.
+#[test]
+fn ibv_devinfo_works_while_another_process_uses_the_device() {
+    if !can_run(&["ibv_devinfo", "ibv_rc_pingpong"], true) {
+        return;
+    }
+    let pair = NamespacePair::new();
+    let mut server = pair
+        .command(0, "ibv_rc_pingpong")
+        .args(["-d", "srxe-sv0", "-g", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start server");
+    pair.wait_for_listener(0);
+    let out = run(pair.command(0, "ibv_devinfo").args(["-d", "srxe-sv0"]));
+    // `timeout` passes SIGTERM on to the waiting server.
+    // SAFETY: signals the process this test started.
+    unsafe { libc::kill(server.id() as libc::pid_t, libc::SIGTERM) };
+    let _ = server.wait();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "ibv_devinfo failed: {text}");
+    assert!(text.contains("hca_id:\tsrxe-sv0"), "no device in:\n{text}");
+}
