@@ -1,6 +1,7 @@
 //! Every exported function under its C name, for the trampolines of
 //! `exports` (which name `crate::abi::NAME` and `crate::abi::compat::NAME`).
 
+pub(crate) use crate::async_event::*;
 pub(crate) use crate::context::*;
 pub(crate) use crate::cq::*;
 pub(crate) use crate::device::*;

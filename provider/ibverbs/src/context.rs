@@ -4,11 +4,11 @@
 
 use std::ffi::{c_int, c_void};
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::OnceLock;
 
 use provider::{Context, Gid, Mtu};
 
+use crate::async_event::AsyncEvents;
 use crate::device::{Device, fill_c_string};
 use crate::errno::{errno_of, pointer, set_errno, status};
 use crate::sys::*;
@@ -29,8 +29,8 @@ pub(crate) struct Ctx {
     pub(crate) device: &'static Device,
     /// The interface's GID table in rxe's order, as of opening.
     pub(crate) gids: Vec<IpAddr>,
-    /// Never signalled: the `async_fd` applications may poll.
-    async_fd: OwnedFd,
+    /// Asynchronous events and the `async_fd` that signals them.
+    async_events: AsyncEvents,
 }
 
 /// Where `verbs_context::context` sits.
@@ -61,6 +61,11 @@ impl Ctx {
         // port); either context serves.
         let _ = self.data.set(dev);
         self.data.get().ok_or(libc::EIO)
+    }
+
+    /// The context's asynchronous events.
+    pub(crate) fn async_events(&self) -> &AsyncEvents {
+        &self.async_events
     }
 
     /// Device limits (as [`Context::query_device`]).
@@ -222,13 +227,7 @@ fn open(device: &'static Device) -> Result<Box<Ctx>, i32> {
         }
         Err(e) => return Err(errno_of(&e)),
     };
-    // SAFETY: eventfd takes integer arguments; returns a new fd or -1.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO));
-    }
+    let async_events = AsyncEvents::new()?;
     // SAFETY: plain C data (pointers, integers, optional function
     // pointers, a pthread mutex whose all-zero state is
     // PTHREAD_MUTEX_INITIALIZER in glibc); all zeros is valid.
@@ -241,7 +240,7 @@ fn open(device: &'static Device) -> Result<Box<Ctx>, i32> {
     let c = &mut vctx.context;
     c.device = (device as *const Device).cast_mut().cast::<ibv_device>();
     c.cmd_fd = -1;
-    c.async_fd = fd;
+    c.async_fd = async_events.raw_fd();
     c.num_comp_vectors = 1;
     // __VERBS_ABI_IS_EXTENDED: tells the inline verbs this is a
     // verbs_context.
@@ -260,8 +259,7 @@ fn open(device: &'static Device) -> Result<Box<Ctx>, i32> {
         data,
         device,
         gids: device.gid_table(),
-        // SAFETY: a fresh descriptor nobody else owns.
-        async_fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        async_events,
     }))
 }
 
@@ -507,34 +505,3 @@ pub(crate) unsafe extern "C" fn ibv_get_pkey_index(
     }
     0
 }
-
-/// `ibv_get_async_event`: nothing asynchronous is ever reported, so this
-/// waits on the never-signalled `async_fd` (or fails with `EAGAIN` when the
-/// application made it non-blocking).
-pub(crate) unsafe extern "C" fn ibv_get_async_event(
-    context: *mut ibv_context,
-    _event: *mut ibv_async_event,
-) -> c_int {
-    // SAFETY: NULL or an open context.
-    let Some(ctx) = (unsafe { Ctx::from_ptr(context) }) else {
-        set_errno(libc::EINVAL);
-        return -1;
-    };
-    let mut value = 0u64;
-    loop {
-        // SAFETY: reads 8 bytes into a u64 from our eventfd.
-        let n = unsafe { libc::read(ctx.async_fd.as_raw_fd(), (&raw mut value).cast(), 8) };
-        let err = std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO);
-        if n < 0 && err == libc::EINTR {
-            continue;
-        }
-        // Nothing writes the eventfd, so a read returns only by failing.
-        set_errno(if n < 0 { err } else { libc::EIO });
-        return -1;
-    }
-}
-
-/// `ibv_ack_async_event`: nothing to acknowledge.
-pub(crate) extern "C" fn ibv_ack_async_event(_event: *mut ibv_async_event) {}

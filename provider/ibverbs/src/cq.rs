@@ -10,7 +10,7 @@
 
 use std::ffi::{c_int, c_void};
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
 
 use provider::{CompletionQueue, WcOpcode, WcStatus, WorkCompletion};
 
@@ -31,6 +31,8 @@ pub(crate) struct Cq {
     ibv: ibv_cq,
     /// The provider's queue.
     pub(crate) cq: CompletionQueue,
+    /// An overflow was reported as `IBV_EVENT_CQ_ERR`.
+    overflow_reported: AtomicBool,
     /// Completion events acknowledged (`ibv_ack_cq_events`).
     acked: AtomicU32,
 }
@@ -155,6 +157,7 @@ pub(crate) unsafe extern "C" fn ibv_create_cq(
     let cq = Box::into_raw(Box::new(Cq {
         ibv,
         cq: queue,
+        overflow_reported: AtomicBool::new(false),
         acked: AtomicU32::new(0),
     }));
     // SAFETY: just allocated.
@@ -218,6 +221,12 @@ pub(crate) unsafe extern "C" fn poll_cq(
         done += n;
         if n < take {
             break;
+        }
+    }
+    if c.cq.overflowed() && !c.overflow_reported.swap(true, Ordering::Relaxed) {
+        // SAFETY: the queue's context is open while the queue exists.
+        if let Some(ctx) = unsafe { Ctx::from_ptr(c.ibv.context) } {
+            ctx.async_events().report_cq_error(cq);
         }
     }
     c_int::try_from(done).unwrap_or(c_int::MAX)

@@ -10,7 +10,8 @@
 //!   family (`srxe-<if>`, `srxe6-<if>`).
 //! - `context`: open devices, their attributes, ports and GID tables.
 //! - `mr`: protection domains and memory regions (ODP included).
-//! - `cq`: completion queues and completion channels.
+//! - `cq`: completion queues and completion channels; `async_event`:
+//!   `ibv_get_async_event` (CQ overflows).
 //! - `qp`: RC queue pairs, their state machine and work requests;
 //!   `inline`: inline payloads; `qp_ex`: the `ibv_wr_*` send API.
 //! - `text`: the string and rate helpers.
@@ -23,6 +24,7 @@
 #![allow(non_upper_case_globals)]
 
 mod abi;
+mod async_event;
 mod context;
 mod cq;
 mod device;

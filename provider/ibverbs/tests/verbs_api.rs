@@ -3,7 +3,8 @@
 //! verbs call), in a network namespace of the test's own thread: implicit
 //! ODP, `ibv_advise_mr`, an RDMA WRITE with its data compared, a
 //! completion channel woken through `poll(2)` on its fd, a bad rkey's
-//! completion error, and `IBV_QPS_ERR` flushing a posted receive.
+//! completion error, `IBV_QPS_ERR` flushing a posted receive, and a CQ
+//! overflow reported by `ibv_get_async_event`.
 //!
 //! Needs root (the namespace); skips otherwise unless
 //! `SRXE_IBVERBS_REQUIRE_TOOLS=1`.
@@ -82,6 +83,7 @@ struct Verbs {
     modify_qp: unsafe extern "C" fn(*mut ibv_qp, *mut ibv_qp_attr, c_int) -> c_int,
     destroy_qp: unsafe extern "C" fn(*mut ibv_qp) -> c_int,
     query_gid: unsafe extern "C" fn(*mut ibv_context, u8, c_int, *mut ibv_gid) -> c_int,
+    get_async_event: unsafe extern "C" fn(*mut ibv_context, *mut ibv_async_event) -> c_int,
 }
 
 impl Verbs {
@@ -111,6 +113,7 @@ impl Verbs {
                 modify_qp: sym(lib, "ibv_modify_qp", v),
                 destroy_qp: sym(lib, "ibv_destroy_qp", v),
                 query_gid: sym(lib, "ibv_query_gid", v),
+                get_async_event: sym(lib, "ibv_get_async_event", v),
             }
         }
     }
@@ -407,6 +410,35 @@ fn write_through_the_c_abi_with_events_odp_and_errors() {
             (wc.wr_id, wc.status),
             (9, ibv_wc_status_IBV_WC_WR_FLUSH_ERR)
         );
+
+        // Two flushed receives overflow a one-entry queue: reported once
+        // as IBV_EVENT_CQ_ERR.
+        let tiny = (v.create_cq)(ctx, 1, null_mut(), null_mut(), 0);
+        init.send_cq = tiny;
+        init.recv_cq = tiny;
+        let qp_c = (v.create_qp)(pd, &mut init);
+        let mut a: ibv_qp_attr = zeroed();
+        a.qp_state = ibv_qp_state_IBV_QPS_INIT;
+        a.port_num = 1;
+        assert_eq!(
+            (v.modify_qp)(qp_c, &mut a, ibv_qp_attr_mask_IBV_QP_STATE as c_int),
+            0
+        );
+        for _ in 0..2 {
+            assert_eq!(post_recv(qp_c, &mut rwr, &mut bad), 0);
+        }
+        assert_eq!(
+            (v.modify_qp)(qp_c, &mut err, ibv_qp_attr_mask_IBV_QP_STATE as c_int),
+            0
+        );
+        let wc = poll_one(ctx, tiny);
+        assert_eq!(wc.status, ibv_wc_status_IBV_WC_WR_FLUSH_ERR);
+        let mut event: ibv_async_event = zeroed();
+        assert_eq!((v.get_async_event)(ctx, &mut event), 0);
+        assert_eq!(event.event_type, ibv_event_type_IBV_EVENT_CQ_ERR);
+        assert_eq!(event.element.cq, tiny);
+        assert_eq!((v.destroy_qp)(qp_c), 0);
+        assert_eq!((v.destroy_cq)(tiny), 0);
 
         // Teardown in verbs' order; a channel with queues is busy.
         assert_eq!((v.destroy_comp_channel)(channel), libc::EBUSY);
