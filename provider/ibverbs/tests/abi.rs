@@ -206,3 +206,110 @@ fn status_strings_are_rdma_cores() {
         assert_eq!(CStr::from_ptr(status(9999)), c"unknown");
     }
 }
+
+/// NULL where an object belongs is refused with an error, never a crash,
+/// by every verb that takes an object.
+#[test]
+fn null_objects_are_refused() {
+    type P = *mut c_void;
+    let v = "IBVERBS_1.1";
+    // SAFETY: each symbol is called with its C arity (pointers and
+    // integers, NULL for every object) and must not dereference NULL.
+    unsafe {
+        let ptr_of_ptr: unsafe extern "C" fn(P) -> P =
+            std::mem::transmute(symbol("ibv_alloc_pd", v));
+        assert!(ptr_of_ptr(std::ptr::null_mut()).is_null());
+        for name in [
+            "ibv_close_device",
+            "ibv_dealloc_pd",
+            "ibv_dereg_mr",
+            "ibv_destroy_cq",
+            "ibv_destroy_qp",
+        ] {
+            let f: unsafe extern "C" fn(P) -> c_int = std::mem::transmute(symbol(name, v));
+            assert_ne!(f(std::ptr::null_mut()), 0, "{name}(NULL)");
+        }
+        let destroy_channel: unsafe extern "C" fn(P) -> c_int =
+            std::mem::transmute(symbol("ibv_destroy_comp_channel", "IBVERBS_1.0"));
+        assert_ne!(destroy_channel(std::ptr::null_mut()), 0);
+        let create_channel: unsafe extern "C" fn(P) -> P =
+            std::mem::transmute(symbol("ibv_create_comp_channel", "IBVERBS_1.0"));
+        assert!(create_channel(std::ptr::null_mut()).is_null());
+        let reg_mr: unsafe extern "C" fn(P, P, usize, c_int) -> P =
+            std::mem::transmute(symbol("ibv_reg_mr", v));
+        assert!(reg_mr(std::ptr::null_mut(), std::ptr::null_mut(), 4096, 1).is_null());
+        let create_cq: unsafe extern "C" fn(P, c_int, P, P, c_int) -> P =
+            std::mem::transmute(symbol("ibv_create_cq", v));
+        assert!(
+            create_cq(
+                std::ptr::null_mut(),
+                16,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                0
+            )
+            .is_null()
+        );
+        let create_qp: unsafe extern "C" fn(P, P) -> P =
+            std::mem::transmute(symbol("ibv_create_qp", v));
+        assert!(create_qp(std::ptr::null_mut(), std::ptr::null_mut()).is_null());
+        let modify_qp: unsafe extern "C" fn(P, P, c_int) -> c_int =
+            std::mem::transmute(symbol("ibv_modify_qp", v));
+        assert_ne!(modify_qp(std::ptr::null_mut(), std::ptr::null_mut(), 1), 0);
+        let query_qp: unsafe extern "C" fn(P, P, c_int, P) -> c_int =
+            std::mem::transmute(symbol("ibv_query_qp", v));
+        assert_ne!(
+            query_qp(
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                0,
+                std::ptr::null_mut()
+            ),
+            0
+        );
+        let query: unsafe extern "C" fn(P, P) -> c_int =
+            std::mem::transmute(symbol("ibv_query_device", v));
+        assert_ne!(query(std::ptr::null_mut(), std::ptr::null_mut()), 0);
+        let query_port: unsafe extern "C" fn(P, u8, P) -> c_int =
+            std::mem::transmute(symbol("ibv_query_port", v));
+        assert_ne!(query_port(std::ptr::null_mut(), 1, std::ptr::null_mut()), 0);
+        let query_gid: unsafe extern "C" fn(P, u8, c_int, P) -> c_int =
+            std::mem::transmute(symbol("ibv_query_gid", v));
+        assert_ne!(
+            query_gid(std::ptr::null_mut(), 1, 0, std::ptr::null_mut()),
+            0
+        );
+        let cq_event: unsafe extern "C" fn(P, P, P) -> c_int =
+            std::mem::transmute(symbol("ibv_get_cq_event", v));
+        assert_ne!(
+            cq_event(
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut()
+            ),
+            0
+        );
+        let async_event: unsafe extern "C" fn(P, P) -> c_int =
+            std::mem::transmute(symbol("ibv_get_async_event", v));
+        assert_ne!(async_event(std::ptr::null_mut(), std::ptr::null_mut()), 0);
+        let name: unsafe extern "C" fn(P) -> *const c_char =
+            std::mem::transmute(symbol("ibv_get_device_name", v));
+        assert!(name(std::ptr::null_mut()).is_null());
+        let free: unsafe extern "C" fn(P) = std::mem::transmute(symbol("ibv_free_device_list", v));
+        free(std::ptr::null_mut());
+        let to_ex: unsafe extern "C" fn(P) -> P =
+            std::mem::transmute(symbol("ibv_qp_to_qp_ex", "IBVERBS_1.6"));
+        assert!(to_ex(std::ptr::null_mut()).is_null());
+        let read_sysfs: unsafe extern "C" fn(P, P, P, usize) -> c_int =
+            std::mem::transmute(symbol("ibv_read_sysfs_file", "IBVERBS_1.0"));
+        assert_eq!(
+            read_sysfs(
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                0
+            ),
+            -1
+        );
+    }
+}
