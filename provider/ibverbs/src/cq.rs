@@ -18,6 +18,13 @@ use crate::context::Ctx;
 use crate::errno::{errno_of, pointer, set_errno, status};
 use crate::sys::*;
 
+/// The smallest queue made: verbs lets a queue hold more than asked
+/// (`ibv_cq::cqe` says how many), and room to spare keeps a program
+/// whose events and polls fall out of step (perftest's `ib_send_lat -e`
+/// when a peer's SEND overtakes the ACK of its own) from overflowing a
+/// one-entry queue.
+const MIN_CQE: usize = 64;
+
 /// A completion channel; `ibv` first.
 #[repr(C)]
 struct Channel {
@@ -137,8 +144,10 @@ pub(crate) unsafe extern "C" fn ibv_create_cq(
     let Some(ctx) = (unsafe { Ctx::from_ptr(context) }) else {
         return pointer(Err(libc::EINVAL));
     };
-    let Ok(entries) = usize::try_from(cqe) else {
-        return pointer(Err(libc::EINVAL));
+    let max_cqe = ctx.limits().max_cqe as usize;
+    let entries = match usize::try_from(cqe) {
+        Ok(n) if (1..=max_cqe).contains(&n) => n.max(MIN_CQE),
+        _ => return pointer(Err(libc::EINVAL)),
     };
     let queue = match ctx
         .device()
@@ -153,7 +162,8 @@ pub(crate) unsafe extern "C" fn ibv_create_cq(
     ibv.context = context;
     ibv.channel = channel;
     ibv.cq_context = cq_context;
-    ibv.cqe = cqe;
+    // The actual size, as verbs reports it.
+    ibv.cqe = c_int::try_from(entries).unwrap_or(c_int::MAX);
     let cq = Box::into_raw(Box::new(Cq {
         ibv,
         cq: queue,

@@ -371,6 +371,7 @@ fn perftest_read_lat() {
 fn perftest_send_lat() {
     perftest("ib_send_lat", &[]);
     perftest("ib_send_lat", &["--odp"]);
+    perftest("ib_send_lat", &["-e"]);
 }
 
 /// What the device lacks makes the tools stop with their own message and
