@@ -89,7 +89,10 @@ fn access_of(access: c_uint) -> Result<AccessFlags, i32> {
 
 /// Registers `[addr, addr + length)`; `SIZE_MAX` at NULL with
 /// `IBV_ACCESS_ON_DEMAND` is an implicit ODP region.
-fn register(
+///
+/// # Safety
+/// `pd` is NULL or a live domain of this library.
+unsafe fn register(
     pd: *mut ibv_pd,
     addr: *mut c_void,
     length: usize,
@@ -121,7 +124,8 @@ pub(crate) unsafe extern "C" fn ibv_reg_mr(
     length: usize,
     access: c_int,
 ) -> *mut ibv_mr {
-    pointer(register(pd, addr, length, access as c_uint))
+    // SAFETY: the application's domain.
+    pointer(unsafe { register(pd, addr, length, access as c_uint) })
 }
 
 /// `ibv_reg_mr_iova2`: only with the IOVA equal to the address (the
@@ -136,7 +140,8 @@ pub(crate) unsafe extern "C" fn ibv_reg_mr_iova2(
     if iova != addr as u64 {
         return pointer(Err(libc::EOPNOTSUPP));
     }
-    pointer(register(pd, addr, length, access))
+    // SAFETY: the application's domain.
+    pointer(unsafe { register(pd, addr, length, access) })
 }
 
 /// `ibv_reg_mr_iova`.

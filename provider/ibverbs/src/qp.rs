@@ -62,11 +62,16 @@ pub(crate) unsafe extern "C" fn ibv_create_qp(
     pd: *mut ibv_pd,
     init: *mut ibv_qp_init_attr,
 ) -> *mut ibv_qp {
-    pointer(create(pd, init).map(|q| Box::into_raw(q).cast()))
+    // SAFETY: the application's domain and attributes.
+    pointer(unsafe { create(pd, init) }.map(|q| Box::into_raw(q).cast()))
 }
 
 /// Creates the queue pair `init` describes (capacities written back).
-pub(crate) fn create(pd: *mut ibv_pd, init: *mut ibv_qp_init_attr) -> Result<Box<Qp>, i32> {
+///
+/// # Safety
+/// `pd` is NULL or a live domain of this library; `init` is NULL or
+/// writable attributes whose queues are NULL or live queues of it.
+pub(crate) unsafe fn create(pd: *mut ibv_pd, init: *mut ibv_qp_init_attr) -> Result<Box<Qp>, i32> {
     // SAFETY: NULL or a live domain.
     let p = unsafe { Pd::from_ptr(pd) }.ok_or(libc::EINVAL)?;
     // SAFETY: NULL or the caller's attributes (written back below).

@@ -44,15 +44,20 @@ pub(crate) unsafe extern "C" fn create_qp_ex(
     _context: *mut ibv_context,
     attr: *mut ibv_qp_init_attr_ex,
 ) -> *mut ibv_qp {
-    // SAFETY: NULL or the caller's attributes.
-    pointer(
-        unsafe { attr.as_mut() }
-            .ok_or(libc::EINVAL)
-            .and_then(create_ex),
-    )
+    // SAFETY: NULL or the application's attributes.
+    let Some(a) = (unsafe { attr.as_mut() }) else {
+        return pointer(Err(libc::EINVAL));
+    };
+    // SAFETY: the attributes name the application's own objects.
+    pointer(unsafe { create_ex(a) })
 }
 
-fn create_ex(a: &mut ibv_qp_init_attr_ex) -> Result<*mut ibv_qp, i32> {
+/// Creates the queue pair `a` describes.
+///
+/// # Safety
+/// The attributes' domain and queues are NULL or live objects of this
+/// library.
+unsafe fn create_ex(a: &mut ibv_qp_init_attr_ex) -> Result<*mut ibv_qp, i32> {
     let pd_mask = ibv_qp_init_attr_mask_IBV_QP_INIT_ATTR_PD;
     let ops_mask = ibv_qp_init_attr_mask_IBV_QP_INIT_ATTR_SEND_OPS_FLAGS;
     let flags_mask = ibv_qp_init_attr_mask_IBV_QP_INIT_ATTR_CREATE_FLAGS;
@@ -75,7 +80,8 @@ fn create_ex(a: &mut ibv_qp_init_attr_ex) -> Result<*mut ibv_qp, i32> {
         qp_type: a.qp_type,
         sq_sig_all: a.sq_sig_all,
     };
-    let mut qp = create(a.pd, &mut init)?;
+    // SAFETY: as the caller vouches.
+    let mut qp = unsafe { create(a.pd, &mut init) }?;
     a.cap = init.cap;
     if with_ops {
         qp.extended = true;
