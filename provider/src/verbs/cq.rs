@@ -107,6 +107,9 @@ pub(crate) struct CqInner {
     /// once someone asked for it ([`CompletionQueue::event_fd`]).
     event_fd: OwnedFd,
     events_wanted: AtomicBool,
+    /// Set by `request_notify`: the next completion signals `event_fd`
+    /// even if the queue is not empty.
+    notify_next: AtomicBool,
 }
 
 impl CqInner {
@@ -128,7 +131,9 @@ impl CqInner {
         if wake {
             self.ready.notify_all();
         }
-        if was_empty && self.events_wanted.load(Ordering::Relaxed) {
+        let requested = self.notify_next.load(Ordering::Relaxed)
+            && self.notify_next.swap(false, Ordering::AcqRel);
+        if (was_empty && self.events_wanted.load(Ordering::Relaxed)) || requested {
             let one: u64 = 1;
             // SAFETY: writes 8 bytes from a valid u64 to our eventfd; a full
             // counter (EAGAIN) only means the reader is far behind.
@@ -172,6 +177,7 @@ impl CompletionQueue {
                 waiters: AtomicUsize::new(0),
                 len: AtomicUsize::new(0),
                 overflowed: AtomicBool::new(false),
+                notify_next: AtomicBool::new(false),
                 // SAFETY: `fd` is a fresh descriptor nobody else owns.
                 event_fd: unsafe { OwnedFd::from_raw_fd(fd) },
                 events_wanted: AtomicBool::new(false),
@@ -258,23 +264,24 @@ impl CompletionQueue {
         self.dev.as_ref().map_or(0, |d| d.progress())
     }
 
-    /// An eventfd for `epoll` (the completion channel of verbs): it becomes
-    /// readable when a completion arrives in an empty queue (and at once if
-    /// completions are queued already). Until the first call the queue
-    /// signals nothing, which saves a system call per completion. After an event,
-    /// read the eventfd (which resets it) and poll until the queue is empty
-    /// before waiting again, as with `ibv_get_cq_event` and
-    /// `ibv_req_notify_cq`.
+    /// An eventfd for `epoll` (the completion channel of verbs): from the
+    /// first call on, it becomes readable when a completion arrives in an
+    /// empty queue (until then the queue signals nothing, which saves a
+    /// system call per completion), and on the next completion after
+    /// [`Self::request_notify`]. After an event, read the eventfd (which
+    /// resets it) and poll until the queue is empty before waiting again,
+    /// as with `ibv_get_cq_event` and `ibv_req_notify_cq`; poll once after
+    /// the first call too, for completions queued before it.
     pub fn event_fd(&self) -> RawFd {
         self.inner.events_wanted.store(true, Ordering::Relaxed);
-        // A completion already queued would never signal: make the fd
-        // readable now, as for a completion arriving in an empty queue.
-        if self.inner.len.load(Ordering::Acquire) > 0 {
-            let one: u64 = 1;
-            // SAFETY: as in `CqInner::push`.
-            unsafe { libc::write(self.inner.event_fd.as_raw_fd(), (&raw const one).cast(), 8) };
-        }
         self.inner.event_fd.as_raw_fd()
+    }
+
+    /// Asks for the next completion to signal [`Self::event_fd`] even if it
+    /// arrives in a queue that is not empty (verbs' `ibv_req_notify_cq`:
+    /// notify on the next completion added).
+    pub fn request_notify(&self) {
+        self.inner.notify_next.store(true, Ordering::Release);
     }
 
     /// Whether a completion was dropped because the queue was full.

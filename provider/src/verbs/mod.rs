@@ -17,7 +17,7 @@ pub use cq::{CompletionQueue, WcOpcode, WcStatus, WorkCompletion};
 pub use mr::{AccessFlags, MemoryRegion, ProtectionDomain};
 pub(crate) use mr::{AtomicOp, MrAccessError, MrInner};
 pub use odp_events::{ODP_EVENTS_ENV, OdpEventSources, OdpEvents, UnknownOdpEvents};
-pub use qp::{QpCaps, QpState, QueuePair, QueuePairBuilder, RemoteInfo};
+pub use qp::{QpCaps, QpState, QueuePair, QueuePairBuilder, RemoteInfo, RtsAttr};
 pub use wr::{RecvWr, SendOp, SendWr, Sge};
 
 use std::net::{IpAddr, Ipv6Addr};

@@ -58,6 +58,22 @@ pub struct RemoteInfo {
     pub mtu: Mtu,
 }
 
+/// What the RTR -> RTS transition sets (verbs' `ibv_qp_attr` fields of
+/// that step).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RtsAttr {
+    /// First PSN this queue pair sends (24 bits).
+    pub sq_psn: u32,
+    /// Retransmit timeout exponent (see [`QueuePairBuilder::timeout`]).
+    pub timeout: u8,
+    /// Retries after timeouts (7: unlimited).
+    pub retry_cnt: u8,
+    /// Retries after RNR NAKs (7: unlimited).
+    pub rnr_retry: u8,
+    /// READs and atomics kept outstanding (at least 1).
+    pub max_rd_atomic: u8,
+}
+
 /// Builds a queue pair (verbs' `ibv_qp_init_attr` plus the connection
 /// attributes set later).
 pub struct QueuePairBuilder<'a> {
@@ -234,6 +250,16 @@ impl QueuePair {
     /// # Errors
     /// [`VerbsError::BadState`] from any state but INIT.
     pub fn to_rtr(&self, remote: &RemoteInfo) -> Result<(), VerbsError> {
+        self.to_rtr_with(remote, self.min_rnr_timer)
+    }
+
+    /// INIT -> RTR toward `remote`, asking peers to wait RNR timer code
+    /// `min_rnr_timer` (for verbs' `ibv_modify_qp`, which sets it here
+    /// rather than at creation).
+    ///
+    /// # Errors
+    /// [`VerbsError::BadState`] from any state but INIT.
+    pub fn to_rtr_with(&self, remote: &RemoteInfo, min_rnr_timer: u8) -> Result<(), VerbsError> {
         let port = if remote.port == 0 {
             ROCE_V2_PORT
         } else {
@@ -249,7 +275,7 @@ impl QueuePair {
             mtu: remote.mtu.bytes(),
             pkey: DEFAULT_PKEY,
         };
-        if let Err(e) = self.core.to_rtr(peer, remote.psn, self.min_rnr_timer) {
+        if let Err(e) = self.core.to_rtr(peer, remote.psn, min_rnr_timer & 0x1f) {
             self.dev.close_flow_port(flow_port);
             return Err(e);
         }
@@ -271,18 +297,42 @@ impl QueuePair {
         }
     }
 
-    /// RTR -> RTS.
+    /// RTR -> RTS, with the attributes given at creation and the PSN of
+    /// [`Self::endpoint`].
     ///
     /// # Errors
     /// [`VerbsError::BadState`] from any state but RTR.
     pub fn to_rts(&self) -> Result<(), VerbsError> {
+        self.to_rts_with(&RtsAttr {
+            sq_psn: self.psn,
+            timeout: self.timeout,
+            retry_cnt: self.retry_cnt,
+            rnr_retry: self.rnr_retry,
+            max_rd_atomic: self.max_rd_atomic,
+        })
+    }
+
+    /// RTR -> RTS with explicit attributes (for verbs' `ibv_modify_qp`,
+    /// where the application picks the PSN it told its peer).
+    ///
+    /// # Errors
+    /// [`VerbsError::BadState`] from any state but RTR.
+    pub fn to_rts_with(&self, attr: &RtsAttr) -> Result<(), VerbsError> {
         self.core.to_rts(
-            self.psn,
-            self.timeout,
-            self.retry_cnt,
-            self.rnr_retry,
-            self.max_rd_atomic,
+            attr.sq_psn,
+            attr.timeout.min(31),
+            attr.retry_cnt.min(7),
+            attr.rnr_retry.min(7),
+            attr.max_rd_atomic.max(1),
         )
+    }
+
+    /// Any state -> ERROR (verbs' `IBV_QPS_ERR`, what applications do
+    /// before destroying a connected queue pair): requests still queued
+    /// complete with flush errors.
+    pub fn to_error(&self) {
+        let mut st = self.core.lock();
+        self.core.fail(&mut st, None);
     }
 
     /// RESET -> INIT -> RTR -> RTS toward `remote`. A queue pair already in
