@@ -216,8 +216,8 @@ impl QpCore {
         if request {
             self.respond(&mut st, regions, pkt, out);
         } else {
-            self.complete(&mut st, regions, pkt, out);
-            self.fill(&mut st, regions, out);
+            self.run_completer(&mut st, regions, pkt);
+            self.run_requester(&mut st, regions, out);
         }
         Ok(())
     }

@@ -70,7 +70,13 @@ fn write(sim: &Sim) -> SendOp {
 }
 
 fn first_psn(sim: &Sim, index: usize) -> u32 {
-    sim.nodes[0].qp.lock().req.sq[index].first_psn
+    sim.nodes[0]
+        .qp
+        .lock()
+        .req
+        .wqe(index)
+        .expect("a queued request")
+        .first_psn
 }
 
 const ACK: Option<Syndrome> = Some(Syndrome::Ack { credits: 31 });
