@@ -275,8 +275,13 @@ impl ProtectionDomain {
                 .dev
                 .lookup_mr(sge.lkey)
                 .filter(|mr| {
-                    mr.check(self.id, sge.addr, u64::from(sge.length), AccessFlags::empty())
-                        .is_ok()
+                    mr.check(
+                        self.id,
+                        sge.addr,
+                        u64::from(sge.length),
+                        AccessFlags::empty(),
+                    )
+                    .is_ok()
                 })
                 .ok_or(VerbsError::InvalidArgument("SGE outside its memory region"))?;
             if sge.length > 0 {
