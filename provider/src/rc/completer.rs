@@ -42,11 +42,10 @@ enum CompStep {
     ErrorRetry(u32),
     /// An RNR NAK with this timer code.
     RnrRetry(u8),
-    /// A NAK other than a PSN sequence error: the requests before it are
-    /// reported, then the oldest fails with this status.
-    RemoteError(WcStatus),
-    /// The oldest unfinished request fails with this status; the queue
-    /// pair goes to error.
+    /// The oldest unfinished request fails with this status (a NAK other
+    /// than a PSN sequence error, or local memory that cannot take a
+    /// response); the queue pair goes to error, reporting the requests
+    /// finished before it first.
     Error(WcStatus),
     /// Nothing more for this response.
     Done,
@@ -101,10 +100,6 @@ impl QpCore {
                     self.do_complete(st);
                     self.rnr_wait(st, resp.psn, timer);
                     CompStep::Done
-                }
-                CompStep::RemoteError(status) => {
-                    self.do_complete(st);
-                    CompStep::Error(status)
                 }
                 CompStep::Error(status) => {
                     let failed = st.req.take_failed(status);
@@ -260,7 +255,7 @@ fn check_ack(resp: &mut Response<'_, '_>) -> CompStep {
                 resp.retry_from = Some(resp.psn);
                 CompStep::CompWqe
             }
-            Some(Syndrome::Nak(code)) => CompStep::RemoteError(match code {
+            Some(Syndrome::Nak(code)) => CompStep::Error(match code {
                 NakCode::RemoteAccessError => WcStatus::RemoteAccessError,
                 NakCode::RemoteOperationalError => WcStatus::RemoteOperationalError,
                 _ => WcStatus::RemoteInvalidRequest,
