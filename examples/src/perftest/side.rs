@@ -226,7 +226,7 @@ impl Side {
             | AccessFlags::REMOTE_READ
             | AccessFlags::REMOTE_ATOMIC;
         if flags.odp || flags.implicit_odp {
-            access = access | AccessFlags::ON_DEMAND;
+            access |= AccessFlags::ON_DEMAND;
         }
         let (addr0, len0) = if flags.implicit_odp {
             (0, usize::MAX)

@@ -2,14 +2,13 @@
 //!
 //! | source | sees | reports | window left to the device |
 //! |---|---|---|---|
-//! | [`explicit`] wrappers (`AddressSpace::munmap`, ...) | calls made through them | before the change | none |
+//! | explicit wrappers ([`AddressSpace::munmap`], ... in [`crate::address_space`]) | calls made through them | before the change | none |
 //! | [`interpose`] (`libodp_preload.so`) | calls into libc's `munmap`, `mremap`, `madvise`, `mprotect`, `mmap(MAP_FIXED)`, `shmdt`, `brk`, `sbrk` from any code but glibc itself | before the change | none |
 //! | userfaultfd monitor | every unmap, remap and discard of registered memory, raw syscalls and glibc's own included | discards before, unmaps and remaps after | see the monitor |
 //!
 //! Every source describes a change the same way ([`Change`]), so the ranges
 //! a given call invalidates are computed in one place.
 
-pub(crate) mod explicit;
 pub(crate) mod interpose;
 pub(crate) mod uffd;
 

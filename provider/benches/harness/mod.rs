@@ -64,7 +64,7 @@ impl End {
         let mut access =
             AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE | AccessFlags::REMOTE_READ;
         if odp {
-            access = access | AccessFlags::ON_DEMAND;
+            access |= AccessFlags::ON_DEMAND;
         }
         // SAFETY: the mapping outlives the region (field order) and backs
         // no Rust objects.

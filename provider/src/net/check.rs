@@ -1,11 +1,14 @@
-//! The IP and UDP headers the kernel will emit (or did emit), and the ICRC
-//! over them: sealing outgoing packets and judging received ones.
+//! The ICRC over the IP and UDP headers the kernel will emit (or did emit;
+//! built by [`crate::wire::ip_udp`]): sealing outgoing packets and judging
+//! received ones.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 use super::ipv4_id::{ID_OFFSET_IN_CRC_MESSAGE, solve_ipv4_id};
 use super::{IcrcVerdict, Ipv4IdPolicy};
+use crate::wire::icrc::LRH_LEN;
+use crate::wire::ip_udp::{ipv4, ipv4_header, ipv6_header, udp, udp_header};
 use crate::wire::{BthRepr, ICRC_LEN, IpHeader, icrc};
 
 /// Largest UDP payload in an IPv4 datagram (65535 - 20 - 8).
@@ -15,47 +18,10 @@ pub const MAX_PAYLOAD_V6: usize = 65_527;
 /// Smallest RoCEv2 UDP payload: a BTH and an ICRC.
 pub const MIN_PAYLOAD: usize = BthRepr::LEN + ICRC_LEN;
 
-/// Bytes of the ICRC message after the IPv4 ID: the rest of the IPv4 header
-/// (14), the UDP header (8) and `roce_len` bytes of BTH..pad.
+/// Bytes of the ICRC message after the IPv4 ID: the rest of the IPv4 header,
+/// the UDP header and `roce_len` bytes of BTH..pad.
 const fn bytes_after_ipv4_id(roce_len: usize) -> usize {
-    8 + 20 + 8 + roce_len - (ID_OFFSET_IN_CRC_MESSAGE + 2)
-}
-
-/// The IPv4 header a DF packet of `udp_len` UDP bytes gets from Linux when
-/// sent from an unconnected socket with `IP_PMTUDISC_DO`: ID `id` (0, or
-/// the segment index within a GSO send), DF, no options. TOS, TTL and the
-/// header checksum are left 0: the ICRC masks them.
-pub(crate) fn ipv4_header(src: Ipv4Addr, dst: Ipv4Addr, id: u16, udp_len: usize) -> [u8; 20] {
-    let mut h = [0u8; 20];
-    h[0] = 0x45;
-    h[2..4].copy_from_slice(&((20 + udp_len) as u16).to_be_bytes());
-    h[4..6].copy_from_slice(&id.to_be_bytes());
-    h[6..8].copy_from_slice(&0x4000u16.to_be_bytes()); // DF, offset 0
-    h[9] = 17;
-    h[12..16].copy_from_slice(&src.octets());
-    h[16..20].copy_from_slice(&dst.octets());
-    h
-}
-
-/// The IPv6 header of a UDP datagram of `udp_len` bytes. Traffic class,
-/// flow label and hop limit are masked by the ICRC and left 0.
-pub(crate) fn ipv6_header(src: &Ipv6Addr, dst: &Ipv6Addr, udp_len: usize) -> [u8; 40] {
-    let mut h = [0u8; 40];
-    h[0] = 0x60;
-    h[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
-    h[6] = 17;
-    h[8..24].copy_from_slice(&src.octets());
-    h[24..40].copy_from_slice(&dst.octets());
-    h
-}
-
-/// A UDP header (checksum 0: the ICRC masks it).
-pub(crate) fn udp_header(src_port: u16, dst_port: u16, udp_len: usize) -> [u8; 8] {
-    let mut h = [0u8; 8];
-    h[0..2].copy_from_slice(&src_port.to_be_bytes());
-    h[2..4].copy_from_slice(&dst_port.to_be_bytes());
-    h[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
-    h
+    LRH_LEN + ipv4::LEN + udp::LEN + roce_len - (ID_OFFSET_IN_CRC_MESSAGE + 2)
 }
 
 fn invalid(msg: &'static str) -> io::Error {
@@ -96,7 +62,7 @@ pub fn payload_icrc(
 ) -> io::Result<u32> {
     check_packet(src, dst, payload.len())?;
     let roce = &payload[..payload.len() - ICRC_LEN];
-    let udp_len = 8 + payload.len();
+    let udp_len = udp::LEN + payload.len();
     let udp = udp_header(src.port(), dst.port(), udp_len);
     let crc = match (src.ip(), dst.ip()) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {

@@ -26,12 +26,15 @@
 //! Remaining protection: 32 - 16 = 16 bits. A random corruption is accepted
 //! with probability 2^-16; see the module docs of `net` for the discussion.
 
+use crate::wire::icrc::LRH_LEN;
+use crate::wire::ip_udp::ipv4;
+
 /// The reflected CRC-32 polynomial (zlib, Ethernet, Linux `crc32_le`).
 const POLY: u32 = 0xEDB8_8320;
 
 /// Offset of the IPv4 ID in the ICRC message: 8 bytes of masked LRH, then
 /// the IPv4 header, whose bytes 4..6 are the ID.
-pub(crate) const ID_OFFSET_IN_CRC_MESSAGE: usize = 8 + 4;
+pub(crate) const ID_OFFSET_IN_CRC_MESSAGE: usize = LRH_LEN + ipv4::ID.start;
 
 /// The CRC register one step backwards over an input bit of 0 (a linear
 /// map). Forward: `s' = (s >> 1) ^ (s & 1) * POLY`; as POLY has bit 31 set

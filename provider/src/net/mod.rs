@@ -76,7 +76,7 @@ mod source_ports;
 mod sys;
 
 #[cfg(test)]
-mod capture_tests;
+mod check_tests;
 #[cfg(test)]
 mod socket_tests;
 #[cfg(test)]

@@ -5,10 +5,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-use super::check::{ipv4_header, udp_header};
 use super::socket::MAX_GSO_SEGMENTS;
 use super::testutil::{Capture, psn_of, raw_send, send_only, udp_frame};
 use super::*;
+use crate::wire::ip_udp::{ipv4_header, udp_header};
 use crate::wire::{IpHeader, icrc_of_udp_payload};
 
 const WAIT: Duration = Duration::from_secs(5);

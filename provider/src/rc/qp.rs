@@ -216,8 +216,8 @@ impl QpCore {
         if request {
             self.respond(&mut st, regions, pkt, out);
         } else {
-            self.complete(&mut st, regions, pkt, out);
-            self.fill(&mut st, regions, out);
+            self.run_completer(&mut st, regions, pkt);
+            self.run_requester(&mut st, regions, out);
         }
         Ok(())
     }
@@ -231,9 +231,11 @@ impl QpCore {
         st.req.deadline()
     }
 
-    /// Moves to the error state: every work request still queued completes
-    /// with a flush error (after `failed`, which gets its own status).
+    /// Moves to the error state: requests already finished at the head of
+    /// the send queue complete first, then `failed` with its own status,
+    /// then every work request still queued with a flush error.
     pub(crate) fn fail(&self, st: &mut QpState, failed: Option<(u64, WcOpcode, WcStatus)>) {
+        self.do_complete(st);
         if let Some((wr_id, opcode, status)) = failed {
             self.send_cq.push(WorkCompletion {
                 wr_id,

@@ -62,7 +62,7 @@ pub(crate) fn gather(
 ) -> Result<(), SgeError> {
     for_each_piece(sges, offset, dst.len(), |sge, va, n, at| {
         let mr = regions.lookup_mr(sge.lkey).ok_or(SgeError::Protection)?;
-        mr.check(pd, va, n as u64, AccessFlags(0))
+        mr.check(pd, va, n as u64, AccessFlags::empty())
             .map_err(|_| SgeError::Protection)?;
         mr.read(va, &mut dst[at..at + n])
             .map_err(|_| SgeError::Protection)

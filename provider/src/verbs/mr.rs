@@ -9,32 +9,21 @@ use super::qp::QueuePairBuilder;
 use super::{CompletionQueue, Sge, VerbsError};
 use crate::device::Device;
 
-/// Access rights of a memory region (verbs' `IBV_ACCESS_*`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct AccessFlags(pub u32);
-
-impl AccessFlags {
-    /// The local device may write (receives, read results).
-    pub const LOCAL_WRITE: AccessFlags = AccessFlags(1);
-    /// Peers may RDMA WRITE.
-    pub const REMOTE_WRITE: AccessFlags = AccessFlags(2);
-    /// Peers may RDMA READ.
-    pub const REMOTE_READ: AccessFlags = AccessFlags(4);
-    /// Peers may run atomics.
-    pub const REMOTE_ATOMIC: AccessFlags = AccessFlags(8);
-    /// On-demand paging: nothing is pinned or faulted at registration.
-    pub const ON_DEMAND: AccessFlags = AccessFlags(0x40);
-
-    /// Whether every flag of `other` is set.
-    pub fn contains(self, other: AccessFlags) -> bool {
-        self.0 & other.0 == other.0
-    }
-}
-
-impl std::ops::BitOr for AccessFlags {
-    type Output = AccessFlags;
-    fn bitor(self, rhs: AccessFlags) -> AccessFlags {
-        AccessFlags(self.0 | rhs.0)
+bitflags::bitflags! {
+    /// Access rights of a memory region (verbs' `IBV_ACCESS_*`, same bit
+    /// values).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
+    pub struct AccessFlags: u32 {
+        /// The local device may write (receives, read results).
+        const LOCAL_WRITE = 1;
+        /// Peers may RDMA WRITE.
+        const REMOTE_WRITE = 2;
+        /// Peers may RDMA READ.
+        const REMOTE_READ = 4;
+        /// Peers may run atomics.
+        const REMOTE_ATOMIC = 8;
+        /// On-demand paging: nothing is pinned or faulted at registration.
+        const ON_DEMAND = 0x40;
     }
 }
 
@@ -286,8 +275,13 @@ impl ProtectionDomain {
                 .dev
                 .lookup_mr(sge.lkey)
                 .filter(|mr| {
-                    mr.check(self.id, sge.addr, u64::from(sge.length), AccessFlags(0))
-                        .is_ok()
+                    mr.check(
+                        self.id,
+                        sge.addr,
+                        u64::from(sge.length),
+                        AccessFlags::empty(),
+                    )
+                    .is_ok()
                 })
                 .ok_or(VerbsError::InvalidArgument("SGE outside its memory region"))?;
             if sge.length > 0 {

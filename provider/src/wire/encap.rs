@@ -6,12 +6,12 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use super::{IpHeader, ROCE_V2_PORT, WireError, be16, icrc_of_udp_payload};
+use super::ip_udp::{IPPROTO_UDP, IpHeader, ipv4, ipv6, udp};
+use super::{ROCE_V2_PORT, WireError, be16, icrc_of_udp_payload};
 
 const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETHERTYPE_IPV6: u16 = 0x86dd;
 const ETHERTYPE_VLAN: u16 = 0x8100;
-const IPPROTO_UDP: u8 = 17;
 
 /// A UDP datagram taken out of a captured frame, with the IP header the
 /// ICRC covers.
@@ -53,6 +53,65 @@ pub fn ip_of_ethernet(frame: &[u8]) -> Result<&[u8], WireError> {
     }
 }
 
+/// The IP header of `packet`, its addresses, and what follows it (with
+/// `cut`, as much of it as was captured).
+fn ip_layer(packet: &[u8], cut: bool) -> Result<(IpHeader<'_>, IpAddr, IpAddr, &[u8]), WireError> {
+    match packet.first().map(|b| b >> 4) {
+        Some(4) => {
+            let h: &[u8; ipv4::LEN] = packet
+                .get(..ipv4::LEN)
+                .and_then(|h| h.try_into().ok())
+                .ok_or(bad("short IPv4 header"))?;
+            if h[ipv4::VERSION_IHL] != ipv4::VERSION_IHL_NO_OPTIONS {
+                return Err(bad("IPv4 options"));
+            }
+            if h[ipv4::PROTOCOL] != IPPROTO_UDP {
+                return Err(bad("not UDP"));
+            }
+            if be16(&h[ipv4::FLAGS_FRAGMENT]) & ipv4::FRAGMENT_BITS != 0 {
+                return Err(bad("IPv4 fragment"));
+            }
+            let s = Ipv4Addr::from(octets::<4>(&h[ipv4::SRC]));
+            let d = Ipv4Addr::from(octets::<4>(&h[ipv4::DST]));
+            let total = usize::from(be16(&h[ipv4::TOTAL_LEN]));
+            let rest = within(packet, ipv4::LEN, total, cut)
+                .ok_or(bad("IPv4 total length beyond the frame"))?;
+            Ok((IpHeader::V4(h), IpAddr::V4(s), IpAddr::V4(d), rest))
+        }
+        Some(6) => {
+            let h: &[u8; ipv6::LEN] = packet
+                .get(..ipv6::LEN)
+                .and_then(|h| h.try_into().ok())
+                .ok_or(bad("short IPv6 header"))?;
+            if h[ipv6::NEXT_HEADER] != IPPROTO_UDP {
+                return Err(bad("not UDP (or IPv6 extension headers)"));
+            }
+            let s = Ipv6Addr::from(octets::<16>(&h[ipv6::SRC]));
+            let d = Ipv6Addr::from(octets::<16>(&h[ipv6::DST]));
+            let total = ipv6::LEN + usize::from(be16(&h[ipv6::PAYLOAD_LEN]));
+            let rest = within(packet, ipv6::LEN, total, cut)
+                .ok_or(bad("IPv6 payload length beyond the frame"))?;
+            Ok((IpHeader::V6(h), IpAddr::V6(s), IpAddr::V6(d), rest))
+        }
+        _ => Err(bad("not an IPv4 or IPv6 packet")),
+    }
+}
+
+/// Bytes `from..to` of `bytes`, or, for a `cut` packet, as many of them as
+/// there are.
+fn within(bytes: &[u8], from: usize, to: usize, cut: bool) -> Option<&[u8]> {
+    bytes
+        .get(from..to)
+        .or_else(|| if cut { bytes.get(from..) } else { None })
+}
+
+/// The `N` bytes of an address field (its range is `N` long).
+fn octets<const N: usize>(field: &[u8]) -> [u8; N] {
+    let mut a = [0u8; N];
+    a.copy_from_slice(field);
+    a
+}
+
 impl<'a> UdpDatagram<'a> {
     /// Decodes an Ethernet frame (with at most one VLAN tag) carrying UDP
     /// over IPv4 or IPv6.
@@ -87,75 +146,27 @@ impl<'a> UdpDatagram<'a> {
 
     /// The UDP payload length the UDP header announces.
     pub fn udp_payload_len(&self) -> usize {
-        usize::from(be16(&self.udp[4..6])).saturating_sub(8)
+        usize::from(be16(&self.udp[udp::LENGTH])).saturating_sub(udp::LEN)
     }
 
     /// Decodes the headers; with `cut`, lengths beyond the end of `packet`
     /// are taken as truncation rather than errors.
     fn decode(packet: &'a [u8], cut: bool) -> Result<Self, WireError> {
-        // Bytes `from..to` of `bytes`, or, for a cut packet, as many of
-        // them as there are.
-        let within = |bytes: &'a [u8], from: usize, to: usize| {
-            bytes
-                .get(from..to)
-                .or_else(|| if cut { bytes.get(from..) } else { None })
-        };
-        let (ip, src, dst, rest) = match packet.first().map(|b| b >> 4) {
-            Some(4) => {
-                let h: &[u8; 20] = packet
-                    .get(..20)
-                    .and_then(|h| h.try_into().ok())
-                    .ok_or(bad("short IPv4 header"))?;
-                if h[0] != 0x45 {
-                    return Err(bad("IPv4 options"));
-                }
-                if h[9] != IPPROTO_UDP {
-                    return Err(bad("not UDP"));
-                }
-                if be16(&h[6..8]) & 0x3fff != 0 {
-                    return Err(bad("IPv4 fragment"));
-                }
-                let s = Ipv4Addr::from([h[12], h[13], h[14], h[15]]);
-                let d = Ipv4Addr::from([h[16], h[17], h[18], h[19]]);
-                let total = usize::from(be16(&h[2..4]));
-                let rest =
-                    within(packet, 20, total).ok_or(bad("IPv4 total length beyond the frame"))?;
-                (IpHeader::V4(h), IpAddr::V4(s), IpAddr::V4(d), rest)
-            }
-            Some(6) => {
-                let h: &[u8; 40] = packet
-                    .get(..40)
-                    .and_then(|h| h.try_into().ok())
-                    .ok_or(bad("short IPv6 header"))?;
-                if h[6] != IPPROTO_UDP {
-                    return Err(bad("not UDP (or IPv6 extension headers)"));
-                }
-                let mut s = [0u8; 16];
-                s.copy_from_slice(&h[8..24]);
-                let mut d = [0u8; 16];
-                d.copy_from_slice(&h[24..40]);
-                let total = 40 + usize::from(be16(&h[4..6]));
-                let rest =
-                    within(packet, 40, total).ok_or(bad("IPv6 payload length beyond the frame"))?;
-                let (s, d) = (Ipv6Addr::from(s), Ipv6Addr::from(d));
-                (IpHeader::V6(h), IpAddr::V6(s), IpAddr::V6(d), rest)
-            }
-            _ => return Err(bad("not an IPv4 or IPv6 packet")),
-        };
-        let udp: &[u8; 8] = rest
-            .get(..8)
+        let (ip, src, dst, rest) = ip_layer(packet, cut)?;
+        let udp_header: &[u8; udp::LEN] = rest
+            .get(..udp::LEN)
             .and_then(|u| u.try_into().ok())
             .ok_or(bad("short UDP header"))?;
-        let len = usize::from(be16(&udp[4..6]));
-        let payload = within(rest, 8, len.max(8))
-            .filter(|_| len >= 8)
+        let len = usize::from(be16(&udp_header[udp::LENGTH]));
+        let payload = within(rest, udp::LEN, len.max(udp::LEN), cut)
+            .filter(|_| len >= udp::LEN)
             .ok_or(bad("UDP length does not fit the IP packet"))?;
         Ok(UdpDatagram {
             ip,
-            udp,
+            udp: udp_header,
             payload,
-            src: SocketAddr::new(src, be16(&udp[0..2])),
-            dst: SocketAddr::new(dst, be16(&udp[2..4])),
+            src: SocketAddr::new(src, be16(&udp_header[udp::SRC_PORT])),
+            dst: SocketAddr::new(dst, be16(&udp_header[udp::DST_PORT])),
         })
     }
 
@@ -178,25 +189,17 @@ impl<'a> UdpDatagram<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::ip_udp::{ipv4_header, udp_header};
 
     /// An Ethernet frame of UDP over IPv4 from 10.0.0.1:5000 to
     /// 10.0.0.2:4791 with `payload`, plus 6 bytes of Ethernet padding.
     fn ipv4_frame(payload: &[u8]) -> Vec<u8> {
         let mut f = vec![0u8; 12];
         f.extend_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
-        let total = (20 + 8 + payload.len()) as u16;
-        let mut ip = [0u8; 20];
-        ip[0] = 0x45;
-        ip[2..4].copy_from_slice(&total.to_be_bytes());
-        ip[6] = 0x40;
-        ip[9] = IPPROTO_UDP;
-        ip[12..16].copy_from_slice(&[10, 0, 0, 1]);
-        ip[16..20].copy_from_slice(&[10, 0, 0, 2]);
+        let udp_len = udp::LEN + payload.len();
+        let ip = ipv4_header([10, 0, 0, 1].into(), [10, 0, 0, 2].into(), 0, udp_len);
         f.extend_from_slice(&ip);
-        f.extend_from_slice(&5000u16.to_be_bytes());
-        f.extend_from_slice(&ROCE_V2_PORT.to_be_bytes());
-        f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-        f.extend_from_slice(&[0, 0]);
+        f.extend_from_slice(&udp_header(5000, ROCE_V2_PORT, udp_len));
         f.extend_from_slice(payload);
         f.extend_from_slice(&[0; 6]);
         f

@@ -8,66 +8,56 @@
 //! little-endian u32, as kernel rxe stores it. Checked against every frame
 //! of a real kernel-rxe capture (the provider's golden tests).
 //!
-//! Masked to ones: IPv4 TOS, TTL and header checksum; IPv6 traffic class,
-//! flow label and hop limit; the UDP checksum; BTH byte 4 (FECN, BECN and
-//! the reserved bits).
+//! Masked to ones: the IP and UDP fields a router may change (see
+//! [`super::ip_udp`]: IPv4 TOS, TTL and header checksum; IPv6 traffic
+//! class, flow label and hop limit; the UDP checksum) and BTH byte 4
+//! (FECN, BECN and the reserved bits).
 
+use super::ip_udp::{IpHeader, ipv4, ipv6, mask_ipv4, mask_ipv6, mask_udp, udp};
 use super::{BthRepr, WireError, check_len};
 
 /// Length of the ICRC trailer.
 pub const ICRC_LEN: usize = 4;
 
-/// The IP header in front of a packet (options are not allowed, as in
-/// kernel rxe).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IpHeader<'a> {
-    /// A 20-byte IPv4 header.
-    V4(&'a [u8; 20]),
-    /// A 40-byte IPv6 header.
-    V6(&'a [u8; 40]),
-}
+/// The 0xFF bytes standing for the InfiniBand LRH at the start of the
+/// ICRC's message.
+pub(crate) const LRH_LEN: usize = 8;
 
 /// The ICRC of a packet: `roce` runs from the BTH to the end of the pad
 /// (the ICRC itself excluded).
 ///
 /// # Errors
 /// [`WireError::Truncated`] if `roce` is shorter than a BTH.
-pub fn icrc(ip: IpHeader<'_>, udp: &[u8; 8], roce: &[u8]) -> Result<u32, WireError> {
+pub fn icrc(ip: IpHeader<'_>, udp_header: &[u8; 8], roce: &[u8]) -> Result<u32, WireError> {
     check_len("BTH", roce, BthRepr::LEN)?;
     // The masked headers go to the CRC in one piece (small pieces each pay
     // the CRC's per-call setup): 8 bytes of LRH, IP, UDP, BTH.
-    let mut prefix = [0u8; 8 + 40 + 8 + BthRepr::LEN];
-    prefix[..8].fill(0xff);
+    let mut prefix = [0u8; LRH_LEN + ipv6::LEN + udp::LEN + BthRepr::LEN];
+    prefix[..LRH_LEN].fill(0xff);
     let ip_len = match ip {
         IpHeader::V4(h) => {
-            let m = &mut prefix[8..8 + 20];
-            m.copy_from_slice(h);
-            m[1] = 0xff; // TOS
-            m[8] = 0xff; // TTL
-            m[10] = 0xff; // header checksum
-            m[11] = 0xff;
-            20
+            let mut m = *h;
+            mask_ipv4(&mut m);
+            prefix[LRH_LEN..LRH_LEN + ipv4::LEN].copy_from_slice(&m);
+            ipv4::LEN
         }
         IpHeader::V6(h) => {
-            let m = &mut prefix[8..8 + 40];
-            m.copy_from_slice(h);
-            m[0] |= 0x0f; // traffic class, high nibble
-            m[1] = 0xff; // traffic class low nibble, flow label high nibble
-            m[2] = 0xff; // flow label
-            m[3] = 0xff;
-            m[7] = 0xff; // hop limit
-            40
+            let mut m = *h;
+            mask_ipv6(&mut m);
+            prefix[LRH_LEN..LRH_LEN + ipv6::LEN].copy_from_slice(&m);
+            ipv6::LEN
         }
     };
-    let at = 8 + ip_len;
-    prefix[at..at + 8].copy_from_slice(udp);
-    prefix[at + 6] = 0xff; // UDP checksum
-    prefix[at + 7] = 0xff;
-    let bth = &mut prefix[at + 8..at + 8 + BthRepr::LEN];
+    let at = LRH_LEN + ip_len;
+    let mut u = *udp_header;
+    mask_udp(&mut u);
+    prefix[at..at + udp::LEN].copy_from_slice(&u);
+    let at = at + udp::LEN;
+    let bth = &mut prefix[at..at + BthRepr::LEN];
     bth.copy_from_slice(&roce[..BthRepr::LEN]);
     bth[4] = 0xff; // FECN, BECN, reserved
     let mut crc = crc32fast::Hasher::new();
-    crc.update(&prefix[..at + 8 + BthRepr::LEN]);
+    crc.update(&prefix[..at + BthRepr::LEN]);
     crc.update(&roce[BthRepr::LEN..]);
     Ok(crc.finalize())
 }
@@ -79,13 +69,13 @@ pub fn icrc(ip: IpHeader<'_>, udp: &[u8; 8], roce: &[u8]) -> Result<u32, WireErr
 /// [`WireError::Truncated`] if the payload cannot hold a BTH and an ICRC.
 pub fn icrc_of_udp_payload(
     ip: IpHeader<'_>,
-    udp: &[u8; 8],
+    udp_header: &[u8; 8],
     payload: &[u8],
 ) -> Result<(u32, u32), WireError> {
     check_len("packet", payload, BthRepr::LEN + ICRC_LEN)?;
     let (roce, trailer) = payload.split_at(payload.len() - ICRC_LEN);
     let found = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
-    Ok((found, icrc(ip, udp, roce)?))
+    Ok((found, icrc(ip, udp_header, roce)?))
 }
 
 #[cfg(test)]

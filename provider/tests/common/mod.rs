@@ -47,7 +47,7 @@ impl End {
             | AccessFlags::REMOTE_READ
             | AccessFlags::REMOTE_ATOMIC;
         if odp {
-            access = access | AccessFlags::ON_DEMAND;
+            access |= AccessFlags::ON_DEMAND;
         }
         // SAFETY: the mapping is owned by this struct, outlives the region
         // (fields drop in order), and backs no Rust objects.

@@ -104,7 +104,7 @@ impl Host {
         let mut access =
             AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE | AccessFlags::REMOTE_READ;
         if odp {
-            access = access | AccessFlags::ON_DEMAND;
+            access |= AccessFlags::ON_DEMAND;
         }
         // SAFETY: the mapping lives in this Host and outlives the region
         // (`mr` is dropped before `buf`, in declaration order); it holds

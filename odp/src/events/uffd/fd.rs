@@ -18,10 +18,11 @@ const MSG_SIZE: usize = size_of::<uffd_msg>();
 pub const MAX_BATCH: usize = 64;
 
 /// Features the monitor cannot work without.
-pub const REQUIRED_FEATURES: u64 =
-    UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_REMAP;
+pub const REQUIRED_FEATURES: Features = Features::EVENT_UNMAP
+    .union(Features::EVENT_REMOVE)
+    .union(Features::EVENT_REMAP);
 /// Features requested if the kernel offers them.
-pub const OPTIONAL_FEATURES: u64 = UFFD_FEATURE_PAGEFAULT_FLAG_WP;
+pub const OPTIONAL_FEATURES: Features = Features::PAGEFAULT_FLAG_WP;
 
 /// An address-space change (or, exceptionally, a page fault) reported by the kernel.
 ///
@@ -122,54 +123,47 @@ impl Event {
     }
 }
 
-/// A set of `UFFD_FEATURE_*` bits.
-#[derive(Clone, Copy, PartialEq, Eq, Default)]
-pub struct Features(pub u64);
-
-impl Features {
-    const NAMES: [(u64, &'static str); 17] = [
-        (UFFD_FEATURE_PAGEFAULT_FLAG_WP, "PAGEFAULT_FLAG_WP"),
-        (UFFD_FEATURE_EVENT_FORK, "EVENT_FORK"),
-        (UFFD_FEATURE_EVENT_REMAP, "EVENT_REMAP"),
-        (UFFD_FEATURE_EVENT_REMOVE, "EVENT_REMOVE"),
-        (UFFD_FEATURE_MISSING_HUGETLBFS, "MISSING_HUGETLBFS"),
-        (UFFD_FEATURE_MISSING_SHMEM, "MISSING_SHMEM"),
-        (UFFD_FEATURE_EVENT_UNMAP, "EVENT_UNMAP"),
-        (UFFD_FEATURE_SIGBUS, "SIGBUS"),
-        (UFFD_FEATURE_THREAD_ID, "THREAD_ID"),
-        (UFFD_FEATURE_MINOR_HUGETLBFS, "MINOR_HUGETLBFS"),
-        (UFFD_FEATURE_MINOR_SHMEM, "MINOR_SHMEM"),
-        (UFFD_FEATURE_EXACT_ADDRESS, "EXACT_ADDRESS"),
-        (UFFD_FEATURE_WP_HUGETLBFS_SHMEM, "WP_HUGETLBFS_SHMEM"),
-        (UFFD_FEATURE_WP_UNPOPULATED, "WP_UNPOPULATED"),
-        (UFFD_FEATURE_POISON, "POISON"),
-        (UFFD_FEATURE_WP_ASYNC, "WP_ASYNC"),
-        (UFFD_FEATURE_MOVE, "MOVE"),
-    ];
-
-    #[cfg(test)]
-    /// True if all bits of `bits` are set.
-    pub fn contains(self, bits: u64) -> bool {
-        self.0 & bits == bits
-    }
-}
-
-impl fmt::Debug for Features {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:#x} [", self.0)?;
-        let mut rest = self.0;
-        let mut first = true;
-        for (bit, name) in Self::NAMES {
-            if self.0 & bit != 0 {
-                write!(f, "{}{name}", if first { "" } else { "|" })?;
-                first = false;
-                rest &= !bit;
-            }
-        }
-        if rest != 0 {
-            write!(f, "{}{rest:#x}", if first { "" } else { "|" })?;
-        }
-        write!(f, "]")
+bitflags::bitflags! {
+    /// A set of `UFFD_FEATURE_*` bits (named as in the C header, without
+    /// the prefix). Bits this list does not name are kept as they are.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct Features: u64 {
+        /// `UFFD_FEATURE_PAGEFAULT_FLAG_WP`.
+        const PAGEFAULT_FLAG_WP = UFFD_FEATURE_PAGEFAULT_FLAG_WP;
+        /// `UFFD_FEATURE_EVENT_FORK`.
+        const EVENT_FORK = UFFD_FEATURE_EVENT_FORK;
+        /// `UFFD_FEATURE_EVENT_REMAP`.
+        const EVENT_REMAP = UFFD_FEATURE_EVENT_REMAP;
+        /// `UFFD_FEATURE_EVENT_REMOVE`.
+        const EVENT_REMOVE = UFFD_FEATURE_EVENT_REMOVE;
+        /// `UFFD_FEATURE_MISSING_HUGETLBFS`.
+        const MISSING_HUGETLBFS = UFFD_FEATURE_MISSING_HUGETLBFS;
+        /// `UFFD_FEATURE_MISSING_SHMEM`.
+        const MISSING_SHMEM = UFFD_FEATURE_MISSING_SHMEM;
+        /// `UFFD_FEATURE_EVENT_UNMAP`.
+        const EVENT_UNMAP = UFFD_FEATURE_EVENT_UNMAP;
+        /// `UFFD_FEATURE_SIGBUS`.
+        const SIGBUS = UFFD_FEATURE_SIGBUS;
+        /// `UFFD_FEATURE_THREAD_ID`.
+        const THREAD_ID = UFFD_FEATURE_THREAD_ID;
+        /// `UFFD_FEATURE_MINOR_HUGETLBFS`.
+        const MINOR_HUGETLBFS = UFFD_FEATURE_MINOR_HUGETLBFS;
+        /// `UFFD_FEATURE_MINOR_SHMEM`.
+        const MINOR_SHMEM = UFFD_FEATURE_MINOR_SHMEM;
+        /// `UFFD_FEATURE_EXACT_ADDRESS`.
+        const EXACT_ADDRESS = UFFD_FEATURE_EXACT_ADDRESS;
+        /// `UFFD_FEATURE_WP_HUGETLBFS_SHMEM`.
+        const WP_HUGETLBFS_SHMEM = UFFD_FEATURE_WP_HUGETLBFS_SHMEM;
+        /// `UFFD_FEATURE_WP_UNPOPULATED`.
+        const WP_UNPOPULATED = UFFD_FEATURE_WP_UNPOPULATED;
+        /// `UFFD_FEATURE_POISON`.
+        const POISON = UFFD_FEATURE_POISON;
+        /// `UFFD_FEATURE_WP_ASYNC`.
+        const WP_ASYNC = UFFD_FEATURE_WP_ASYNC;
+        /// `UFFD_FEATURE_MOVE`.
+        const MOVE = UFFD_FEATURE_MOVE;
+        // Features of newer kernels, kept when reported.
+        const _ = !0;
     }
 }
 
@@ -330,10 +324,10 @@ pub(crate) fn create_fd() -> io::Result<(OwnedFd, OpenMethod)> {
     }
 }
 
-pub(crate) fn api_handshake(fd: &OwnedFd, features: u64) -> io::Result<uffdio_api> {
+pub(crate) fn api_handshake(fd: &OwnedFd, features: Features) -> io::Result<uffdio_api> {
     let mut api = uffdio_api {
         api: UFFD_API,
-        features,
+        features: features.bits(),
         ioctls: 0,
     };
     // SAFETY: UFFDIO_API reads and writes exactly one `uffdio_api`, which `api` is, and the
@@ -423,14 +417,15 @@ impl Userfaultfd {
                 // (UFFDIO_API succeeds only once per fd), then ask for what is possible.
                 drop(fd);
                 let (probe, _) = create_fd()?;
-                let available = api_handshake(&probe, 0)?.features;
+                let available =
+                    Features::from_bits_retain(api_handshake(&probe, Features::empty())?.features);
                 drop(probe);
-                if available & REQUIRED_FEATURES != REQUIRED_FEATURES {
+                if !available.contains(REQUIRED_FEATURES) {
                     return Err(io::Error::new(
                         io::ErrorKind::Unsupported,
                         format!(
                             "userfaultfd lacks required features {:?}",
-                            Features(REQUIRED_FEATURES & !available)
+                            REQUIRED_FEATURES.difference(available)
                         ),
                     ));
                 }
@@ -442,12 +437,13 @@ impl Userfaultfd {
             Err(e) => return Err(e),
         };
         // Kernels 6.0/6.1 briefly ignored unknown features instead of failing: check.
-        if api.features & REQUIRED_FEATURES != REQUIRED_FEATURES {
+        let available = Features::from_bits_retain(api.features);
+        if !available.contains(REQUIRED_FEATURES) {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 format!(
                     "userfaultfd lacks required features {:?}",
-                    Features(REQUIRED_FEATURES & !api.features)
+                    REQUIRED_FEATURES.difference(available)
                 ),
             ));
         }
@@ -455,8 +451,8 @@ impl Userfaultfd {
         Ok(Userfaultfd {
             fd,
             fork_slot,
-            granted: Features(requested & api.features),
-            available: Features(api.features),
+            granted: requested & available,
+            available,
             ioctls: api.ioctls,
             method,
             owner_pid: getpid(),

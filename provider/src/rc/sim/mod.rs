@@ -167,7 +167,7 @@ impl Node {
             1024,
             1024,
         );
-        qp.lock().req.clock = clock.clone();
+        qp.lock().req.set_clock(clock.clone());
         let mem = AddressSpace::process()
             .map_anonymous(mem_len, 0)
             .expect("mmap");

@@ -26,9 +26,14 @@ fn clean() -> Schedule {
 /// Posts `op` over `len` bytes at offset 0 of node 0's memory, targeting
 /// node 1's memory at 0; returns the packets it sent.
 fn post(sim: &Sim, wr_id: u64, op: SendOp, len: usize) -> usize {
+    post_at(sim, wr_id, op, 0, len)
+}
+
+/// As [`post`], over `len` bytes at `offset` of node 0's memory.
+fn post_at(sim: &Sim, wr_id: u64, op: SendOp, offset: usize, len: usize) -> usize {
     let n: &Node = &sim.nodes[0];
     let sge = Sge {
-        addr: n.mem.addr() as u64,
+        addr: (n.mem.addr() + offset) as u64,
         length: len as u32,
         lkey: n.key,
     };
@@ -70,7 +75,13 @@ fn write(sim: &Sim) -> SendOp {
 }
 
 fn first_psn(sim: &Sim, index: usize) -> u32 {
-    sim.nodes[0].qp.lock().req.sq[index].first_psn
+    sim.nodes[0]
+        .qp
+        .lock()
+        .req
+        .wqe(index)
+        .expect("a queued request")
+        .first_psn
 }
 
 const ACK: Option<Syndrome> = Some(Syndrome::Ack { credits: 31 });
@@ -129,4 +140,31 @@ fn acks_past_a_lost_read_response_ask_for_the_read_alone_once() {
     want.extend((2..6).map(|i| (i, WcStatus::Success, WcOpcode::RdmaWrite)));
     assert_eq!(got, want);
     assert_eq!(sim.nodes[0].bytes(0, 16), data);
+}
+
+#[test]
+fn requests_acknowledged_by_a_failing_read_response_complete_before_it() {
+    const MEM: usize = 1 << 16;
+    let sim = Sim::new(3, MTU, MEM, clean());
+    assert_eq!(post(&sim, 1, write(&sim), 16), 1);
+    let read = SendOp::Read {
+        remote_addr: sim.nodes[1].mem.addr() as u64,
+        rkey: sim.nodes[1].key,
+    };
+    // The READ's destination runs past the end of the local region.
+    assert_eq!(post_at(&sim, 2, read, MEM - 8, 16), 1);
+    let write_psn = first_psn(&sim, 0);
+    // The WRITE's ACK is lost; the READ's response acknowledges it, then
+    // cannot be scattered: the WRITE completes, then the READ fails.
+    let only = Opcode::RC_RDMA_READ_RESPONSE_ONLY;
+    answer(&sim, only, psn_add(write_psn, 1), ACK, &[7u8; 16]);
+    let got: Vec<(u64, WcStatus)> = sim.nodes[0]
+        .completions()
+        .iter()
+        .map(|w| (w.wr_id, w.status))
+        .collect();
+    assert_eq!(
+        got,
+        [(1, WcStatus::Success), (2, WcStatus::LocalProtectionError)]
+    );
 }

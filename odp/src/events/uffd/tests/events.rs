@@ -426,9 +426,9 @@ fn dev_userfaultfd_path_works_when_accessible() {
             let api = api_handshake(&fd, REQUIRED_FEATURES).expect("handshake");
             eprintln!(
                 "/dev/userfaultfd works: features {:?}",
-                Features(api.features)
+                Features::from_bits_retain(api.features)
             );
-            assert!(Features(api.features).contains(REQUIRED_FEATURES));
+            assert!(Features::from_bits_retain(api.features).contains(REQUIRED_FEATURES));
         }
         Err(e) => {
             eprintln!("/dev/userfaultfd not usable as uid {}: {e}", uid());
@@ -440,7 +440,7 @@ fn dev_userfaultfd_path_works_when_accessible() {
 #[test]
 fn event_fork_needs_cap_sys_ptrace() {
     let (fd, _) = create_fd().unwrap();
-    let r = api_handshake(&fd, REQUIRED_FEATURES | UFFD_FEATURE_EVENT_FORK);
+    let r = api_handshake(&fd, REQUIRED_FEATURES | Features::EVENT_FORK);
     eprintln!(
         "requesting EVENT_FORK as uid {}: {:?}",
         uid(),

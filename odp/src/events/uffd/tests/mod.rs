@@ -367,11 +367,8 @@ fn handshake_reports_features() {
         u.api_ioctls()
     );
     assert!(u.granted_features().contains(REQUIRED_FEATURES));
-    assert!(
-        u.granted_features()
-            .contains(UFFD_FEATURE_PAGEFAULT_FLAG_WP)
-    );
-    assert!(!u.granted_features().contains(UFFD_FEATURE_EVENT_FORK));
+    assert!(u.granted_features().contains(Features::PAGEFAULT_FLAG_WP));
+    assert!(!u.granted_features().contains(Features::EVENT_FORK));
     assert_eq!(u.open_method(), OpenMethod::SyscallUserModeOnly);
     assert!(u.user_mode_only());
     let bits = 1u64 << _UFFDIO_REGISTER | 1 << _UFFDIO_UNREGISTER | 1 << _UFFDIO_API;

@@ -9,10 +9,7 @@ use crate::wire::golden;
 use crate::wire::{IpHeader, icrc_of_udp_payload};
 
 fn ipv4_id(ip: &IpHeader<'_>) -> Option<u16> {
-    match ip {
-        IpHeader::V4(h) => Some(u16::from_be_bytes([h[4], h[5]])),
-        IpHeader::V6(_) => None,
-    }
+    ip.ipv4_id()
 }
 
 /// BTH byte 4 (FECN, BECN, reserved) is masked by the ICRC by design:
