@@ -63,7 +63,7 @@ impl InlineRing {
         let addr = memory.base as usize;
         // SAFETY: the memory is ours, only reached through its pointer by
         // this ring, and freed after the region.
-        let mr = unsafe { pd.reg_mr(addr, len, AccessFlags(0)) }
+        let mr = unsafe { pd.reg_mr(addr, len, AccessFlags::empty()) }
             // SAFETY: as above; ODP when pinning is refused (memlock limit).
             .or_else(|_| unsafe { pd.reg_mr(addr, len, AccessFlags::ON_DEMAND) })
             .map_err(|e| crate::errno::errno_of(&e))?;

@@ -84,7 +84,7 @@ fn access_of(access: c_uint) -> Result<AccessFlags, i32> {
         | ibv_access_flags_IBV_ACCESS_REMOTE_READ
         | ibv_access_flags_IBV_ACCESS_REMOTE_ATOMIC
         | ibv_access_flags_IBV_ACCESS_ON_DEMAND;
-    Ok(AccessFlags(access & known))
+    Ok(AccessFlags::from_bits_truncate(access & known))
 }
 
 /// Registers `[addr, addr + length)`; `SIZE_MAX` at NULL with

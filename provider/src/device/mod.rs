@@ -15,6 +15,8 @@ use std::time::Instant;
 mod keys;
 mod progress;
 
+pub(crate) use progress::Claim;
+
 use keys::KeyTable;
 
 use crate::net::{
@@ -503,8 +505,8 @@ impl Device {
     /// unless another thread is receiving; returns the datagrams handled.
     /// While application threads call this, the progress thread leaves
     /// receiving to them (see [`progress`]).
-    pub(crate) fn progress(&self) -> usize {
-        self.shared.progress()
+    pub(crate) fn progress(&self, claim: progress::Claim) -> usize {
+        self.shared.progress(claim)
     }
 
     /// Marks the calling thread as driving progress until the guard drops

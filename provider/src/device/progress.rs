@@ -14,8 +14,9 @@
 //! outboxes and the READ replies in progress, so packets are handled in the
 //! order the socket gave them, and replies interleave with them in order,
 //! whoever receives. While application threads drive progress (one spins
-//! in a completion-queue wait, or one called `progress` in the last
-//! [`MANUAL_GRACE`]), the progress thread neither waits on the socket,
+//! in a completion-queue wait, or one called `Context::progress` in the
+//! last [`MANUAL_GRACE`]; a single completion-queue poll does not count,
+//! as its thread may go on to wait on another device), the progress thread neither waits on the socket,
 //! whose every datagram would wake it, nor takes the receive lock (a
 //! holder preempted by spinning threads would stall them for a scheduler
 //! tick): it only runs timers. The last spinning thread to leave wakes it,
@@ -137,6 +138,8 @@ impl Shared {
                 self.flush_deferred_acks();
                 continue;
             }
+            // Application threads stopped: what they held back goes now.
+            self.flush_deferred_acks();
             let wait = if self.replies_pending.load(Relaxed) {
                 Duration::ZERO
             } else {
@@ -253,16 +256,39 @@ impl Shared {
     }
 
     /// Receives in the calling application thread, unless another thread
-    /// is receiving; returns the datagrams handled.
-    pub(super) fn progress(&self) -> usize {
-        self.manual.last_call.store(self.since_open(), Relaxed);
+    /// is receiving; returns the datagrams handled. With `Claim::Socket`
+    /// the progress thread leaves the socket to application threads for
+    /// the next [`MANUAL_GRACE`].
+    pub(super) fn progress(&self, claim: Claim) -> usize {
+        if claim == Claim::Socket {
+            self.manual.last_call.store(self.since_open(), Relaxed);
+        }
         let mut rx = match self.rx.try_lock() {
             Ok(rx) => rx,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
             Err(TryLockError::WouldBlock) => return 0,
         };
-        self.receive(&mut rx, Acks::HoldBack).unwrap_or(0)
+        // Acknowledgements are held back only while application threads
+        // drive progress: they (or the progress thread when they stop,
+        // see `run`) send them soon.
+        let acks = if self.driven() {
+            Acks::HoldBack
+        } else {
+            Acks::Send
+        };
+        self.receive(&mut rx, acks).unwrap_or(0)
     }
+}
+
+/// Whether an application thread's receive keeps the progress thread off
+/// the socket for a while.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// Yes: the caller polls in a loop ([`crate::Context::progress`]).
+    Socket,
+    /// No: a single look (a completion-queue poll, which may come from a
+    /// thread that then waits on another device).
+    Once,
 }
 
 /// What a receiving thread does with the acknowledgements it produced.

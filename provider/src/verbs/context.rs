@@ -293,10 +293,12 @@ impl Context {
     /// of datagrams handled. For applications that wait by polling memory
     /// (a perftest `write_lat` loop): calling this in the loop saves the
     /// hand-over to the device's progress thread and back, and while it is
-    /// called the progress thread leaves receiving to the caller.
-    /// Completion-queue polls that find nothing do the same by themselves.
+    /// called (up to 200 µs after each call) the progress thread leaves
+    /// receiving to the caller: call it in a loop, or not at all.
+    /// Completion-queue polls that find nothing receive by themselves
+    /// (without keeping the progress thread off the socket).
     pub fn progress(&self) -> usize {
-        self.dev.progress()
+        self.dev.progress(crate::device::Claim::Socket)
     }
 
     /// Packet counters of the device.
