@@ -506,6 +506,9 @@ impl Device {
     /// While application threads call this, the progress thread leaves
     /// receiving to them (see [`progress`]).
     pub(crate) fn progress(&self, claim: progress::Claim) -> usize {
+        if claim == progress::Claim::Socket {
+            progress::claimed_by_this_thread(&self.shared);
+        }
         self.shared.progress(claim)
     }
 

@@ -25,7 +25,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, MutexGuard, PoisonError, TryLockError};
+use std::sync::{Arc, MutexGuard, PoisonError, TryLockError, Weak};
 use std::time::{Duration, Instant};
 
 use super::{BATCH, SLOT_BYTES, Shared};
@@ -91,16 +91,56 @@ pub(crate) struct Driving<'a> {
 }
 
 impl<'a> Driving<'a> {
-    pub(super) fn new(shared: &'a Shared) -> Self {
+    pub(super) fn new(shared: &'a Arc<Shared>) -> Self {
+        claimed_by_this_thread(shared);
         shared.manual.spinning.fetch_add(1, Relaxed);
         Self { shared }
     }
 }
 
+thread_local! {
+    /// The device this thread last drove progress for.
+    static CLAIMED: std::cell::RefCell<Weak<Shared>> = const { std::cell::RefCell::new(Weak::new()) };
+}
+
+/// Records that this thread drives `shared`'s progress now. A thread
+/// drives one device at a time: if it claimed another one before, that
+/// claim ends here and the other device's progress thread takes over at
+/// once (a thread that waits on one end of a connection and then on the
+/// other must not leave the first without a receiver).
+pub(super) fn claimed_by_this_thread(shared: &Arc<Shared>) {
+    CLAIMED.with_borrow_mut(|claimed| {
+        if claimed.as_ptr() == Arc::as_ptr(shared) {
+            return;
+        }
+        if let Some(previous) = claimed.upgrade() {
+            previous.manual.last_call.store(0, Relaxed);
+            if let Some(thread) = previous.progress_thread.get() {
+                thread.unpark();
+            }
+        }
+        *claimed = Arc::downgrade(shared);
+    });
+}
+
+impl Driving<'_> {
+    /// Ends a spin that found what it waited for: its thread goes on
+    /// working and will most likely wait again soon, so the socket stays
+    /// claimed for [`MANUAL_GRACE`] (as after a [`crate::Context::progress`]
+    /// call) instead of being handed back to the progress thread at once.
+    pub(crate) fn found(self) {
+        self.shared
+            .manual
+            .last_call
+            .store(self.shared.since_open(), Relaxed);
+    }
+}
+
 impl Drop for Driving<'_> {
     fn drop(&mut self) {
-        if self.shared.manual.spinning.fetch_sub(1, Relaxed) == 1 {
-            // The last one: the progress thread receives again.
+        if self.shared.manual.spinning.fetch_sub(1, Relaxed) == 1 && !self.shared.driven() {
+            // The last one, going to sleep: the progress thread receives
+            // again, now.
             if let Some(thread) = self.shared.progress_thread.get() {
                 thread.unpark();
             }
@@ -268,10 +308,12 @@ impl Shared {
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
             Err(TryLockError::WouldBlock) => return 0,
         };
-        // Acknowledgements are held back only while application threads
-        // drive progress: they (or the progress thread when they stop,
-        // see `run`) send them soon.
-        let acks = if self.driven() {
+        // Acknowledgements are held back only for a thread that polls
+        // this device in a loop (the ping-pong of `write_lat`, which posts
+        // its answer next): it, or the progress thread when its claim
+        // ends (see `run`), sends them soon. A completion-queue wait may
+        // go on to wait on another device that needs them.
+        let acks = if claim == Claim::Socket {
             Acks::HoldBack
         } else {
             Acks::Send
@@ -297,8 +339,9 @@ enum Acks {
     /// Send them with the batch's other answers (the progress thread).
     Send,
     /// When they are the only answers, hold them back (an application
-    /// thread, which would otherwise pay a system call on its critical
-    /// path, after the data it waits for has landed): they leave with the
+    /// thread polling in a loop with [`crate::Context::progress`], which
+    /// would otherwise pay a system call on its critical path, after the
+    /// data it waits for has landed): they leave with the
     /// next packets the device sends (a request the application posts, in
     /// the same system call), at the next receive (a poll that finds
     /// nothing sends them), or when the progress thread next wakes (within

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -91,46 +91,6 @@ impl Default for WorkCompletion {
 /// How long [`CompletionQueue::poll_wait`] spins at most before it sleeps.
 const POLL_SPIN: Duration = Duration::from_micros(50);
 
-/// How long the next wait spins, learnt from the last ones: a spin that
-/// found its completion keeps the full spin; one that did not halves it,
-/// down to none (completions that take long, such as megabyte READs, then
-/// cost no spinning thread beside the device's); with none, every 16th
-/// wait spins in full again to notice when completions come quickly again.
-struct SpinPolicy {
-    /// The next spin in microseconds; `POLL_SPIN` to start with.
-    next_us: AtomicU32,
-    /// Waits since the spin fell to none.
-    skipped: AtomicU32,
-}
-
-impl SpinPolicy {
-    fn new() -> Self {
-        Self {
-            next_us: AtomicU32::new(POLL_SPIN.as_micros() as u32),
-            skipped: AtomicU32::new(0),
-        }
-    }
-
-    /// How long this wait spins.
-    fn limit(&self) -> Duration {
-        match self.next_us.load(Ordering::Relaxed) {
-            0 if self.skipped.fetch_add(1, Ordering::Relaxed) % 16 == 15 => POLL_SPIN,
-            us => Duration::from_micros(u64::from(us)),
-        }
-    }
-
-    /// Learns from a spin: whether it found a completion.
-    fn learn(&self, found: bool) {
-        let full = POLL_SPIN.as_micros() as u32;
-        let next = if found {
-            full
-        } else {
-            self.next_us.load(Ordering::Relaxed).min(full) / 2
-        };
-        self.next_us.store(next, Ordering::Relaxed);
-    }
-}
-
 /// The shared state of a completion queue.
 pub(crate) struct CqInner {
     entries: Mutex<VecDeque<WorkCompletion>>,
@@ -147,8 +107,6 @@ pub(crate) struct CqInner {
     /// once someone asked for it ([`CompletionQueue::event_fd`]).
     event_fd: OwnedFd,
     events_wanted: AtomicBool,
-    /// How long `poll_wait` spins.
-    spin: SpinPolicy,
     /// Set by `request_notify`: the next completion signals `event_fd`
     /// even if the queue is not empty.
     notify_next: AtomicBool,
@@ -223,7 +181,6 @@ impl CompletionQueue {
                 // SAFETY: `fd` is a fresh descriptor nobody else owns.
                 event_fd: unsafe { OwnedFd::from_raw_fd(fd) },
                 events_wanted: AtomicBool::new(false),
-                spin: SpinPolicy::new(),
             }),
             dev,
         })
@@ -256,16 +213,11 @@ impl CompletionQueue {
     }
 
     /// Like [`Self::poll`], but waits up to `timeout` for the first
-    /// completion: spinning first (receiving for the device, yielding the
-    /// CPU between looks; up to 50 µs, less while recent spins found
-    /// nothing), then asleep.
+    /// completion: spinning for the first 50 µs (receiving for the device,
+    /// yielding the CPU between looks), then asleep.
     pub fn poll_wait(&self, out: &mut [WorkCompletion], timeout: Duration) -> usize {
         let deadline = Instant::now() + timeout;
-        let spin = self.inner.spin.limit().min(timeout);
-        if !spin.is_zero() {
-            let found = self.spin_until_nonempty(spin);
-            self.inner.spin.learn(found);
-        }
+        self.spin_until_nonempty(POLL_SPIN.min(timeout));
         let mut entries = self
             .inner
             .entries
@@ -297,19 +249,18 @@ impl CompletionQueue {
     /// until a completion is queued (yielding the CPU when nothing came
     /// in): a completion that comes within the spin costs no hand-over
     /// between threads, no sleep and no wake-up.
-    fn spin_until_nonempty(&self, limit: Duration) -> bool {
-        let _driving = self.dev.as_ref().map(|d| d.driving_progress());
+    fn spin_until_nonempty(&self, limit: Duration) {
+        let driving = self.dev.as_ref().map(|d| d.driving_progress());
         let start = Instant::now();
-        loop {
-            if self.inner.len.load(Ordering::Acquire) > 0 {
-                return true;
-            }
-            if start.elapsed() >= limit {
-                return false;
-            }
+        while self.inner.len.load(Ordering::Acquire) == 0 && start.elapsed() < limit {
             if self.progress() == 0 {
                 std::thread::yield_now();
             }
+        }
+        if let Some(d) = driving
+            && self.inner.len.load(Ordering::Acquire) > 0
+        {
+            d.found();
         }
     }
 
