@@ -89,7 +89,7 @@ impl Default for WorkCompletion {
 }
 
 /// How long [`CompletionQueue::poll_wait`] spins at most before it sleeps.
-const POLL_SPIN: Duration = Duration::from_micros(50);
+const POLL_SPIN: Duration = Duration::from_micros(20);
 
 /// The shared state of a completion queue.
 pub(crate) struct CqInner {
@@ -213,7 +213,7 @@ impl CompletionQueue {
     }
 
     /// Like [`Self::poll`], but waits up to `timeout` for the first
-    /// completion: spinning for the first 50 µs (receiving for the device,
+    /// completion: spinning for the first 20 µs (receiving for the device,
     /// yielding the CPU between looks), then asleep.
     pub fn poll_wait(&self, out: &mut [WorkCompletion], timeout: Duration) -> usize {
         let deadline = Instant::now() + timeout;
