@@ -46,7 +46,8 @@ if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" rdma-core ibverbs-providers
 fi
 
-nice -n 10 cargo build --release -q -p examples -p integration-tests --bins
+nice -n 10 cargo build --release -q -p examples -p integration-tests -p srxe-ibverbs --bins
+nice -n 10 cargo build --release -q -p srxe-ibverbs --lib
 read -r kernel initrd version < <(bash tests/lab/build-guest.sh "$cache" "$suite" "$perftest" | tail -n1)
 [ -s "$kernel" ] && [ -s "$initrd" ] || { echo "lab.sh: guest build failed" >&2; exit 2; }
 case $suite in bookworm) runner_args+=(--no-kernel-odp) ;; esac

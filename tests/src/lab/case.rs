@@ -201,6 +201,21 @@ fn run_sides(
     ours.push(port.to_string());
     ours.extend(case.common.iter().cloned());
     ours.extend(case.ours.iter().cloned());
+    if case.kind == Kind::Verbs {
+        // Debian's perftest on the host too, over libibverbs.so.1.
+        ours = [
+            format!("ib_{}", case.tool),
+            "-d".into(),
+            format!("srxe-{BRIDGE}"),
+            "-x".into(),
+            gid.into(),
+            "-p".into(),
+            port.to_string(),
+        ]
+        .into();
+        ours.extend(case.common.iter().cloned());
+        ours.extend(case.ours.iter().cloned());
+    }
     if case.kind == Kind::DataCheck {
         let mut guest_words = vec!["rc_check".to_string(), "-p".into(), port.to_string()];
         guest_words.extend(["-x".to_string(), gid.to_string()]);
@@ -228,13 +243,10 @@ fn run_sides(
                 // perftest listens once it has opened the device; ours
                 // retries its connection for a few seconds.
                 std::thread::sleep(Duration::from_millis(1500));
-                let tool = match case.kind {
-                    Kind::Perftest => {
-                        ours.push(GUEST_V4.into());
-                        case.tool
-                    }
-                    Kind::DataCheck => "lab-datacheck",
-                };
+                if case.kind != Kind::DataCheck {
+                    ours.push(GUEST_V4.into());
+                }
+                let tool = host_program(case);
                 let mine = run_host(setup, tool, &ours, &out_file, limit);
                 (g.join(), mine)
             });
@@ -244,12 +256,21 @@ fn run_sides(
             Ok((theirs, remote.1?))
         }
         Direction::HostServes => {
-            let mut child = spawn_host(setup, case.tool, &ours, &out_file)?;
+            let mut child = spawn_host(setup, host_program(case), &ours, &out_file)?;
             wait_listening(port as u16, Duration::from_secs(10));
             let theirs = guest.exec(&guest_cmd(Some(HOST_V4)), limit + Duration::from_secs(10));
             let mine = finish_host(&mut child, &out_file, limit);
             Ok((theirs?, mine?))
         }
+    }
+}
+
+/// The host side's program, in the folder of the project's binaries.
+fn host_program(case: &Case) -> &'static str {
+    match case.kind {
+        Kind::Perftest => case.tool,
+        Kind::DataCheck => "lab-datacheck",
+        Kind::Verbs => "srxe-verbs",
     }
 }
 

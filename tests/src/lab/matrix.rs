@@ -29,6 +29,9 @@ pub enum Kind {
     /// `rc_check` in the guest, `lab-datacheck` on the host: every byte of
     /// WRITEs and READs both ways compared.
     DataCheck,
+    /// Debian's perftest on both sides, on the host over the project's
+    /// `libibverbs.so.1` (provider/ibverbs, through `srxe-verbs`).
+    Verbs,
 }
 
 /// One interop run.
@@ -93,8 +96,19 @@ impl Case {
         c.labelled()
     }
 
+    /// Debian's perftest `tool` on the host over the project's
+    /// `libibverbs.so.1`, against perftest on kernel rxe.
+    fn verbs(tool: &'static str, direction: Direction, common: &str) -> Case {
+        let mut c = Case::new(tool, direction, common);
+        c.kind = Kind::Verbs;
+        c.labelled()
+    }
+
     fn labelled(mut self) -> Case {
         let mut parts = vec![self.tool.to_string()];
+        if self.kind == Kind::Verbs {
+            parts.insert(0, "libibverbs:".into());
+        }
         parts.extend(self.common.iter().cloned());
         if self.ipv6 {
             parts.push("IPv6".into());
@@ -156,7 +170,9 @@ const TOOLS: [(&str, &str); 8] = [
 const BOTH: [Direction; 2] = [Direction::GuestServes, Direction::HostServes];
 
 /// Every tool once in each direction, IPv4 (compare-and-swap included),
-/// and the data check with pinned memory on both sides.
+/// and the data check with pinned memory on both sides; then perftest over
+/// the project's `libibverbs.so.1`: the bandwidth tools (fetch-and-add for
+/// atomics) in each direction, the latency tools once.
 pub fn subset() -> Vec<Case> {
     let mut cases = vec![Case::datacheck(false, false, false)];
     for (tool, common) in TOOLS {
@@ -164,6 +180,31 @@ pub fn subset() -> Vec<Case> {
             cases.push(Case::new(tool, d, common));
         }
     }
+    for (i, (tool, common)) in TOOLS.into_iter().enumerate() {
+        match tool {
+            "write_lat" | "read_lat" | "send_lat" => {
+                cases.push(Case::verbs(tool, BOTH[i % 2], common));
+            }
+            _ if common.contains("CMP_AND_SWAP") => {}
+            _ => cases.extend(BOTH.map(|d| Case::verbs(tool, d, common))),
+        }
+    }
+    cases
+}
+
+/// perftest over the project's `libibverbs.so.1` beyond the subset: every
+/// tool both ways, `--odp` on the host.
+fn verbs_full() -> Vec<Case> {
+    let mut cases = Vec::new();
+    for d in BOTH {
+        for (tool, common) in TOOLS {
+            cases.push(Case::verbs(tool, d, common));
+        }
+        for tool in ["write_bw", "read_bw", "send_bw"] {
+            cases.push(Case::verbs(tool, d, "-s 65536 -n 200").ours("--odp"));
+        }
+    }
+    cases.retain(|c| !subset().contains(c));
     cases
 }
 
@@ -173,6 +214,7 @@ pub fn subset() -> Vec<Case> {
 /// on our side and with one on the kernel's.
 pub fn full() -> Vec<Case> {
     let mut cases = subset();
+    cases.extend(verbs_full());
     cases.push(Case::datacheck(true, false, false));
     cases.push(Case::datacheck(false, true, false));
     cases.push(Case::datacheck(false, false, true));
@@ -229,6 +271,12 @@ mod tests {
             for d in BOTH {
                 assert!(s.iter().any(|c| c.tool == tool && c.direction == d));
             }
+        }
+        for d in BOTH {
+            assert!(
+                s.iter()
+                    .any(|c| c.kind == Kind::Verbs && c.tool == "write_bw" && c.direction == d)
+            );
         }
         let f = full();
         assert!(f.len() > s.len());
