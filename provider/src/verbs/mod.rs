@@ -126,3 +126,41 @@ impl From<EngineError> for VerbsError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_errors_keep_their_verbs_meaning_and_message() {
+        let cases = [
+            (
+                EngineError::BadState {
+                    state: QpState::Init,
+                    what: "post send requests",
+                },
+                "queue pair in state Init cannot post send requests",
+            ),
+            (EngineError::QueueFull("receive"), "receive queue full"),
+            (
+                EngineError::InvalidArgument("SGE list length"),
+                "invalid argument: SGE list length",
+            ),
+        ];
+        for (engine, message) in cases {
+            assert_eq!(engine.to_string(), message);
+            let verbs = VerbsError::from(engine);
+            assert_eq!(verbs.to_string(), message);
+            let same_kind = matches!(
+                (engine, &verbs),
+                (EngineError::BadState { .. }, VerbsError::BadState { .. })
+                    | (EngineError::QueueFull(_), VerbsError::QueueFull(_))
+                    | (
+                        EngineError::InvalidArgument(_),
+                        VerbsError::InvalidArgument(_)
+                    )
+            );
+            assert!(same_kind, "{engine:?} became {verbs:?}");
+        }
+    }
+}
