@@ -13,6 +13,26 @@
 //! - [`net`]: the UDP transport (batched sends and receives, GSO/GRO, the
 //!   ICRC), and seeded fault injection for tests.
 //!
+//! # Layers
+//! Each module uses only the ones below it, so there is no cycle:
+//!
+//! 1. `wire` (packet formats) and `net` (the UDP transport);
+//! 2. `rc`, the RC engine: it owns its request types ([`SendWr`],
+//!    [`RecvWr`], [`Sge`], [`SendOp`]), its completion types
+//!    ([`WorkCompletion`], [`WcStatus`], [`WcOpcode`]) and a completion
+//!    sink trait, a region-access trait (lookup by key, range and rights
+//!    checks, reads, writes and atomics) and its own errors; it knows
+//!    neither sockets nor the verbs API;
+//! 3. `device`: the socket, the progress thread, the queue-pair table and
+//!    the key table, which holds regions only as the engine's region trait;
+//! 4. [`verbs`]: the public API. It re-exports the engine's data types
+//!    under their verbs names, implements the completion sink with its
+//!    completion queue and the region trait with its memory regions, and
+//!    maps the engine's errors to [`VerbsError`].
+//!
+//! `provider/tests/layering.rs` checks the source for paths that reach
+//! up a layer.
+//!
 //! # Example
 //! Two devices on the loopback address, an RDMA WRITE into memory that is
 //! registered without pinning:

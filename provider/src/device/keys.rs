@@ -9,13 +9,13 @@ use std::sync::Arc;
 const INDEX_LIMIT: u32 = 1 << 24;
 
 /// Registered regions by key index.
-pub(crate) struct KeyTable<T> {
+pub(crate) struct KeyTable<T: ?Sized> {
     by_index: HashMap<u32, Arc<T>>,
     next_index: u32,
     last_low: u8,
 }
 
-impl<T> Default for KeyTable<T> {
+impl<T: ?Sized> Default for KeyTable<T> {
     fn default() -> Self {
         KeyTable {
             by_index: HashMap::new(),
@@ -25,12 +25,12 @@ impl<T> Default for KeyTable<T> {
     }
 }
 
-impl<T> KeyTable<T> {
+impl<T: ?Sized> KeyTable<T> {
     /// Registers the value `make` builds from its new key, and returns it.
     /// The index is the next one not in use (cyclically); the low byte is
     /// random and differs from the previous key's, as rxe's
     /// `rxe_get_next_key` does. `None` when all 2^24 - 1 indices are taken.
-    pub(crate) fn insert(&mut self, make: impl FnOnce(u32) -> T) -> Option<Arc<T>> {
+    pub(crate) fn insert(&mut self, make: impl FnOnce(u32) -> Arc<T>) -> Option<Arc<T>> {
         let index = self.free_index()?;
         let low = loop {
             let low: u8 = rand::random();
@@ -39,7 +39,7 @@ impl<T> KeyTable<T> {
             }
         };
         self.last_low = low;
-        let value = Arc::new(make(index << 8 | u32::from(low)));
+        let value = make(index << 8 | u32::from(low));
         self.by_index.insert(index, Arc::clone(&value));
         Some(value)
     }
@@ -89,7 +89,7 @@ mod tests {
         let mut lows = Vec::new();
         let mut previous = None;
         for _ in 0..64 {
-            let key = *table.insert(|k| k).unwrap();
+            let key = *table.insert(Arc::new).unwrap();
             assert_ne!(Some(key & 0xff), previous, "a new low byte every time");
             assert!(table.get(key, key_of).is_some());
             assert!(table.get(key ^ 1, key_of).is_none(), "the low byte counts");
@@ -106,12 +106,12 @@ mod tests {
     #[test]
     fn indices_in_use_are_skipped_when_the_counter_wraps() {
         let mut table = KeyTable::<u32>::default();
-        let a = *table.insert(|k| k).unwrap();
-        let b = *table.insert(|k| k).unwrap();
+        let a = *table.insert(Arc::new).unwrap();
+        let b = *table.insert(Arc::new).unwrap();
         assert_eq!((a >> 8, b >> 8), (1, 2));
         table.next_index = INDEX_LIMIT - 1;
-        let c = *table.insert(|k| k).unwrap();
-        let d = *table.insert(|k| k).unwrap();
+        let c = *table.insert(Arc::new).unwrap();
+        let d = *table.insert(Arc::new).unwrap();
         assert_eq!((c >> 8, d >> 8), (INDEX_LIMIT - 1, 3), "0, 1 and 2 skipped");
     }
 }

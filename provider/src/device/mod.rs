@@ -13,8 +13,11 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 mod keys;
+mod odp_events;
 mod progress;
 
+pub(crate) use odp_events::before_odp_registration;
+pub use odp_events::{ODP_EVENTS_ENV, OdpEventSources, OdpEvents, UnknownOdpEvents};
 pub(crate) use progress::Claim;
 
 use keys::KeyTable;
@@ -23,8 +26,7 @@ use crate::net::{
     IcrcVerdict, Ipv4IdPolicy, Lossy, LossySocket, LossyStats, OutPacket, RoceSocket, SocketConfig,
     Transport,
 };
-use crate::rc::{Outbox, QpCore, Regions, RxDrop};
-use crate::verbs::{MrInner, OdpEvents};
+use crate::rc::{Outbox, QpCore, Region, Regions, RxDrop};
 use crate::wire::{Opcode, PacketRepr};
 
 /// Datagrams received per system call, and packets handed to the socket per
@@ -132,7 +134,7 @@ struct Shared {
     /// Outboxes for the application's threads to reuse, keeping their
     /// arenas' capacity.
     outboxes: Mutex<Vec<Outbox>>,
-    mrs: RwLock<KeyTable<MrInner>>,
+    mrs: RwLock<KeyTable<dyn Region>>,
     qps: RwLock<HashMap<u32, Arc<QpCore>>>,
     stop: AtomicBool,
     counters: Counters,
@@ -154,11 +156,11 @@ struct Shared {
 }
 
 impl Regions for Shared {
-    fn lookup_mr(&self, key: u32) -> Option<Arc<MrInner>> {
+    fn lookup_mr(&self, key: u32) -> Option<Arc<dyn Region>> {
         self.mrs
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(key, |mr| mr.key)
+            .get(key, |mr| mr.key())
             .cloned()
     }
 }
@@ -446,13 +448,23 @@ impl Device {
     }
 
     /// Registers the region `make` builds from its new key (see
-    /// [`KeyTable::insert`]); `None` when the key space is exhausted.
-    pub(crate) fn register_mr(&self, make: impl FnOnce(u32) -> MrInner) -> Option<Arc<MrInner>> {
+    /// [`KeyTable::insert`]); `None` when the key space is exhausted. The
+    /// table holds it as a [`Region`]; the caller gets it back as built.
+    pub(crate) fn register_mr<R: Region + 'static>(
+        &self,
+        make: impl FnOnce(u32) -> R,
+    ) -> Option<Arc<R>> {
+        let mut made = None;
         self.shared
             .mrs
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(make)
+            .insert(|key| {
+                let region = Arc::new(make(key));
+                made = Some(Arc::clone(&region));
+                region as Arc<dyn Region>
+            })?;
+        made
     }
 
     pub(crate) fn deregister_mr(&self, key: u32) {
@@ -460,10 +472,10 @@ impl Device {
             .mrs
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(key, |mr| mr.key);
+            .remove(key, |mr| mr.key());
     }
 
-    pub(crate) fn lookup_mr(&self, key: u32) -> Option<Arc<MrInner>> {
+    pub(crate) fn lookup_mr(&self, key: u32) -> Option<Arc<dyn Region>> {
         self.shared.lookup_mr(key)
     }
 

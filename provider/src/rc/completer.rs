@@ -11,12 +11,11 @@
 //! The completer changes the send queue only through the requester's
 //! methods.
 
-use super::Regions;
 use super::psn::{psn_add, psn_diff};
 use super::qp::{QpCore, QpState};
 use super::requester::read_segment_end;
 use super::sge;
-use crate::verbs::{SendOp, WcStatus, WorkCompletion};
+use super::{Regions, SendOp, WcStatus, WorkCompletion};
 use crate::wire::{NakCode, Opcode, PacketRepr, Syndrome};
 
 /// The completer's next step for one response.

@@ -7,29 +7,36 @@
 //! sends them. All of a queue pair's state sits behind one mutex, which the
 //! application's thread (posting) and the device's progress thread
 //! (receiving, timers) both take.
+//!
+//! The engine owns its types: work requests ([`SendWr`], [`RecvWr`],
+//! [`Sge`]), completions ([`WorkCompletion`]) and the sink they go to
+//! ([`CompletionSink`]), memory access ([`Region`], [`Regions`]) and its
+//! errors ([`EngineError`], [`RegionError`]). It depends on neither the
+//! verbs API nor the device: both build on it.
 
 mod clock;
 mod completer;
+mod completion;
+mod error;
 mod outbox;
 mod psn;
 mod qp;
 mod read_reply;
+mod region;
 mod requester;
 mod responder;
 mod sge;
 #[cfg(test)]
 mod sim;
+mod work_request;
 
+pub(crate) use completion::CompletionSink;
+pub use completion::{WcOpcode, WcStatus, WorkCompletion};
+pub(crate) use error::EngineError;
+pub use error::QpState;
 pub(crate) use outbox::Outbox;
 pub(crate) use psn::PSN_MASK;
 pub(crate) use qp::{DEFAULT_PKEY, Peer, QpCore, QpStateKind, RxDrop};
-
-use std::sync::Arc;
-
-use crate::verbs::MrInner;
-
-/// What the engine needs from the device: memory regions by key.
-pub(crate) trait Regions {
-    /// The region with local/remote key `key`, if registered.
-    fn lookup_mr(&self, key: u32) -> Option<Arc<MrInner>>;
-}
+pub use region::AccessFlags;
+pub(crate) use region::{AtomicOp, Region, RegionError, Regions};
+pub use work_request::{RecvWr, SendOp, SendWr, Sge};

@@ -7,11 +7,11 @@ use std::time::Instant;
 
 use super::requester::Requester;
 use super::responder::Responder;
+use super::{CompletionSink, EngineError, WcOpcode, WcStatus, WorkCompletion};
 use super::{Outbox, Regions};
-use crate::verbs::{CqInner, VerbsError, WcOpcode, WcStatus, WorkCompletion};
 use crate::wire::{BthRepr, Opcode, PacketRepr};
 
-pub(crate) use crate::verbs::QpState as QpStateKind;
+pub(crate) use super::error::QpState as QpStateKind;
 
 /// The partition key of the default partition, full membership (the only
 /// entry of rxe's P_Key table).
@@ -87,8 +87,8 @@ pub(crate) struct QpState {
 pub(crate) struct QpCore {
     pub(crate) qpn: u32,
     pub(crate) pd: u32,
-    pub(crate) send_cq: Arc<CqInner>,
-    pub(crate) recv_cq: Arc<CqInner>,
+    pub(crate) send_cq: Arc<dyn CompletionSink>,
+    pub(crate) recv_cq: Arc<dyn CompletionSink>,
     pub(crate) max_send_wr: usize,
     pub(crate) max_recv_wr: usize,
     pub(crate) state: Mutex<QpState>,
@@ -103,8 +103,8 @@ impl QpCore {
     pub(crate) fn new(
         qpn: u32,
         pd: u32,
-        send_cq: Arc<CqInner>,
-        recv_cq: Arc<CqInner>,
+        send_cq: Arc<dyn CompletionSink>,
+        recv_cq: Arc<dyn CompletionSink>,
         max_send_wr: usize,
         max_recv_wr: usize,
     ) -> QpCore {
@@ -143,7 +143,7 @@ impl QpCore {
     }
 
     /// RESET -> INIT.
-    pub(crate) fn to_init(&self) -> Result<(), VerbsError> {
+    pub(crate) fn to_init(&self) -> Result<(), EngineError> {
         let mut st = self.lock();
         if st.kind != QpStateKind::Reset {
             return Err(bad_state(st.kind, "move to INIT"));
@@ -158,7 +158,7 @@ impl QpCore {
         peer: Peer,
         rq_psn: u32,
         min_rnr_timer: u8,
-    ) -> Result<(), VerbsError> {
+    ) -> Result<(), EngineError> {
         let mut st = self.lock();
         if st.kind != QpStateKind::Init {
             return Err(bad_state(st.kind, "move to RTR"));
@@ -180,7 +180,7 @@ impl QpCore {
         retry_cnt: u8,
         rnr_retry: u8,
         max_rd_atomic: u8,
-    ) -> Result<(), VerbsError> {
+    ) -> Result<(), EngineError> {
         let mut st = self.lock();
         if st.kind != QpStateKind::Rtr {
             return Err(bad_state(st.kind, "move to RTS"));
@@ -297,8 +297,8 @@ fn flushed(wr_id: u64, opcode: WcOpcode, qpn: u32) -> WorkCompletion {
     }
 }
 
-pub(crate) fn bad_state(state: QpStateKind, what: &'static str) -> VerbsError {
-    VerbsError::BadState { state, what }
+pub(crate) fn bad_state(state: QpStateKind, what: &'static str) -> EngineError {
+    EngineError::BadState { state, what }
 }
 
 /// A BTH for a packet to `peer`.

@@ -7,8 +7,7 @@
 use super::psn::psn_add;
 use super::qp::{Peer, QpCore, QpState, bth, headers};
 use super::responder::{INVALID, Refusal, Resource};
-use super::{Outbox, QpStateKind, Regions};
-use crate::verbs::{AccessFlags, MrAccessError, MrInner};
+use super::{AccessFlags, Outbox, QpStateKind, Region, RegionError, Regions};
 use crate::wire::{AethRepr, NakCode, Opcode, PacketRepr, Syndrome};
 
 /// READ response packets produced per call of [`QpCore::read_reply`]:
@@ -150,10 +149,10 @@ fn read_response(
     peer: &Peer,
     reply: &ReadReply,
     last: bool,
-    mr: Option<&MrInner>,
+    mr: Option<&dyn Region>,
     seg: usize,
     out: &mut Outbox,
-) -> Result<(), MrAccessError> {
+) -> Result<(), RegionError> {
     let opcode = match (reply.first, last) {
         (true, true) => Opcode::RC_RDMA_READ_RESPONSE_ONLY,
         (true, false) => Opcode::RC_RDMA_READ_RESPONSE_FIRST,

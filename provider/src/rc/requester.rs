@@ -20,7 +20,7 @@ use super::clock::Clock;
 use super::psn::{psn_add, psn_diff, retransmit_timeout};
 use super::qp::QpAttrs;
 use super::sge::Sges;
-use crate::verbs::{SendOp, WcOpcode, WcStatus};
+use super::{SendOp, WcOpcode, WcStatus};
 
 /// PSNs the requester may have outstanding (rxe's `RXE_MAX_UNACKED_PSNS`).
 const MAX_UNACKED_PSNS: i32 = 128;

@@ -28,9 +28,8 @@ use super::psn::{psn_add, psn_diff};
 use super::qp::{Peer, QpCore, QpState, bth, headers};
 use super::read_reply::{ReadReply, hold};
 use super::sge::{self, SgeError, Sges};
-use super::{Outbox, Regions};
-use crate::verbs::{
-    AccessFlags, AtomicOp, MrAccessError, MrInner, WcOpcode, WcStatus, WorkCompletion,
+use super::{
+    AccessFlags, AtomicOp, Outbox, Region, RegionError, Regions, WcOpcode, WcStatus, WorkCompletion,
 };
 use crate::wire::{AethRepr, AtomicAckEthRepr, NakCode, Opcode, PacketRepr, RethRepr, Syndrome};
 
@@ -139,11 +138,11 @@ pub(super) enum Refusal {
     Nak(NakCode),
 }
 
-impl From<MrAccessError> for Refusal {
-    fn from(e: MrAccessError) -> Self {
+impl From<RegionError> for Refusal {
+    fn from(e: RegionError) -> Self {
         match e {
-            MrAccessError::Misaligned => Refusal::Nak(NakCode::InvalidRequest),
-            MrAccessError::Protection | MrAccessError::Fault => {
+            RegionError::Misaligned => Refusal::Nak(NakCode::InvalidRequest),
+            RegionError::Protection | RegionError::Fault => {
                 Refusal::Nak(NakCode::RemoteAccessError)
             }
         }
@@ -447,7 +446,7 @@ impl QpCore {
         regions: &dyn Regions,
         reth: RethRepr,
         need: AccessFlags,
-    ) -> Result<std::sync::Arc<MrInner>, Refusal> {
+    ) -> Result<std::sync::Arc<dyn Region>, Refusal> {
         let mr = regions.lookup_mr(reth.rkey).ok_or(ACCESS)?;
         mr.check(self.pd, reth.va, u64::from(reth.len), need)?;
         Ok(mr)
@@ -519,16 +518,13 @@ impl QpCore {
     }
 
     /// Queues receive work requests.
-    pub(crate) fn post_recv(
-        &self,
-        wrs: &[crate::verbs::RecvWr<'_>],
-    ) -> Result<(), crate::verbs::VerbsError> {
+    pub(crate) fn post_recv(&self, wrs: &[super::RecvWr<'_>]) -> Result<(), super::EngineError> {
         let mut st = self.lock();
         if st.kind == super::QpStateKind::Reset {
             return Err(super::qp::bad_state(st.kind, "post receive requests"));
         }
         if st.resp.rq.len() + wrs.len() > self.max_recv_wr {
-            return Err(crate::verbs::VerbsError::QueueFull("receive"));
+            return Err(super::EngineError::QueueFull("receive"));
         }
         for wr in wrs {
             st.resp.rq.push_back(RecvWqe {

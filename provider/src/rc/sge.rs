@@ -1,7 +1,6 @@
 //! Gathering from and scattering to a work request's SGE list.
 
-use super::Regions;
-use crate::verbs::{AccessFlags, MrAccessError, Sge};
+use super::{AccessFlags, RegionError, Regions, Sge};
 
 /// A work request's SGE list, kept in the request: up to two entries
 /// inline (most work requests have one), so posting allocates nothing.
@@ -82,7 +81,7 @@ pub(crate) fn scatter(
         mr.check(pd, va, n as u64, AccessFlags::LOCAL_WRITE)
             .map_err(|_| SgeError::Protection)?;
         mr.write(va, &src[at..at + n]).map_err(|e| match e {
-            MrAccessError::Protection | MrAccessError::Fault | MrAccessError::Misaligned => {
+            RegionError::Protection | RegionError::Fault | RegionError::Misaligned => {
                 SgeError::Protection
             }
         })

@@ -7,18 +7,22 @@
 mod context;
 mod cq;
 mod mr;
-mod odp_events;
 mod qp;
-mod wr;
 
 pub use context::{Context, DeviceAttr, DeviceInfo, OdpCaps, PortAttr, devices};
-pub(crate) use cq::CqInner;
-pub use cq::{CompletionQueue, WcOpcode, WcStatus, WorkCompletion};
-pub use mr::{AccessFlags, MemoryRegion, ProtectionDomain};
-pub(crate) use mr::{AtomicOp, MrAccessError, MrInner};
-pub use odp_events::{ODP_EVENTS_ENV, OdpEventSources, OdpEvents, UnknownOdpEvents};
-pub use qp::{QpCaps, QpState, QueuePair, QueuePairBuilder, RemoteInfo, RtsAttr};
-pub use wr::{RecvWr, SendOp, SendWr, Sge};
+pub use cq::CompletionQueue;
+#[cfg(test)]
+pub(crate) use mr::MrInner;
+pub use mr::{MemoryRegion, ProtectionDomain};
+pub use qp::{QpCaps, QueuePair, QueuePairBuilder, RemoteInfo, RtsAttr};
+
+pub use crate::device::{ODP_EVENTS_ENV, OdpEventSources, OdpEvents, UnknownOdpEvents};
+use crate::rc::EngineError;
+// The engine's request, completion and access types, under their verbs
+// names.
+pub use crate::rc::{
+    AccessFlags, QpState, RecvWr, SendOp, SendWr, Sge, WcOpcode, WcStatus, WorkCompletion,
+};
 
 use std::net::{IpAddr, Ipv6Addr};
 
@@ -111,4 +115,52 @@ pub enum VerbsError {
     /// The device has no such GID index.
     #[error("no GID at index {0}")]
     NoSuchGid(usize),
+}
+
+impl From<EngineError> for VerbsError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::BadState { state, what } => VerbsError::BadState { state, what },
+            EngineError::QueueFull(queue) => VerbsError::QueueFull(queue),
+            EngineError::InvalidArgument(what) => VerbsError::InvalidArgument(what),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_errors_keep_their_verbs_meaning_and_message() {
+        let cases = [
+            (
+                EngineError::BadState {
+                    state: QpState::Init,
+                    what: "post send requests",
+                },
+                "queue pair in state Init cannot post send requests",
+            ),
+            (EngineError::QueueFull("receive"), "receive queue full"),
+            (
+                EngineError::InvalidArgument("SGE list length"),
+                "invalid argument: SGE list length",
+            ),
+        ];
+        for (engine, message) in cases {
+            assert_eq!(engine.to_string(), message);
+            let verbs = VerbsError::from(engine);
+            assert_eq!(verbs.to_string(), message);
+            let same_kind = matches!(
+                (engine, &verbs),
+                (EngineError::BadState { .. }, VerbsError::BadState { .. })
+                    | (EngineError::QueueFull(_), VerbsError::QueueFull(_))
+                    | (
+                        EngineError::InvalidArgument(_),
+                        VerbsError::InvalidArgument(_)
+                    )
+            );
+            assert!(same_kind, "{engine:?} became {verbs:?}");
+        }
+    }
 }

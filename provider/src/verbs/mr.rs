@@ -2,30 +2,12 @@
 
 use std::sync::Arc;
 
-pub(crate) use odp::AtomicOp;
 use odp::{AddressSpace, Advice, ImplicitUmem, OdpError, Umem, UmemOptions};
 
 use super::qp::QueuePairBuilder;
 use super::{CompletionQueue, Sge, VerbsError};
-use crate::device::Device;
-
-bitflags::bitflags! {
-    /// Access rights of a memory region (verbs' `IBV_ACCESS_*`, same bit
-    /// values).
-    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
-    pub struct AccessFlags: u32 {
-        /// The local device may write (receives, read results).
-        const LOCAL_WRITE = 1;
-        /// Peers may RDMA WRITE.
-        const REMOTE_WRITE = 2;
-        /// Peers may RDMA READ.
-        const REMOTE_READ = 4;
-        /// Peers may run atomics.
-        const REMOTE_ATOMIC = 8;
-        /// On-demand paging: nothing is pinned or faulted at registration.
-        const ON_DEMAND = 0x40;
-    }
-}
+use crate::device::{Device, before_odp_registration};
+use crate::rc::{AccessFlags, AtomicOp, Region, RegionError};
 
 /// The memory behind a region: a umem (ODP, or pinned: made present and
 /// locked at registration), or an implicit region of the whole address
@@ -81,24 +63,6 @@ pub(crate) struct MrInner {
     memory: MrMemory,
 }
 
-/// Why a device access to a region failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum MrAccessError {
-    /// Outside the region, wrong protection domain, or missing right.
-    Protection,
-    /// The memory is unmapped or protected (a fault the ODP layer
-    /// reported).
-    Fault,
-    /// A misaligned atomic.
-    Misaligned,
-}
-
-impl From<OdpError> for MrAccessError {
-    fn from(_: OdpError) -> Self {
-        MrAccessError::Fault
-    }
-}
-
 impl MrInner {
     /// A region with key `key` over `[addr, addr + len)`, registered as
     /// [`ProtectionDomain::reg_mr`] does but outside any device's key table
@@ -121,27 +85,35 @@ impl MrInner {
         })
     }
 
+    /// ODP counters of the region.
+    fn counters(&self) -> odp::OdpCounters {
+        match &self.memory {
+            MrMemory::Umem(u) => u.counters(),
+            MrMemory::Implicit(i) => i.counters(),
+        }
+    }
+}
+
+impl Region for MrInner {
+    fn key(&self) -> u32 {
+        self.key
+    }
+
     /// Checks that `[va, va + len)` lies in the region, that it belongs to
     /// `pd`, and that it grants `need`.
-    pub(crate) fn check(
-        &self,
-        pd: u32,
-        va: u64,
-        len: u64,
-        need: AccessFlags,
-    ) -> Result<(), MrAccessError> {
+    fn check(&self, pd: u32, va: u64, len: u64, need: AccessFlags) -> Result<(), RegionError> {
         let in_range = va >= self.addr
             && va
                 .checked_add(len)
                 .is_some_and(|end| end <= self.addr.saturating_add(self.len));
         if self.pd != pd || !in_range || !self.access.contains(need) {
-            return Err(MrAccessError::Protection);
+            return Err(RegionError::Protection);
         }
         Ok(())
     }
 
     /// Copies memory at `va` into `dst`.
-    pub(crate) fn read(&self, va: u64, dst: &mut [u8]) -> Result<(), MrAccessError> {
+    fn read(&self, va: u64, dst: &mut [u8]) -> Result<(), RegionError> {
         if dst.is_empty() {
             return Ok(());
         }
@@ -153,7 +125,7 @@ impl MrInner {
     }
 
     /// Copies `src` into memory at `va`.
-    pub(crate) fn write(&self, va: u64, src: &[u8]) -> Result<(), MrAccessError> {
+    fn write(&self, va: u64, src: &[u8]) -> Result<(), RegionError> {
         if src.is_empty() {
             return Ok(());
         }
@@ -166,11 +138,11 @@ impl MrInner {
 
     /// Runs `op` atomically on the 8 bytes at `va`; returns the old value.
     /// Memory that vanished without an invalidation gives
-    /// [`MrAccessError::Fault`], never a crash (the ODP layer's atomics
+    /// [`RegionError::Fault`], never a crash (the ODP layer's atomics
     /// recover from the fault as its copies do).
-    pub(crate) fn atomic(&self, va: u64, op: AtomicOp) -> Result<u64, MrAccessError> {
+    fn atomic(&self, va: u64, op: AtomicOp) -> Result<u64, RegionError> {
         if !va.is_multiple_of(8) {
-            return Err(MrAccessError::Misaligned);
+            return Err(RegionError::Misaligned);
         }
         // Values travel big-endian on the wire but are stored in host order
         // in memory, as rxe stores them.
@@ -185,14 +157,6 @@ impl MrInner {
         match &self.memory {
             MrMemory::Umem(u) => u.advise(va as usize, len as usize, advice),
             MrMemory::Implicit(i) => i.advise(va as usize, len as usize, advice),
-        }
-    }
-
-    /// ODP counters of the region.
-    fn counters(&self) -> odp::OdpCounters {
-        match &self.memory {
-            MrMemory::Umem(u) => u.counters(),
-            MrMemory::Implicit(i) => i.counters(),
         }
     }
 }
@@ -242,7 +206,7 @@ impl ProtectionDomain {
             return Err(VerbsError::InvalidArgument("zero-length memory region"));
         }
         if access.contains(AccessFlags::ON_DEMAND) {
-            super::odp_events::before_odp_registration(self.dev.odp_events);
+            before_odp_registration(self.dev.odp_events);
         }
         let memory = MrMemory::new(addr, len, access)?;
         let inner = self

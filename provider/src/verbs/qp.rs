@@ -6,23 +6,8 @@ use std::sync::atomic::{AtomicU16, Ordering};
 
 use super::{CompletionQueue, Gid, Mtu, ProtectionDomain, RecvWr, SendWr, VerbsError};
 use crate::device::Device;
-use crate::rc::{DEFAULT_PKEY, Peer, QpCore};
+use crate::rc::{DEFAULT_PKEY, Peer, QpCore, QpState};
 use crate::wire::ROCE_V2_PORT;
-
-/// Queue pair states (verbs' `ibv_qp_state`, the ones RC uses here).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum QpState {
-    /// Just created.
-    Reset,
-    /// Receive requests may be posted.
-    Init,
-    /// Ready to receive: incoming requests are served.
-    Rtr,
-    /// Ready to send.
-    Rts,
-    /// Failed: requests complete with flush errors.
-    Error,
-}
 
 /// Queue sizes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,8 +142,8 @@ impl<'a> QueuePairBuilder<'a> {
         let core = Arc::new(QpCore::new(
             dev.new_qpn(),
             self.pd.id,
-            Arc::clone(&self.send_cq.inner),
-            Arc::clone(&self.recv_cq.inner),
+            self.send_cq.inner.clone(),
+            self.recv_cq.inner.clone(),
             self.caps.max_send_wr as usize,
             self.caps.max_recv_wr as usize,
         ));
@@ -242,7 +227,7 @@ impl QueuePair {
     /// # Errors
     /// [`VerbsError::BadState`] from any other state.
     pub fn to_init(&self) -> Result<(), VerbsError> {
-        self.core.to_init()
+        Ok(self.core.to_init()?)
     }
 
     /// INIT -> RTR, toward `remote`.
@@ -277,7 +262,7 @@ impl QueuePair {
         };
         if let Err(e) = self.core.to_rtr(peer, remote.psn, min_rnr_timer & 0x1f) {
             self.dev.close_flow_port(flow_port);
-            return Err(e);
+            return Err(e.into());
         }
         self.dev
             .close_flow_port(self.flow_port.swap(flow_port, Ordering::Relaxed));
@@ -318,13 +303,13 @@ impl QueuePair {
     /// # Errors
     /// [`VerbsError::BadState`] from any state but RTR.
     pub fn to_rts_with(&self, attr: &RtsAttr) -> Result<(), VerbsError> {
-        self.core.to_rts(
+        Ok(self.core.to_rts(
             attr.sq_psn,
             attr.timeout.min(31),
             attr.retry_cnt.min(7),
             attr.rnr_retry.min(7),
             attr.max_rd_atomic.max(1),
-        )
+        )?)
     }
 
     /// Any state -> ERROR (verbs' `IBV_QPS_ERR`, what applications do
@@ -357,9 +342,10 @@ impl QueuePair {
     /// [`VerbsError::InvalidArgument`] for an atomic whose SGEs do not add
     /// up to 8 bytes.
     pub fn post_send(&self, wrs: &[SendWr<'_>]) -> Result<(), VerbsError> {
-        self.dev.in_send_order(&self.core, |out| {
+        let posted = self.dev.in_send_order(&self.core, |out| {
             self.core.post_send(self.dev.regions(), wrs, out)
-        })
+        });
+        Ok(posted?)
     }
 
     /// Posts receive work requests (`ibv_post_recv`).
@@ -367,7 +353,7 @@ impl QueuePair {
     /// # Errors
     /// [`VerbsError::BadState`] in RESET; [`VerbsError::QueueFull`].
     pub fn post_recv(&self, wrs: &[RecvWr<'_>]) -> Result<(), VerbsError> {
-        self.core.post_recv(wrs)
+        Ok(self.core.post_recv(wrs)?)
     }
 }
 

@@ -7,8 +7,7 @@ use std::time::Instant;
 use super::Requester;
 use crate::rc::psn::{psn_add, psn_diff, rnr_delay};
 use crate::rc::qp::{QpCore, QpState, QpStateKind};
-use crate::rc::{Outbox, Regions};
-use crate::verbs::{SendOp, WcStatus};
+use crate::rc::{Outbox, Regions, SendOp, WcStatus};
 
 impl Requester {
     /// A go-back asked for by a response (a NAK, an ACK past an unanswered

@@ -8,8 +8,8 @@ use super::{MAX_PKTS_PER_ACK, MAX_UNACKED_PSNS, Requester, SendWqe, read_segment
 use crate::rc::psn::{psn_add, psn_diff};
 use crate::rc::qp::{Peer, QpCore, QpState, QpStateKind, bad_state, bth, headers};
 use crate::rc::sge::{self, SgeError, Sges};
+use crate::rc::{EngineError, SendOp, SendWr, WcStatus};
 use crate::rc::{Outbox, Regions};
-use crate::verbs::{SendOp, SendWr, VerbsError, WcStatus};
 use crate::wire::{AtomicEthRepr, Opcode, PacketRepr, RethRepr};
 
 /// The requester's next step.
@@ -49,19 +49,19 @@ impl QpCore {
         regions: &dyn Regions,
         wrs: &[SendWr<'_>],
         out: &mut Outbox,
-    ) -> Result<(), VerbsError> {
+    ) -> Result<(), EngineError> {
         let mut st = self.lock();
         if !matches!(st.kind, QpStateKind::Rts | QpStateKind::Error) {
             return Err(bad_state(st.kind, "post send requests"));
         }
         if st.req.sq.len() + wrs.len() > self.max_send_wr {
-            return Err(VerbsError::QueueFull("send"));
+            return Err(EngineError::QueueFull("send"));
         }
         for wr in wrs {
             let len = sge::total_len(wr.sg_list);
             let atomic = matches!(wr.op, SendOp::CompareSwap { .. } | SendOp::FetchAdd { .. });
             if len > u64::from(u32::MAX) || (atomic && len != 8) {
-                return Err(VerbsError::InvalidArgument("SGE list length"));
+                return Err(EngineError::InvalidArgument("SGE list length"));
             }
             st.req.sq.push_back(SendWqe {
                 wr_id: wr.wr_id,
@@ -220,10 +220,7 @@ impl Requester {
 
     /// Takes the request at the cursor out, as the failure the queue pair
     /// reports with `status`.
-    fn take_at_cursor(
-        &mut self,
-        status: WcStatus,
-    ) -> Option<(u64, crate::verbs::WcOpcode, WcStatus)> {
+    fn take_at_cursor(&mut self, status: WcStatus) -> Option<(u64, crate::rc::WcOpcode, WcStatus)> {
         let w = self.sq.remove(self.cursor)?;
         Some((w.wr_id, w.opcode(), status))
     }

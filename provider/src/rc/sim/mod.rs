@@ -29,7 +29,8 @@ use rand::{Rng, SeedableRng};
 use super::clock::{Clock, ManualClock};
 use super::{DEFAULT_PKEY, Outbox, Peer, QpCore, Regions};
 use crate::net::{IcrcVerdict, Ipv4IdPolicy, seal, verify};
-use crate::verbs::{AccessFlags, CompletionQueue, MrInner, WorkCompletion};
+use crate::rc::{AccessFlags, Region, WorkCompletion};
+use crate::verbs::{CompletionQueue, MrInner};
 use crate::wire::{Opcode, PacketRepr};
 
 pub(crate) use workload::{Workload, run_seed, run_with_faults};
@@ -137,10 +138,10 @@ struct InFlight {
 
 /// The regions of one end, by key.
 #[derive(Default)]
-pub(crate) struct SimRegions(HashMap<u32, Arc<MrInner>>);
+pub(crate) struct SimRegions(HashMap<u32, Arc<dyn Region>>);
 
 impl Regions for SimRegions {
-    fn lookup_mr(&self, key: u32) -> Option<Arc<MrInner>> {
+    fn lookup_mr(&self, key: u32) -> Option<Arc<dyn Region>> {
         self.0.get(&key).cloned()
     }
 }
@@ -162,8 +163,8 @@ impl Node {
         let qp = QpCore::new(
             0x100 + index as u32,
             1,
-            Arc::clone(&cq.inner),
-            Arc::clone(&cq.inner),
+            cq.inner.clone(),
+            cq.inner.clone(),
             1024,
             1024,
         );

@@ -6,7 +6,7 @@ use super::{Node, Schedule, Sim};
 use crate::rc::Outbox;
 use crate::rc::psn::psn_add;
 use crate::rc::qp::{bth, headers};
-use crate::verbs::{SendOp, SendWr, Sge, WcOpcode, WcStatus};
+use crate::rc::{SendOp, SendWr, Sge, WcOpcode, WcStatus};
 use crate::wire::{AethRepr, NakCode, Opcode, PacketRepr, Syndrome};
 
 const MTU: usize = 1024;

@@ -37,8 +37,9 @@ use odp::{AddressSpace, Mapping};
 
 use super::SimRegions;
 use crate::rc::psn::psn_diff;
+use crate::rc::{AccessFlags, RecvWr, Sge, WcStatus, WorkCompletion};
 use crate::rc::{DEFAULT_PKEY, Outbox, Peer, QpCore};
-use crate::verbs::{AccessFlags, CompletionQueue, MrInner, RecvWr, Sge, WcStatus, WorkCompletion};
+use crate::verbs::{CompletionQueue, MrInner};
 use crate::wire::{Opcode, PacketRepr, ROCE_V2_PORT, golden};
 
 /// One RC connection of the capture, seen from its responder.
@@ -241,14 +242,7 @@ fn preload(conn: &Connection, memory: &Memory, mtu: usize) {
 
 /// A responder queue pair set up as the capture's.
 fn responder(conn: &Connection, mtu: usize, cq: &CompletionQueue) -> QpCore {
-    let qp = QpCore::new(
-        conn.qpn,
-        1,
-        Arc::clone(&cq.inner),
-        Arc::clone(&cq.inner),
-        1024,
-        1024,
-    );
+    let qp = QpCore::new(conn.qpn, 1, cq.inner.clone(), cq.inner.clone(), 1024, 1024);
     let requester_qpn = conn.requester_qpn.expect("answered connection");
     let peer = Peer {
         addr: SocketAddr::new(conn.requester, ROCE_V2_PORT),

@@ -20,7 +20,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::{LinkStats, Node, Schedule, Sim};
-use crate::verbs::{RecvWr, SendOp, SendWr, Sge, WcOpcode, WcStatus, WorkCompletion};
+use crate::rc::{RecvWr, SendOp, SendWr, Sge, WcOpcode, WcStatus, WorkCompletion};
 
 const SRC: Range<usize> = 0..0x1_0000;
 const IN: Range<usize> = 0x1_0000..0x2_0000;

@@ -1,4 +1,5 @@
-//! Work requests: what `post_send` and `post_recv` take.
+//! Work requests: what the engine queues (`post_send` and `post_recv` of
+//! the verbs API take them as they are).
 
 /// A scatter/gather element: `length` bytes at `addr` of the memory region
 /// whose local key is `lkey`.
