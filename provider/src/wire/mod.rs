@@ -33,7 +33,7 @@ pub(crate) mod ip_udp;
 mod opcode;
 mod packet;
 #[cfg(test)]
-mod packet_props;
+mod packet_tests;
 mod reth;
 mod view;
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! Property tests holding [`PacketRepr::emit`] and [`PacketRepr::parse`] to
-//! each other: seeded random reprs of every opcode (and of unknown ones),
+//! [`PacketRepr`]: examples of every layout, malformed input, and property
+//! tests holding [`PacketRepr::emit`] and [`PacketRepr::parse`] to each
+//! other: seeded random reprs of every opcode (and of unknown ones),
 //! with arbitrary header values, payload lengths and pads, some of them
 //! contradicting their opcode in one or more ways. Whatever `emit`
 //! accepts parses back to the same repr; every contradiction is refused
@@ -8,8 +9,8 @@
 use super::opcode::Ext;
 use super::view_tests::{Rng, known_opcodes};
 use super::{
-    AethRepr, AtomicAckEthRepr, AtomicEthRepr, BthRepr, ICRC_LEN, Layout, Opcode, PacketRepr,
-    RethRepr, WireError,
+    AethRepr, AtomicAckEthRepr, AtomicEthRepr, BthRepr, ICRC_LEN, Layout, NakCode, Opcode,
+    PacketRepr, RethRepr, Syndrome, WireError,
 };
 
 /// Reprs generated per test.
@@ -307,4 +308,149 @@ fn each_kind_of_contradiction_has_its_error() {
         PacketRepr::parse(&emit(&read)).map(|p| p.reth),
         Ok(read.reth)
     );
+}
+
+fn bth(opcode: Opcode, pad: u8) -> BthRepr {
+    BthRepr {
+        opcode,
+        solicited: false,
+        mig_req: false,
+        pad,
+        tver: 0,
+        pkey: 0xffff,
+        fecn: false,
+        becn: false,
+        resv6a: 0,
+        dest_qp: 0x11,
+        ack_req: true,
+        resv7: 0,
+        psn: 0x9e_323c,
+    }
+}
+
+fn roundtrip(p: &PacketRepr<'_>) {
+    let mut buf = vec![0u8; p.len().unwrap()];
+    let n = p.emit(&mut buf).unwrap();
+    assert_eq!(Ok(n + ICRC_LEN), p.len());
+    assert_eq!(&PacketRepr::parse(&buf).unwrap(), p);
+}
+
+#[test]
+fn every_layout_round_trips() {
+    let payload = [1u8, 2, 3, 4, 5];
+    roundtrip(&PacketRepr {
+        bth: bth(
+            Opcode::RC_RDMA_WRITE_ONLY_WITH_IMMEDIATE,
+            PacketRepr::pad_for(5),
+        ),
+        reth: Some(RethRepr {
+            va: 0x5569_979b_3000,
+            rkey: 0x2da,
+            len: 5,
+        }),
+        atomic_eth: None,
+        aeth: None,
+        atomic_ack_eth: None,
+        immdt: Some(0xdead_beef),
+        ieth: None,
+        payload: &payload,
+        pad_bytes: [0; 3],
+    });
+    roundtrip(&PacketRepr {
+        bth: bth(Opcode::RC_ATOMIC_ACKNOWLEDGE, 0),
+        reth: None,
+        atomic_eth: None,
+        aeth: Some(AethRepr::new(Syndrome::Ack { credits: 31 }, 7)),
+        atomic_ack_eth: Some(AtomicAckEthRepr { orig: 42 }),
+        immdt: None,
+        ieth: None,
+        payload: &[],
+        pad_bytes: [0; 3],
+    });
+    roundtrip(&PacketRepr {
+        bth: bth(Opcode::RC_COMPARE_SWAP, 0),
+        reth: None,
+        atomic_eth: Some(AtomicEthRepr {
+            va: 8,
+            rkey: 9,
+            swap_add: 10,
+            compare: 11,
+        }),
+        aeth: None,
+        atomic_ack_eth: None,
+        immdt: None,
+        ieth: None,
+        payload: &[],
+        pad_bytes: [0; 3],
+    });
+}
+
+#[test]
+fn syndromes_decode_and_encode() {
+    for s in [
+        Syndrome::Ack { credits: 31 },
+        Syndrome::RnrNak { timer: 14 },
+        Syndrome::Nak(NakCode::PsnSequenceError),
+        Syndrome::Nak(NakCode::RemoteAccessError),
+        Syndrome::Nak(NakCode::Other(9)),
+    ] {
+        assert_eq!(AethRepr::new(s, 5).decode(), s);
+    }
+    assert_eq!(
+        AethRepr::new(Syndrome::Nak(NakCode::InvalidRequest), 0).syndrome,
+        0x61
+    );
+}
+
+#[test]
+fn malformed_packets_are_errors_not_panics() {
+    let ack = [
+        0x11u8, 0, 0xff, 0xff, 0, 0, 0, 1, 0, 0, 0, 1, 0x1f, 0, 0, 1, 0, 0, 0, 0,
+    ];
+    assert!(PacketRepr::parse(&ack).is_ok());
+    for cut in 0..ack.len() {
+        assert!(
+            matches!(
+                PacketRepr::parse(&ack[..cut]),
+                Err(WireError::Truncated { .. })
+            ),
+            "{cut}"
+        );
+    }
+    let mut unknown = ack;
+    unknown[0] = 0x15;
+    assert_eq!(
+        PacketRepr::parse(&unknown),
+        Err(WireError::UnknownOpcode(0x15))
+    );
+    let mut version = ack;
+    version[1] = 0x01;
+    assert_eq!(PacketRepr::parse(&version), Err(WireError::BadVersion(1)));
+    let mut ack_with_data = ack.to_vec();
+    ack_with_data.splice(16..16, [9, 9]);
+    assert!(matches!(
+        PacketRepr::parse(&ack_with_data),
+        Err(WireError::UnexpectedPayload(..))
+    ));
+    // SEND_ONLY claiming 3 pad bytes with 2 bytes after its BTH.
+    let send = [
+        0x04u8, 0x30, 0xff, 0xff, 0, 0, 0, 1, 0, 0, 0, 1, 7, 7, 0, 0, 0, 0,
+    ];
+    assert!(matches!(
+        PacketRepr::parse(&send),
+        Err(WireError::BadPad { pad: 3, payload: 2 })
+    ));
+    // Every byte string of up to 3 bytes after a valid prefix, and
+    // random garbage, parse or fail without panicking.
+    let mut seed = 0x1234_5678u32;
+    for _ in 0..20_000 {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        let len = (seed % 80) as usize;
+        let bytes: Vec<u8> = (0..len)
+            .map(|i| (seed.rotate_left(i as u32) >> 3) as u8)
+            .collect();
+        let _ = PacketRepr::parse(&bytes);
+    }
 }
