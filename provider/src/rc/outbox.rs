@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::ops::Range;
 
 use super::qp::Peer;
-use crate::wire::{ICRC_LEN, PacketRepr};
+use crate::wire::{ICRC_LEN, PacketRepr, WireError};
 
 /// One queued packet: where it goes, from which UDP source port, and where
 /// its bytes are in the arena.
@@ -121,7 +121,15 @@ impl Outbox {
     /// pad and room for the ICRC; returns where the payload starts, or
     /// `None` (appending nothing) for headers that contradict their opcode.
     fn append(&mut self, headers: &PacketRepr<'_>, payload_len: usize) -> Option<usize> {
-        let valid = headers.header_len();
+        let opcode = headers.bth.opcode;
+        let valid = headers.header_len().and_then(|len| {
+            // header_len checked that the opcode is known.
+            if payload_len == 0 || opcode.layout().is_some_and(|l| l.payload) {
+                Ok(len)
+            } else {
+                Err(WireError::UnexpectedPayload(opcode, payload_len))
+            }
+        });
         debug_assert!(valid.is_ok(), "engine built invalid headers: {valid:?}");
         let header_len = valid.ok()?;
         let start = self.arena.len();
