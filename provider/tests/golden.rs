@@ -27,7 +27,7 @@ fn every_frame_parses_has_a_good_icrc_and_re_emits_byte_for_byte() {
         let packet = PacketRepr::parse(f.payload).unwrap_or_else(|e| panic!("frame {i}: {e}"));
         let (found, expected) = icrc_of_udp_payload(f.ip, f.udp, f.payload).unwrap();
         assert_eq!(found, expected, "frame {i}: ICRC");
-        let mut out = vec![0u8; packet.len()];
+        let mut out = vec![0u8; packet.len().unwrap()];
         let n = packet.emit(&mut out).unwrap();
         assert_eq!(n + ICRC_LEN, f.payload.len(), "frame {i}: length");
         out[n..].copy_from_slice(&expected.to_le_bytes());

@@ -200,7 +200,8 @@ fn check(d: &UdpDatagram<'_>, f: &mut RoceFrame) {
     };
     f.headers = Some(Headers::from(&packet));
     f.bth = Some(packet.bth);
-    let mut out = vec![0u8; packet.len()];
+    // A parsed packet is valid, so its length is known.
+    let mut out = vec![0u8; packet.len().unwrap_or(0)];
     let identical = match packet.emit(&mut out) {
         Ok(n) if n + ICRC_LEN == d.payload.len() => {
             // The ICRC is checked above; the emitter writes the rest.

@@ -64,7 +64,7 @@ fn view_matches_repr(v: &Packet<&[u8]>, r: &PacketRepr<'_>) {
     );
     let layout = v.layout().expect("a checked packet has a known opcode");
     assert_eq!(v.header_len(), BthRepr::LEN + layout.ext_len());
-    assert_eq!(v.header_len(), r.header_len());
+    assert_eq!(Ok(v.header_len()), r.header_len());
     let reth = v.reth_va().map(|va| RethRepr {
         va,
         rkey: v.reth_rkey().unwrap(),
@@ -123,8 +123,13 @@ fn view_matches_repr(v: &Packet<&[u8]>, r: &PacketRepr<'_>) {
 /// Emitting the repr gives back the parsed bytes, which parse to the same
 /// repr.
 fn reemits_exactly(data: &[u8], r: &PacketRepr<'_>) {
-    assert_eq!(r.len(), data.len(), "repr length differs from the packet's");
-    let mut out = vec![0u8; r.len()];
+    assert_eq!(r.check().map(|_| ()), Ok(()), "a parsed repr is valid");
+    assert_eq!(
+        r.len(),
+        Ok(data.len()),
+        "repr length differs from the packet's"
+    );
+    let mut out = vec![0u8; data.len()];
     let n = r
         .emit(&mut out)
         .expect("a buffer of len() bytes holds the packet");
@@ -134,7 +139,7 @@ fn reemits_exactly(data: &[u8], r: &PacketRepr<'_>) {
     let again = PacketRepr::parse(&out).expect("re-emitted bytes parse");
     assert_eq!(&again, r, "re-emitted bytes parse to another repr");
     // Headers alone: the same prefix.
-    let mut headers = vec![0u8; r.header_len()];
+    let mut headers = vec![0u8; r.header_len().expect("a parsed repr is valid")];
     let h = r
         .emit_headers(&mut headers)
         .expect("header_len() bytes hold the headers");

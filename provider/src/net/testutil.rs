@@ -20,7 +20,7 @@ pub(crate) fn send_only(psn: u32, payload_len: usize) -> Vec<u8> {
         ..BthRepr::new(Opcode::RC_SEND_ONLY, 0x11, psn)
     };
     let p = PacketRepr::new(bth, &payload);
-    let mut buf = vec![0u8; p.len()];
+    let mut buf = vec![0u8; p.len().expect("SEND_ONLY carries no extended header")];
     let n = p.emit(&mut buf).unwrap();
     assert_eq!(n + ICRC_LEN, buf.len());
     buf

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::ops::Range;
 
 use super::qp::Peer;
-use crate::wire::{ICRC_LEN, PacketRepr};
+use crate::wire::{ICRC_LEN, PacketRepr, WireError};
 
 /// One queued packet: where it goes, from which UDP source port, and where
 /// its bytes are in the arena.
@@ -55,7 +55,9 @@ impl Outbox {
     /// Queues a packet for `peer` (its address, from the connection's
     /// source port) with the headers of `headers` (whose payload is
     /// ignored) and a payload of `payload_len` bytes that `fill` writes in
-    /// place. If `fill` fails nothing is queued.
+    /// place. If `fill` fails nothing is queued; nor is anything for
+    /// headers that contradict their opcode (an engine bug, caught by a
+    /// debug assertion; see [`PacketRepr::check`]).
     pub(crate) fn push<E>(
         &mut self,
         peer: &Peer,
@@ -64,7 +66,9 @@ impl Outbox {
         fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
     ) -> Result<(), E> {
         let start = self.arena.len();
-        let at = self.append(headers, payload_len);
+        let Some(at) = self.append(headers, payload_len) else {
+            return Ok(());
+        };
         if let Err(e) = fill(&mut self.arena[at..at + payload_len]) {
             self.arena.truncate(start);
             return Err(e);
@@ -97,11 +101,13 @@ impl Outbox {
             .rposition(|q| q.dest == peer.addr && q.dest_qp == headers.bth.dest_qp);
         if let Some(i) = previous
             && self.packets[i].coalescable
-            && self.packets[i].bytes.len() == headers.header_len() + ICRC_LEN
+            && headers
+                .header_len()
+                .is_ok_and(|len| self.packets[i].bytes.len() == len + ICRC_LEN)
         {
             let bytes = self.packets[i].bytes.clone();
-            // The replaced packet has the same length, and headers fit
-            // exactly (emit_headers only fails on a short buffer).
+            // The replaced packet has the same length and the headers are
+            // valid, so they fit exactly and emit_headers cannot fail.
             let _ = headers.emit_headers(&mut self.arena[bytes]);
             return;
         }
@@ -112,16 +118,27 @@ impl Outbox {
     }
 
     /// Appends the headers, a zeroed payload of `payload_len` bytes, the
-    /// pad and room for the ICRC; returns where the payload starts.
-    fn append(&mut self, headers: &PacketRepr<'_>, payload_len: usize) -> usize {
+    /// pad and room for the ICRC; returns where the payload starts, or
+    /// `None` (appending nothing) for headers that contradict their opcode.
+    fn append(&mut self, headers: &PacketRepr<'_>, payload_len: usize) -> Option<usize> {
+        let opcode = headers.bth.opcode;
+        let valid = headers.header_len().and_then(|len| {
+            // header_len checked that the opcode is known.
+            if payload_len == 0 || opcode.layout().is_some_and(|l| l.payload) {
+                Ok(len)
+            } else {
+                Err(WireError::UnexpectedPayload(opcode, payload_len))
+            }
+        });
+        debug_assert!(valid.is_ok(), "engine built invalid headers: {valid:?}");
+        let header_len = valid.ok()?;
         let start = self.arena.len();
         let pad = usize::from(headers.bth.pad);
-        let len = headers.header_len() + payload_len + pad + ICRC_LEN;
+        let len = header_len + payload_len + pad + ICRC_LEN;
         self.arena.resize(start + len, 0);
-        let header_len = headers
-            .emit_headers(&mut self.arena[start..])
-            .expect("the arena was grown by the headers' length");
-        start + header_len
+        // The headers are valid and the arena was grown by their length.
+        let _ = headers.emit_headers(&mut self.arena[start..]);
+        Some(start + header_len)
     }
 
     /// The queued packets in order, each with its UDP source port,

@@ -138,7 +138,9 @@ pub(super) fn hold(st: &mut QpState, pkt: &PacketRepr<'_>) {
     if st.resp.held.len() >= HELD_LIMIT {
         return;
     }
-    let mut bytes = vec![0u8; pkt.len()];
+    // A parsed packet is valid, so its length is known.
+    let Ok(len) = pkt.len() else { return };
+    let mut bytes = vec![0u8; len];
     if pkt.emit(&mut bytes).is_ok() {
         st.resp.held.push_back(bytes);
     }

@@ -13,7 +13,9 @@
 //!   `emit`. [`PacketRepr::parse`] checks with [`Packet::new_checked`],
 //!   takes every header from the view, and borrows its payload from the
 //!   buffer. Use them to decide on a whole packet or to build one from
-//!   values.
+//!   values. [`PacketRepr::check`] holds a built repr to the rules parse
+//!   applies (its extended headers exactly those of its opcode's
+//!   [`Layout`]), and `emit` refuses what it rejects.
 //!
 //! Field positions are defined once, in the view; parsing then emitting a
 //! packet reproduces it byte for byte, reserved bits and pad bytes
@@ -30,6 +32,8 @@ pub(crate) mod icrc;
 pub(crate) mod ip_udp;
 mod opcode;
 mod packet;
+#[cfg(test)]
+mod packet_tests;
 mod reth;
 mod view;
 #[cfg(test)]
@@ -81,6 +85,28 @@ pub enum WireError {
     /// A packet that carries no payload has one.
     #[error("{0} carries no payload but {1} bytes follow its headers")]
     UnexpectedPayload(Opcode, usize),
+    /// A repr whose extended headers are not those of its opcode's
+    /// layout (refused by `emit`, which would write a packet that parses
+    /// differently or not at all).
+    #[error("{opcode} {} a {header}", if *required { "requires" } else { "carries no" })]
+    HeaderMismatch {
+        /// The BTH opcode.
+        opcode: Opcode,
+        /// The extended header present without its opcode calling for it,
+        /// or missing although it does.
+        header: &'static str,
+        /// Whether the opcode's layout has that header.
+        required: bool,
+    },
+    /// A value wider than the header field that is to hold it (refused by
+    /// `emit`, which would truncate it).
+    #[error("{field} {value:#x} does not fit its field")]
+    FieldOverflow {
+        /// The field.
+        field: &'static str,
+        /// The value.
+        value: u32,
+    },
     /// The invariant CRC does not match.
     #[error("ICRC {found:#010x}, expected {expected:#010x}")]
     BadIcrc {

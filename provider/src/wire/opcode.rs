@@ -51,6 +51,18 @@ impl Ext {
         Ext::Ieth,
     ];
 
+    /// The header's name as the specification abbreviates it.
+    pub(crate) const fn name(self) -> &'static str {
+        match self {
+            Ext::Reth => "RETH",
+            Ext::AtomicEth => "AtomicETH",
+            Ext::Aeth => "AETH",
+            Ext::AtomicAckEth => "AtomicAckETH",
+            Ext::ImmDt => "ImmDt",
+            Ext::Ieth => "IETH",
+        }
+    }
+
     /// Length on the wire.
     pub(crate) const fn len(self) -> usize {
         match self {
@@ -85,7 +97,8 @@ impl Layout {
             .sum()
     }
 
-    fn has(&self, ext: Ext) -> bool {
+    /// Whether the layout has `ext`.
+    pub(crate) fn has(&self, ext: Ext) -> bool {
         match ext {
             Ext::Reth => self.reth,
             Ext::AtomicEth => self.atomic_eth,

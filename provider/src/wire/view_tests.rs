@@ -7,7 +7,7 @@ use super::{
 };
 
 /// The opcodes with a layout.
-fn known_opcodes() -> Vec<Opcode> {
+pub(super) fn known_opcodes() -> Vec<Opcode> {
     (0..=255)
         .map(Opcode)
         .filter(|o| o.layout().is_some())
@@ -15,21 +15,21 @@ fn known_opcodes() -> Vec<Opcode> {
 }
 
 /// A seeded xorshift generator.
-struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
     }
 
-    fn below(&mut self, n: usize) -> usize {
+    pub(super) fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
 
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
+    pub(super) fn bytes(&mut self, len: usize) -> Vec<u8> {
         (0..len).map(|_| self.next() as u8).collect()
     }
 }
@@ -76,8 +76,8 @@ fn assert_view_matches(p: &Packet<&[u8]>, r: &PacketRepr<'_>) {
     assert_eq!((p.immdt(), p.ieth_rkey()), (r.immdt, r.ieth));
     assert_eq!(p.payload(), r.payload);
     assert_eq!(p.pad_bytes(), &r.pad_bytes[..usize::from(r.bth.pad)]);
-    assert_eq!(p.header_len(), r.header_len());
-    assert_eq!(p.as_bytes().len(), r.len());
+    assert_eq!(Ok(p.header_len()), r.header_len());
+    assert_eq!(Ok(p.as_bytes().len()), r.len());
     let bytes = p.as_bytes();
     let trailer = &bytes[bytes.len() - ICRC_LEN..];
     assert_eq!(p.icrc_trailer().to_le_bytes(), trailer);

@@ -56,7 +56,7 @@ fn answer(sim: &Sim, opcode: Opcode, psn: u32, aeth: Option<Syndrome>, payload: 
     let mut h = headers(bth(&peer, opcode, psn, payload.len(), false));
     h.aeth = aeth.map(|s| AethRepr::new(s, 0));
     h.payload = payload;
-    let mut bytes = vec![0u8; h.len()];
+    let mut bytes = vec![0u8; h.len().unwrap()];
     h.emit(&mut bytes).unwrap();
     let parsed = PacketRepr::parse(&bytes).unwrap();
     let (from, to) = (&sim.nodes[1], &sim.nodes[0]);
