@@ -12,7 +12,7 @@
 //! methods.
 
 use super::psn::{psn_add, psn_diff};
-use super::qp::{QpCore, QpState};
+use super::qp::{QpCore, QpLocked};
 use super::requester::read_segment_end;
 use super::sge;
 use super::{Regions, SendOp, WcStatus, WorkCompletion};
@@ -66,7 +66,7 @@ impl QpCore {
     /// atomic ACK).
     pub(crate) fn run_completer(
         &self,
-        st: &mut QpState,
+        st: &mut QpLocked,
         regions: &dyn Regions,
         pkt: &PacketRepr<'_>,
     ) {
@@ -116,7 +116,7 @@ impl QpCore {
     /// rest.
     fn do_read(
         &self,
-        st: &mut QpState,
+        st: &mut QpLocked,
         regions: &dyn Regions,
         resp: &Response<'_, '_>,
     ) -> CompStep {
@@ -159,7 +159,7 @@ impl QpCore {
     /// memory.
     fn do_atomic(
         &self,
-        st: &mut QpState,
+        st: &mut QpLocked,
         regions: &dyn Regions,
         resp: &Response<'_, '_>,
     ) -> CompStep {
@@ -192,7 +192,7 @@ impl QpCore {
     /// complete_wqe: requests past a READ or atomic that the responder
     /// acknowledged before its response came complete now; the finished
     /// ones at the head are reported.
-    fn complete_wqe(&self, st: &mut QpState) -> CompStep {
+    fn complete_wqe(&self, st: &mut QpLocked) -> CompStep {
         let received = st.req.received_to();
         st.req.acknowledge_through(psn_add(received, 0xff_ffff));
         self.do_complete(st);
@@ -201,7 +201,7 @@ impl QpCore {
 
     /// do_complete: reports the finished requests at the head of the send
     /// queue, in order (errors always; successes if signaled).
-    pub(crate) fn do_complete(&self, st: &mut QpState) {
+    pub(crate) fn do_complete(&self, st: &mut QpLocked) {
         while let Some((w, status)) = st.req.pop_finished() {
             if w.signaled || status != WcStatus::Success {
                 self.send_cq.push(WorkCompletion {
@@ -220,7 +220,7 @@ impl QpCore {
 /// check_psn: a response implicitly acknowledges the PSNs before its own
 /// (an ACK, its own too); an ACK or a NAK asking for a retransmission also
 /// says which request packets the responder has.
-fn check_psn(st: &mut QpState, resp: &Response<'_, '_>) -> CompStep {
+fn check_psn(st: &mut QpLocked, resp: &Response<'_, '_>) -> CompStep {
     let psn = resp.psn;
     let before_psn = psn_add(psn, 0xff_ffff);
     match resp.pkt.bth.opcode {
@@ -280,7 +280,7 @@ fn is_read_response(op: Opcode) -> bool {
 /// write_send: the SENDs and WRITEs an ACK covers are done (check_psn
 /// marked them). An ACK past an unanswered READ or atomic means its
 /// responses were lost: ask again.
-fn write_send(st: &mut QpState, resp: &mut Response<'_, '_>) -> CompStep {
+fn write_send(st: &mut QpLocked, resp: &mut Response<'_, '_>) -> CompStep {
     if let Some(first) = st.req.overtaken_read_or_atomic(resp.psn) {
         resp.retry_from = Some(first);
     }
@@ -290,7 +290,7 @@ fn write_send(st: &mut QpState, resp: &mut Response<'_, '_>) -> CompStep {
 /// Whether the READ at `index` finished with the in-order response at
 /// `psn`: the last response of a segment ends exactly where the segment
 /// (or the READ) does, else the READ fails as an invalid request.
-fn read_finished(st: &QpState, index: usize, psn: u32, mtu: usize, last: bool) -> CompStep {
+fn read_finished(st: &QpLocked, index: usize, psn: u32, mtu: usize, last: bool) -> CompStep {
     let Some(w) = st.req.wqe(index) else {
         return CompStep::Done;
     };
@@ -309,7 +309,7 @@ fn read_finished(st: &QpState, index: usize, psn: u32, mtu: usize, last: bool) -
 }
 
 /// complete_ack: the READ or atomic at `index` is done.
-fn complete_ack(st: &mut QpState, index: usize, status: WcStatus) -> CompStep {
+fn complete_ack(st: &mut QpLocked, index: usize, status: WcStatus) -> CompStep {
     st.req.finish_read_or_atomic(index, status);
     CompStep::CompWqe
 }
@@ -318,7 +318,7 @@ fn complete_ack(st: &mut QpState, index: usize, status: WcStatus) -> CompStep {
 /// resets the retry budget and restarts the timer (rxe's
 /// `reset_retry_counters`); with nothing transmitted left unfinished, the
 /// timer stops. Then a go-back the response asked for.
-fn update_comp(st: &mut QpState, resp: &Response<'_, '_>) -> CompStep {
+fn update_comp(st: &mut QpLocked, resp: &Response<'_, '_>) -> CompStep {
     if psn_diff(st.req.oldest_unacked(), resp.before) > 0 {
         st.req.reset_retry_counters();
     } else {

@@ -36,7 +36,7 @@ pub(crate) use error::EngineError;
 pub use error::QpState;
 pub(crate) use outbox::Outbox;
 pub(crate) use psn::PSN_MASK;
-pub(crate) use qp::{DEFAULT_PKEY, Peer, QpCore, QpStateKind, RxDrop};
+pub(crate) use qp::{DEFAULT_PKEY, Peer, QpCore, RxDrop};
 pub use region::AccessFlags;
 pub(crate) use region::{AtomicOp, Region, RegionError, Regions};
 pub use work_request::{RecvWr, SendOp, SendWr, Sge};

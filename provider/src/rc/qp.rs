@@ -11,7 +11,7 @@ use super::{CompletionSink, EngineError, WcOpcode, WcStatus, WorkCompletion};
 use super::{Outbox, Regions};
 use crate::wire::{BthRepr, Opcode, PacketRepr};
 
-pub(crate) use super::error::QpState as QpStateKind;
+pub(crate) use super::error::QpState;
 
 /// The partition key of the default partition, full membership (the only
 /// entry of rxe's P_Key table).
@@ -75,8 +75,8 @@ pub(crate) struct QpAttrs {
 }
 
 /// Everything behind the queue pair's lock.
-pub(crate) struct QpState {
-    pub(crate) kind: QpStateKind,
+pub(crate) struct QpLocked {
+    pub(crate) kind: QpState,
     pub(crate) peer: Option<Peer>,
     pub(crate) attrs: QpAttrs,
     pub(crate) req: Requester,
@@ -91,7 +91,7 @@ pub(crate) struct QpCore {
     pub(crate) recv_cq: Arc<dyn CompletionSink>,
     pub(crate) max_send_wr: usize,
     pub(crate) max_recv_wr: usize,
-    pub(crate) state: Mutex<QpState>,
+    pub(crate) state: Mutex<QpLocked>,
     /// Held from building requester packets until they are on the socket,
     /// by whichever thread builds them (the poster, or the device's thread
     /// on an acknowledgement or a timeout), so that they leave in PSN
@@ -116,8 +116,8 @@ impl QpCore {
             max_send_wr,
             max_recv_wr,
             send_order: Mutex::new(()),
-            state: Mutex::new(QpState {
-                kind: QpStateKind::Reset,
+            state: Mutex::new(QpLocked {
+                kind: QpState::Reset,
                 peer: None,
                 attrs: QpAttrs {
                     rq_psn: 0,
@@ -134,21 +134,21 @@ impl QpCore {
         }
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, QpState> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, QpLocked> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub(crate) fn state(&self) -> QpStateKind {
+    pub(crate) fn state(&self) -> QpState {
         self.lock().kind
     }
 
     /// RESET -> INIT.
     pub(crate) fn to_init(&self) -> Result<(), EngineError> {
         let mut st = self.lock();
-        if st.kind != QpStateKind::Reset {
+        if st.kind != QpState::Reset {
             return Err(bad_state(st.kind, "move to INIT"));
         }
-        st.kind = QpStateKind::Init;
+        st.kind = QpState::Init;
         Ok(())
     }
 
@@ -160,7 +160,7 @@ impl QpCore {
         min_rnr_timer: u8,
     ) -> Result<(), EngineError> {
         let mut st = self.lock();
-        if st.kind != QpStateKind::Init {
+        if st.kind != QpState::Init {
             return Err(bad_state(st.kind, "move to RTR"));
         }
         st.peer = Some(peer);
@@ -168,7 +168,7 @@ impl QpCore {
         st.attrs.min_rnr_timer = min_rnr_timer & 0x1f;
         let rq_psn = st.attrs.rq_psn;
         st.resp.reset(rq_psn);
-        st.kind = QpStateKind::Rtr;
+        st.kind = QpState::Rtr;
         Ok(())
     }
 
@@ -182,7 +182,7 @@ impl QpCore {
         max_rd_atomic: u8,
     ) -> Result<(), EngineError> {
         let mut st = self.lock();
-        if st.kind != QpStateKind::Rtr {
+        if st.kind != QpState::Rtr {
             return Err(bad_state(st.kind, "move to RTS"));
         }
         st.attrs.sq_psn = sq_psn & super::PSN_MASK;
@@ -192,7 +192,7 @@ impl QpCore {
         st.attrs.max_rd_atomic = max_rd_atomic.max(1);
         let attrs = st.attrs;
         st.req.reset(&attrs);
-        st.kind = QpStateKind::Rts;
+        st.kind = QpState::Rts;
         Ok(())
     }
 
@@ -225,7 +225,7 @@ impl QpCore {
     /// The next time [`Self::on_timer`] has work, if any.
     pub(crate) fn deadline(&self) -> Option<Instant> {
         let st = self.lock();
-        if st.kind != QpStateKind::Rts {
+        if st.kind != QpState::Rts {
             return None;
         }
         st.req.deadline()
@@ -234,7 +234,7 @@ impl QpCore {
     /// Moves to the error state: requests already finished at the head of
     /// the send queue complete first, then `failed` with its own status,
     /// then every work request still queued with a flush error.
-    pub(crate) fn fail(&self, st: &mut QpState, failed: Option<(u64, WcOpcode, WcStatus)>) {
+    pub(crate) fn fail(&self, st: &mut QpLocked, failed: Option<(u64, WcOpcode, WcStatus)>) {
         self.do_complete(st);
         if let Some((wr_id, opcode, status)) = failed {
             self.send_cq.push(WorkCompletion {
@@ -246,7 +246,7 @@ impl QpCore {
                 qp_num: self.qpn,
             });
         }
-        st.kind = QpStateKind::Error;
+        st.kind = QpState::Error;
         for (wr_id, opcode) in st.req.drain() {
             self.send_cq.push(flushed(wr_id, opcode, self.qpn));
         }
@@ -257,11 +257,11 @@ impl QpCore {
 }
 
 /// Requests are served from RTR on, responses only in RTS.
-fn check_state(kind: QpStateKind, request: bool) -> Result<(), RxDrop> {
+fn check_state(kind: QpState, request: bool) -> Result<(), RxDrop> {
     let ready = match kind {
-        QpStateKind::Rtr => request,
-        QpStateKind::Rts => true,
-        QpStateKind::Reset | QpStateKind::Init | QpStateKind::Error => false,
+        QpState::Rtr => request,
+        QpState::Rts => true,
+        QpState::Reset | QpState::Init | QpState::Error => false,
     };
     if ready { Ok(()) } else { Err(RxDrop::NotReady) }
 }
@@ -297,7 +297,7 @@ fn flushed(wr_id: u64, opcode: WcOpcode, qpn: u32) -> WorkCompletion {
     }
 }
 
-pub(crate) fn bad_state(state: QpStateKind, what: &'static str) -> EngineError {
+pub(crate) fn bad_state(state: QpState, what: &'static str) -> EngineError {
     EngineError::BadState { state, what }
 }
 

@@ -5,9 +5,9 @@
 //! step. Requests that arrive meanwhile are held, in order and bounded.
 
 use super::psn::psn_add;
-use super::qp::{Peer, QpCore, QpState, bth, headers};
+use super::qp::{Peer, QpCore, QpLocked, bth, headers};
 use super::responder::{INVALID, Refusal, Resource};
-use super::{AccessFlags, Outbox, QpStateKind, Region, RegionError, Regions};
+use super::{AccessFlags, Outbox, QpState, Region, RegionError, Regions};
 use crate::wire::{AethRepr, NakCode, Opcode, PacketRepr, Syndrome};
 
 /// READ response packets produced per call of [`QpCore::read_reply`]:
@@ -42,7 +42,7 @@ impl QpCore {
     /// between receive batches); returns whether one is still in progress.
     pub(crate) fn continue_reply(&self, regions: &dyn Regions, out: &mut Outbox) -> bool {
         let mut st = self.lock();
-        if st.resp.replying() && matches!(st.kind, QpStateKind::Rtr | QpStateKind::Rts) {
+        if st.resp.replying() && matches!(st.kind, QpState::Rtr | QpState::Rts) {
             self.read_reply(&mut st, regions, out);
         }
         st.resp.replying()
@@ -52,7 +52,7 @@ impl QpCore {
     /// [`Self::read_reply`] produces. Its PSNs are taken at once.
     pub(super) fn start_read_reply(
         &self,
-        st: &mut QpState,
+        st: &mut QpLocked,
         regions: &dyn Regions,
         pkt: &PacketRepr<'_>,
     ) -> Result<(), Refusal> {
@@ -82,7 +82,7 @@ impl QpCore {
     /// meanwhile run in order. A region that vanished or a page that cannot
     /// be read NAKs the READ at the response's PSN (remote access error),
     /// as rxe's `read_reply` does.
-    pub(crate) fn read_reply(&self, st: &mut QpState, regions: &dyn Regions, out: &mut Outbox) {
+    pub(crate) fn read_reply(&self, st: &mut QpLocked, regions: &dyn Regions, out: &mut Outbox) {
         let Some(peer) = st.peer else { return };
         let Some(mut reply) = st.resp.read_reply else {
             return;
@@ -120,7 +120,7 @@ impl QpCore {
     /// Runs the requests held during a READ reply, in order, until another
     /// READ reply starts (the rest stay held; the next call of
     /// [`Self::read_reply`] answers it).
-    fn run_held(&self, st: &mut QpState, regions: &dyn Regions, out: &mut Outbox) {
+    fn run_held(&self, st: &mut QpLocked, regions: &dyn Regions, out: &mut Outbox) {
         while !st.resp.replying() {
             let Some(bytes) = st.resp.held.pop_front() else {
                 return;
@@ -134,7 +134,7 @@ impl QpCore {
 
 /// Keeps a request that arrived during a READ reply for later, or drops it
 /// when the queue is full (the requester sends it again).
-pub(super) fn hold(st: &mut QpState, pkt: &PacketRepr<'_>) {
+pub(super) fn hold(st: &mut QpLocked, pkt: &PacketRepr<'_>) {
     if st.resp.held.len() >= HELD_LIMIT {
         return;
     }

@@ -25,7 +25,7 @@
 use std::collections::VecDeque;
 
 use super::psn::{psn_add, psn_diff};
-use super::qp::{Peer, QpCore, QpState, bth, headers};
+use super::qp::{Peer, QpCore, QpLocked, bth, headers};
 use super::read_reply::{ReadReply, hold};
 use super::sge::{self, SgeError, Sges};
 use super::{
@@ -169,7 +169,7 @@ impl QpCore {
     /// Handles a request packet.
     pub(crate) fn respond(
         &self,
-        st: &mut QpState,
+        st: &mut QpLocked,
         regions: &dyn Regions,
         pkt: &PacketRepr<'_>,
         out: &mut Outbox,
@@ -185,7 +185,7 @@ impl QpCore {
     /// Handles a request packet without producing READ responses.
     pub(super) fn respond_one(
         &self,
-        st: &mut QpState,
+        st: &mut QpLocked,
         regions: &dyn Regions,
         pkt: &PacketRepr<'_>,
         out: &mut Outbox,
@@ -203,7 +203,7 @@ impl QpCore {
     /// PSN, and answers it.
     fn execute_request(
         &self,
-        st: &mut QpState,
+        st: &mut QpLocked,
         regions: &dyn Regions,
         peer: &Peer,
         pkt: &PacketRepr<'_>,
@@ -226,7 +226,7 @@ impl QpCore {
     }
 
     /// check_psn: expected, duplicate (already done) or ahead (a gap).
-    fn check_psn(&self, st: &QpState, pkt: &PacketRepr<'_>) -> PsnCheck {
+    fn check_psn(&self, st: &QpLocked, pkt: &PacketRepr<'_>) -> PsnCheck {
         match psn_diff(pkt.bth.psn, st.resp.epsn) {
             0 => PsnCheck::Expected,
             d if d < 0 => PsnCheck::Duplicate,
@@ -235,7 +235,7 @@ impl QpCore {
     }
 
     /// A gap: ask for the missing PSN once, drop until it comes.
-    fn nak_gap_once(&self, st: &mut QpState, peer: &Peer, out: &mut Outbox) {
+    fn nak_gap_once(&self, st: &mut QpLocked, peer: &Peer, out: &mut Outbox) {
         if st.resp.nak_sent {
             return;
         }
@@ -248,7 +248,7 @@ impl QpCore {
     /// filled completes with the error, and the queue pair fails.
     pub(super) fn error_nak(
         &self,
-        st: &mut QpState,
+        st: &mut QpLocked,
         peer: &Peer,
         psn: u32,
         code: NakCode,
@@ -275,7 +275,7 @@ impl QpCore {
     /// execute: the operation itself, then its acknowledgement.
     fn execute(
         &self,
-        st: &mut QpState,
+        st: &mut QpLocked,
         regions: &dyn Regions,
         peer: &Peer,
         pkt: &PacketRepr<'_>,
@@ -297,7 +297,7 @@ impl QpCore {
     /// completes it.
     fn send_data(
         &self,
-        st: &mut QpState,
+        st: &mut QpLocked,
         regions: &dyn Regions,
         pkt: &PacketRepr<'_>,
     ) -> Result<(), Refusal> {
@@ -332,7 +332,7 @@ impl QpCore {
     /// region is looked up by key for every packet.
     fn write_data(
         &self,
-        st: &mut QpState,
+        st: &mut QpLocked,
         regions: &dyn Regions,
         pkt: &PacketRepr<'_>,
     ) -> Result<(), Refusal> {
@@ -388,7 +388,7 @@ impl QpCore {
     /// (check_resource made sure there is one).
     fn complete_write_with_imm(
         &self,
-        st: &mut QpState,
+        st: &mut QpLocked,
         pkt: &PacketRepr<'_>,
         total: u32,
     ) -> Result<(), Refusal> {
@@ -409,7 +409,7 @@ impl QpCore {
     /// with the original value.
     fn atomic_reply(
         &self,
-        st: &mut QpState,
+        st: &mut QpLocked,
         regions: &dyn Regions,
         peer: &Peer,
         pkt: &PacketRepr<'_>,
@@ -453,7 +453,7 @@ impl QpCore {
     }
 
     /// acknowledge: the ACK a SEND or WRITE packet asked for.
-    fn acknowledge(&self, st: &mut QpState, peer: &Peer, pkt: &PacketRepr<'_>, out: &mut Outbox) {
+    fn acknowledge(&self, st: &mut QpLocked, peer: &Peer, pkt: &PacketRepr<'_>, out: &mut Outbox) {
         st.resp.epsn = psn_add(pkt.bth.psn, 1);
         if pkt.bth.opcode.is_last() {
             st.resp.next_msn();
@@ -470,7 +470,7 @@ impl QpCore {
     /// atomics answered with the value they returned the first time.
     fn duplicate_request(
         &self,
-        st: &mut QpState,
+        st: &mut QpLocked,
         regions: &dyn Regions,
         pkt: &PacketRepr<'_>,
         out: &mut Outbox,
@@ -520,7 +520,7 @@ impl QpCore {
     /// Queues receive work requests.
     pub(crate) fn post_recv(&self, wrs: &[super::RecvWr<'_>]) -> Result<(), super::EngineError> {
         let mut st = self.lock();
-        if st.kind == super::QpStateKind::Reset {
+        if st.kind == super::QpState::Reset {
             return Err(super::qp::bad_state(st.kind, "post receive requests"));
         }
         if st.resp.rq.len() + wrs.len() > self.max_recv_wr {
@@ -532,7 +532,7 @@ impl QpCore {
                 sges: Sges::from_slice(wr.sg_list),
             });
         }
-        if st.kind == super::QpStateKind::Error {
+        if st.kind == super::QpState::Error {
             self.fail(&mut st, None);
         }
         Ok(())
@@ -566,7 +566,7 @@ fn is_send(op: Opcode) -> bool {
 /// check_op_seq: a FIRST or ONLY packet starts a message only when none is
 /// in progress; a MIDDLE or LAST continues one of its own kind; READs and
 /// atomics never interrupt a message.
-fn check_op_seq(st: &QpState, pkt: &PacketRepr<'_>) -> Result<(), Refusal> {
+fn check_op_seq(st: &QpLocked, pkt: &PacketRepr<'_>) -> Result<(), Refusal> {
     let op = pkt.bth.opcode;
     let continuing = match st.resp.inbound {
         None => None,
@@ -595,7 +595,7 @@ fn check_op_valid(pkt: &PacketRepr<'_>) -> Result<(), Refusal> {
 
 /// check_resource: a SEND needs a posted receive; so does a WRITE with
 /// immediate, checked before anything is written.
-fn check_resource(st: &QpState, pkt: &PacketRepr<'_>) -> Result<(), Refusal> {
+fn check_resource(st: &QpLocked, pkt: &PacketRepr<'_>) -> Result<(), Refusal> {
     let op = pkt.bth.opcode;
     let needs_wqe = (is_send(op) && op.is_first()) || (is_write(op) && pkt.immdt.is_some());
     if needs_wqe && st.resp.rq.is_empty() {

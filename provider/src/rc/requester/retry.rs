@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::Requester;
 use crate::rc::psn::{psn_add, psn_diff, rnr_delay};
-use crate::rc::qp::{QpCore, QpState, QpStateKind};
+use crate::rc::qp::{QpCore, QpLocked, QpState};
 use crate::rc::{Outbox, Regions, SendOp, WcStatus};
 
 impl Requester {
@@ -71,7 +71,7 @@ impl QpCore {
     /// or a retransmit timeout (`retransmit_timer`).
     pub(crate) fn on_timer(&self, regions: &dyn Regions, now: Instant, out: &mut Outbox) {
         let mut st = self.lock();
-        if st.kind != QpStateKind::Rts {
+        if st.kind != QpState::Rts {
             return;
         }
         let Some(mtu) = st.peer.map(|p| p.mtu) else {
@@ -92,7 +92,7 @@ impl QpCore {
     /// retries without limit, as rxe counts).
     fn retransmit_timeout(
         &self,
-        st: &mut QpState,
+        st: &mut QpLocked,
         regions: &dyn Regions,
         mtu: usize,
         out: &mut Outbox,
@@ -117,7 +117,7 @@ impl QpCore {
 
     /// Handles an RNR NAK for `psn`: wait the time the peer asked for, then
     /// send from `psn` again; give up when the RNR retries are used up.
-    pub(crate) fn rnr_wait(&self, st: &mut QpState, psn: u32, timer: u8) {
+    pub(crate) fn rnr_wait(&self, st: &mut QpLocked, psn: u32, timer: u8) {
         let mtu = st.peer.map_or(256, |p| p.mtu);
         if st.req.rnr_left == 0 {
             let failed = st.req.take_failed(WcStatus::RnrRetryExceeded);

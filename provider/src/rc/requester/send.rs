@@ -6,7 +6,7 @@
 
 use super::{MAX_PKTS_PER_ACK, MAX_UNACKED_PSNS, Requester, SendWqe, read_segment_end};
 use crate::rc::psn::{psn_add, psn_diff};
-use crate::rc::qp::{Peer, QpCore, QpState, QpStateKind, bad_state, bth, headers};
+use crate::rc::qp::{Peer, QpCore, QpLocked, QpState, bad_state, bth, headers};
 use crate::rc::sge::{self, SgeError, Sges};
 use crate::rc::{EngineError, SendOp, SendWr, WcStatus};
 use crate::rc::{Outbox, Regions};
@@ -51,7 +51,7 @@ impl QpCore {
         out: &mut Outbox,
     ) -> Result<(), EngineError> {
         let mut st = self.lock();
-        if !matches!(st.kind, QpStateKind::Rts | QpStateKind::Error) {
+        if !matches!(st.kind, QpState::Rts | QpState::Error) {
             return Err(bad_state(st.kind, "post send requests"));
         }
         if st.req.sq.len() + wrs.len() > self.max_send_wr {
@@ -78,7 +78,7 @@ impl QpCore {
                 done: None,
             });
         }
-        if st.kind == QpStateKind::Error {
+        if st.kind == QpState::Error {
             self.fail(&mut st, None);
             return Ok(());
         }
@@ -88,9 +88,9 @@ impl QpCore {
 
     /// rxe_requester: transmits packets of queued requests while the
     /// window and the outstanding-READ limit allow.
-    pub(crate) fn run_requester(&self, st: &mut QpState, regions: &dyn Regions, out: &mut Outbox) {
+    pub(crate) fn run_requester(&self, st: &mut QpLocked, regions: &dyn Regions, out: &mut Outbox) {
         let Some(peer) = st.peer else { return };
-        if st.kind != QpStateKind::Rts || st.req.rnr_waiting() {
+        if st.kind != QpState::Rts || st.req.rnr_waiting() {
             return;
         }
         let mut step = ReqStep::NextWqe;
