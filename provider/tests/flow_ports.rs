@@ -137,3 +137,39 @@ fn with_flow_ports_off_everything_leaves_from_the_device_port() {
     assert_eq!(qp.udp_source_port(), ctx.local_addr().port());
     assert_eq!(ctx.stats().tx_flow_port_fallbacks, 0);
 }
+
+#[test]
+fn an_acknowledgement_held_back_at_teardown_still_leaves_from_the_flow_port() {
+    let peer = socket(PEER);
+    let t = Target::new(peer.local_addr().unwrap(), 4096, Mtu::Mtu1024);
+    let port = t.qp.udp_source_port();
+    let me = peer.local_addr().unwrap();
+    let dev = t.ctx.local_addr();
+    peer.send_to(&seal(me, dev, write_only(&t)), dev).unwrap();
+    // The application receives in its own thread, which holds the ACK
+    // back for a request it might post next...
+    let start = std::time::Instant::now();
+    // SAFETY: reading the target's own mapping, which the device writes.
+    while unsafe { std::ptr::read_volatile(t.buf.ptr().cast::<[u8; 4]>()) } != *b"flow" {
+        assert!(start.elapsed() < std::time::Duration::from_secs(10));
+        t.ctx.progress();
+    }
+    // ...and destroys the queue pair instead (the rest lives on).
+    let Target {
+        ctx,
+        qp,
+        mr,
+        buf: mapping,
+        cq,
+        pd,
+    } = t;
+    drop(qp);
+    let mut buf = [0u8; 2048];
+    let (n, from) = peer.recv_from(&mut buf).expect("the held acknowledgement");
+    assert_eq!(
+        PacketRepr::parse(&buf[..n]).unwrap().bth.opcode,
+        Opcode::RC_ACKNOWLEDGE
+    );
+    assert_eq!(from.port(), port);
+    drop((mr, mapping, cq, pd, ctx));
+}

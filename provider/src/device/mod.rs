@@ -440,9 +440,13 @@ impl Device {
         }
     }
 
-    /// Gives back a port from [`Self::open_flow_port`] (0 does nothing).
+    /// Gives back a port from [`Self::open_flow_port`] (0 does nothing),
+    /// once every answer built so far has gone out (an acknowledgement
+    /// held back for the queue pair leaves from its flow port, not from
+    /// the device's).
     pub(crate) fn close_flow_port(&self, port: u16) {
         if port != 0 {
+            self.shared.send_held_back();
             self.shared.transport.close_source_port(port);
         }
     }

@@ -273,6 +273,15 @@ impl Shared {
         Some(rx)
     }
 
+    /// Sends whatever the receive side holds back, waiting for a thread
+    /// that is receiving to finish (it sends its batch's answers before it
+    /// lets go): after this, no answer built so far is still unsent.
+    pub(super) fn send_held_back(&self) {
+        let mut rx = self.lock_rx();
+        self.send(rx.acks());
+        self.acks_pending.store(false, Relaxed);
+    }
+
     /// Sends the acknowledgements held back, unless another thread holds
     /// the receive side (which then sends them itself).
     fn flush_deferred_acks(&self) {
