@@ -13,13 +13,13 @@ mod common;
 #[path = "../../odp/tests/common/mod.rs"]
 mod preload;
 
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 
 use common::{End, LOCALHOST, any_port, pattern, send};
 use odp::{AddressSpace, OdpCounters, UserfaultfdStats};
+use preload::Preload;
 use provider::{CompletionQueue, DeviceOptions, Mtu, OdpEvents, QueuePair, SendOp, WcStatus};
 
 const PAGE: usize = 4096;
@@ -261,7 +261,7 @@ fn plain_libc_changes_invalidate_while_a_peer_writes_and_reads() {
 
 #[test]
 fn with_the_interposition_library_too_both_sources_report() {
-    let out = run_child("child_with_preload", &[], true);
+    let out = preload::run_child_with("child_with_preload", &[], Preload::Yes);
     preload::assert_child_passed(&out);
 }
 
@@ -274,7 +274,7 @@ fn child_with_preload() {
 #[test]
 fn opting_out_leaves_the_monitor_off() {
     let env = [(provider::ODP_EVENTS_ENV, "none")];
-    preload::assert_child_passed(&run_child("child_opt_out", &env, false));
+    preload::assert_child_passed(&preload::run_child_with("child_opt_out", &env, Preload::No));
 }
 
 fn device_with(odp_events: OdpEvents, len: usize) -> End {
@@ -307,7 +307,7 @@ fn child_opt_out() {
 
 #[test]
 fn a_refused_userfaultfd_leaves_registration_working() {
-    let out = run_child("child_refused", &[], false);
+    let out = preload::run_child_with("child_refused", &[], Preload::No);
     preload::assert_child_passed(&out);
 }
 
@@ -409,22 +409,4 @@ fn deny_userfaultfd() {
         )
     };
     assert_eq!(rc, 0, "seccomp: {}", std::io::Error::last_os_error());
-}
-
-/// Runs the ignored test `name` of this binary in a child process with
-/// `env` (and the interposition library if `preload`).
-fn run_child(name: &str, env: &[(&str, &str)], preload: bool) -> std::process::Output {
-    let mut cmd = Command::new(std::env::current_exe().expect("test executable"));
-    cmd.args([
-        "--exact",
-        name,
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ]);
-    cmd.envs(env.iter().copied());
-    if preload {
-        cmd.env("LD_PRELOAD", preload::preload_library());
-    }
-    cmd.output().expect("spawn child test")
 }

@@ -59,6 +59,11 @@ pub enum Preload {
 /// Runs the ignored test `name` of this test binary in a child process of
 /// its own (optionally with the interposition library preloaded).
 pub fn run_child(name: &str, preload: Preload) -> Output {
+    run_child_with(name, &[], preload)
+}
+
+/// [`run_child`] with extra environment variables for the child.
+pub fn run_child_with(name: &str, env: &[(&str, &str)], preload: Preload) -> Output {
     let mut cmd = Command::new(std::env::current_exe().expect("test executable"));
     cmd.args([
         "--exact",
@@ -67,6 +72,7 @@ pub fn run_child(name: &str, preload: Preload) -> Output {
         "--nocapture",
         "--test-threads=1",
     ]);
+    cmd.envs(env.iter().copied());
     if preload == Preload::Yes {
         cmd.env("LD_PRELOAD", preload_library());
     }
