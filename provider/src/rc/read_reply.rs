@@ -8,7 +8,7 @@ use super::psn::psn_add;
 use super::qp::{Peer, QpCore, QpLocked, bth, headers};
 use super::responder::{INVALID, Refusal, Resource};
 use super::{AccessFlags, Outbox, QpState, Region, RegionError, Regions};
-use crate::wire::{AethRepr, NakCode, Opcode, PacketRepr, Syndrome};
+use crate::wire::{AethRepr, NakCode, Opcode, PacketRepr, RethRepr, Syndrome};
 
 /// READ response packets produced per call of [`QpCore::read_reply`]:
 /// at most 64 packets (256 KiB at MTU 4096) are built before the device
@@ -29,6 +29,21 @@ pub(super) struct ReadReply {
     /// Whether the next response is the first of the reply.
     pub(super) first: bool,
     pub(super) msn: u32,
+}
+
+impl ReadReply {
+    /// A reply to the READ described by `reth`, from response PSN `psn`,
+    /// acknowledging MSN `msn`.
+    pub(super) fn new(reth: RethRepr, psn: u32, msn: u32) -> Self {
+        Self {
+            rkey: reth.rkey,
+            va: reth.va,
+            remaining: reth.len,
+            psn,
+            first: true,
+            msn,
+        }
+    }
 }
 
 impl QpCore {
@@ -66,14 +81,7 @@ impl QpCore {
         let msn = st.resp.next_msn();
         st.resp.remember(Resource::Read { psn, npsn });
         st.resp.epsn = psn_add(psn, npsn);
-        st.resp.read_reply = Some(ReadReply {
-            rkey: reth.rkey,
-            va: reth.va,
-            remaining: reth.len,
-            psn,
-            first: true,
-            msn,
-        });
+        st.resp.read_reply = Some(ReadReply::new(reth, psn, msn));
         Ok(())
     }
 

@@ -490,14 +490,7 @@ impl QpCore {
                 {
                     return;
                 }
-                st.resp.read_reply = Some(ReadReply {
-                    rkey: reth.rkey,
-                    va: reth.va,
-                    remaining: reth.len,
-                    psn,
-                    first: true,
-                    msn: st.resp.msn,
-                });
+                st.resp.read_reply = Some(ReadReply::new(reth, psn, st.resp.msn));
                 self.read_reply(st, regions, out);
             }
             Opcode::RC_COMPARE_SWAP | Opcode::RC_FETCH_ADD => {
