@@ -42,7 +42,7 @@ pub(crate) enum Ext {
 
 impl Ext {
     /// Every extended header, in wire order.
-    const ALL: [Ext; 6] = [
+    pub(crate) const ALL: [Ext; 6] = [
         Ext::Reth,
         Ext::AtomicEth,
         Ext::Aeth,

@@ -121,14 +121,7 @@ impl Gen {
     /// Sets the headers of `layout`, each one flipped (added or left out)
     /// once in 30 draws.
     fn extended_headers(&mut self, r: &mut PacketRepr<'_>, layout: Layout, valid: &mut bool) {
-        for ext in [
-            Ext::Reth,
-            Ext::AtomicEth,
-            Ext::Aeth,
-            Ext::AtomicAckEth,
-            Ext::ImmDt,
-            Ext::Ieth,
-        ] {
+        for ext in Ext::ALL {
             let mut present = layout.has(ext);
             if self.one_in(30) {
                 present = !present;
