@@ -19,23 +19,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{End, connect, send};
+use common::{End, connect, send, status_kib};
 use odp::AddressSpace;
 use provider::{Mtu, SendOp, WcStatus, WorkCompletion};
 
 const GIB: usize = 1 << 30;
 /// Alternating READ and WRITE rounds for the printed comparison.
 const COMPARISON_ROUNDS: usize = 3;
-
-/// A field of /proc/self/status in KiB.
-fn status_kib(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap()
-}
 
 /// Resets the peak resident size to the current one.
 fn reset_peak() {

@@ -15,7 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use common::raw::{TARGET_PSN, Target, bth, packet, responses, seal, socket};
-use common::{End, LOCALHOST, connect, send};
+use common::{End, LOCALHOST, connect, send, status_kib};
 use odp::AddressSpace;
 use provider::wire::{NakCode, Opcode, PacketRepr, RethRepr, Syndrome};
 use provider::{AccessFlags, Context, Mtu, QpState, SendOp, WcStatus};
@@ -357,15 +357,7 @@ fn an_unread_gigabyte_read_costs_the_responder_little_memory() {
     let target = Target::new(me, LEN as usize, Mtu::Mtu4096);
     let (ctx, qp, mr) = (&target.ctx, &target.qp, &target.mr);
     let dev = ctx.local_addr();
-    let rss = || {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-            .unwrap();
-        kib >> 10
-    };
+    let rss = || status_kib("VmRSS:") >> 10;
     let before = rss();
     let mut peak = before;
     let h = read_request(qp.qp_num(), TARGET_PSN, mr.addr(), mr.rkey(), LEN);

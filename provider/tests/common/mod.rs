@@ -120,3 +120,13 @@ pub fn send(qp: &QueuePair, wr_id: u64, op: SendOp, sge: Sge) {
     }])
     .unwrap();
 }
+
+/// A field of /proc/self/status in KiB.
+pub fn status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
