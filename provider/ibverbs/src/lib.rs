@@ -4,7 +4,8 @@
 //! symbol, with its version, that Debian bookworm's `libibverbs.so.1`
 //! (rdma-core 44) exports, so unmodified verbs programs run over the
 //! userspace device with `LD_LIBRARY_PATH` pointing at it. The C structures
-//! are rdma-core's, from bindings of its headers ([`sys`]).
+//! are rdma-core's, from bindings of its headers ([`sys`], the crate
+//! `srxe-verbs-sys` in `provider/verbs-sys`).
 //!
 //! - `device`: the device list, one device per interface and address
 //!   family (`srxe-<if>`, `srxe6-<if>`).
@@ -38,6 +39,9 @@ mod inline;
 mod mr;
 mod qp;
 mod qp_ex;
-pub mod sys;
+/// rdma-core's C structures and constants (the bindings crate, without
+/// its `link` feature: the functions it declares are the ones this
+/// library exports).
+pub use verbs_sys as sys;
 mod text;
 mod unsupported;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates src/sys/bindings.rs (and src/sys/static_fns.c, the wrappers of
+# Regenerates src/bindings.rs (and src/static_fns.c, the wrappers of
 # the header's static inline verbs) from rdma-core's public header
 # <infiniband/verbs.h>, as Debian bookworm's libibverbs-dev (rdma-core 44)
 # installs it: the header Debian's verbs binaries were built with.
@@ -14,7 +14,7 @@ header=/usr/include/infiniband/verbs.h
 [ -r "$header" ] || { echo "no $header: apt-get install libibverbs-dev" >&2; exit 1; }
 export LIBCLANG_PATH="${LIBCLANG_PATH:-/usr/lib/llvm-14/lib}"
 
-out=src/sys
+out=src
 bindgen "$header" \
     --rust-target 1.85 --rust-edition 2024 \
     --allowlist-function '_*ibv_.*' \
