@@ -5,8 +5,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 
 use odp::{AddressSpace, Advice, Mapping};
 use provider::{
-    AccessFlags, CompletionQueue, Context, DeviceOptions, Gid, MemoryRegion, Mtu as PathMtu,
-    ProtectionDomain, QpCaps, QueuePair, RemoteInfo, Sge, devices,
+    AccessFlags, CompletionQueue, Context, DeviceBackend, DeviceInfo, DeviceOptions, Gid,
+    MemoryRegion, MrOptions, Mtu as PathMtu, ProtectionDomain, QpCaps, QueuePair, RemoteInfo, Sge,
+    VerbsError, devices,
 };
 
 use super::exchange::{KeyMessage, Mtu, Tool};
@@ -29,8 +30,14 @@ pub struct Side {
     pub cq: CompletionQueue,
     /// The queue pairs.
     pub qps: Vec<QueuePair>,
-    /// The registered region.
+    /// The registered region: every local SGE uses it, and unless
+    /// `remote_mr` is set, the peer's accesses too.
     pub mr: MemoryRegion,
+    /// A second registration of the same buffer for the peer's accesses,
+    /// when the device cannot give one ODP region remote access (a real
+    /// device without usable ODP: `mr` pins on demand for local access,
+    /// this one pins the whole buffer).
+    pub remote_mr: Option<MemoryRegion>,
     /// The buffer: per queue pair, `slot` bytes to send from, then `slot`
     /// bytes the peer writes into (the address in the key message).
     pub buf: Mapping,
@@ -141,6 +148,74 @@ fn default_address(
     Ok(fallback)
 }
 
+/// Opens the device: the real verbs device `-d` names (with the
+/// `rdma-core` feature), else the userspace device on `addr`.
+fn open_context(flags: &Flags, addr: IpAddr, options: &DeviceOptions) -> Result<Context, ToolError> {
+    if let Some(info) = named_kernel_device(flags)? {
+        if flags.gid_index.is_some() {
+            return Err(ToolError::Device(format!(
+                "-x with the kernel device {}: not supported; it uses its RoCEv2 GID of {}",
+                info.name, info.addr
+            )));
+        }
+        return info
+            .open()
+            .map_err(|e| ToolError::Device(format!("cannot open {}: {e}", info.name)));
+    }
+    Context::open_with(addr, options).map_err(|e| {
+        ToolError::Device(format!(
+            "cannot open the device on {addr} (UDP port 4791): {e}"
+        ))
+    })
+}
+
+/// The real verbs device (kernel rxe, a NIC) `-d` names, if it names one.
+fn named_kernel_device(flags: &Flags) -> Result<Option<DeviceInfo>, ToolError> {
+    let Some(name) = &flags.device else {
+        return Ok(None);
+    };
+    if name.parse::<IpAddr>().is_ok() {
+        return Ok(None);
+    }
+    let all = devices().map_err(|e| ToolError::Device(e.to_string()))?;
+    Ok(all
+        .into_iter()
+        .find(|d| &d.name == name && d.backend == DeviceBackend::RdmaCore))
+}
+
+/// Registers the buffer with `access`. A device that cannot give an ODP
+/// region remote access (a real device without usable ODP) gets two
+/// registrations of the same buffer instead, as verbs allows: an ODP one
+/// for local SGEs (pinned on demand) and a pinned one for the peer.
+fn register(
+    pd: &ProtectionDomain,
+    addr: usize,
+    len: usize,
+    access: AccessFlags,
+) -> Result<(MemoryRegion, Option<MemoryRegion>), ToolError> {
+    // SAFETY (all three registrations): the mapping is owned by the Side
+    // and outlives the regions (fields drop in declaration order: the
+    // regions before `buf`), and holds no Rust objects: the device and
+    // this process share plain bytes.
+    match unsafe { pd.reg_mr(addr, len, access) } {
+        Ok(mr) => return Ok((mr, None)),
+        Err(VerbsError::OdpUnavailable(why)) => {
+            eprintln!(" ODP: {why}; local SGEs use an ODP region, the peer a pinned one")
+        }
+        Err(e) => return Err(ToolError::verbs(e)),
+    }
+    let local = AccessFlags::LOCAL_WRITE | AccessFlags::ON_DEMAND;
+    // SAFETY: as above.
+    let mr = unsafe { pd.reg_mr(addr, len, local) }.map_err(ToolError::verbs)?;
+    let pinned = MrOptions {
+        pin_whole_fallback: true,
+        ..MrOptions::default()
+    };
+    // SAFETY: as above.
+    let remote = unsafe { pd.reg_mr_with(addr, len, access, &pinned) }.map_err(ToolError::verbs)?;
+    Ok((mr, Some(remote)))
+}
+
 /// Says once per process, on stderr, that no event source sees plain
 /// unmaps of ODP memory (opted out, or the kernel refused a userfaultfd).
 fn warn_without_backstop(ctx: &Context) {
@@ -209,11 +284,7 @@ impl Side {
             odp_events: flags.odp_events,
             ..DeviceOptions::default()
         };
-        let ctx = Context::open_with(addr, &options).map_err(|e| {
-            ToolError::Device(format!(
-                "cannot open the device on {addr} (UDP port 4791): {e}"
-            ))
-        })?;
+        let ctx = open_context(flags, addr, &options)?;
         let pd = ctx.alloc_pd().map_err(ToolError::verbs)?;
         let cq = ctx.create_cq(CQ_DEPTH).map_err(ToolError::verbs)?;
         let slot = page_round(max_size as usize);
@@ -233,10 +304,7 @@ impl Side {
         } else {
             (buf.addr(), len)
         };
-        // SAFETY: the mapping is owned by this Side and outlives the region
-        // (fields drop in declaration order: `mr` before `buf`), and holds
-        // no Rust objects: the device and this process share plain bytes.
-        let mr = unsafe { pd.reg_mr(addr0, len0, access) }.map_err(ToolError::verbs)?;
+        let (mr, remote_mr) = register(&pd, addr0, len0, access)?;
         if access.contains(AccessFlags::ON_DEMAND) {
             warn_without_backstop(&ctx);
         }
@@ -284,6 +352,7 @@ impl Side {
             cq,
             qps,
             mr,
+            remote_mr,
             buf,
             slot,
             mtu,
@@ -358,7 +427,7 @@ impl Side {
                     out_reads,
                     qpn: e.qp_num,
                     psn: e.psn,
-                    rkey: self.mr.rkey(),
+                    rkey: self.remote_mr.as_ref().unwrap_or(&self.mr).rkey(),
                     vaddr: self.addr(self.target(i)),
                     gid,
                     srqn: 0,
