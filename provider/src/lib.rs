@@ -12,6 +12,13 @@
 //!   [`OdpEvents`]).
 //! - [`net`]: the UDP transport (batched sends and receives, GSO/GRO, the
 //!   ICRC), and seeded fault injection for tests.
+//! - With feature `rdma-core` (needs `libibverbs-dev` and a C compiler;
+//!   the default build needs no C library), [`devices`] also lists the
+//!   kernel's verbs devices (rxe, hardware), and the same types work on
+//!   them through the system's libibverbs. ON_DEMAND regions there are
+//!   passed through to the device's ODP where it is usable (a self-check
+//!   probes it once per device), else emulated for local access
+//!   ([`OdpMode`]).
 //!
 //! # Layers
 //! Each module uses only the ones below it, so there is no cycle:
@@ -25,7 +32,9 @@
 //!    neither sockets nor the verbs API;
 //! 3. `device`: the socket, the progress thread, the queue-pair table and
 //!    the key table, which holds regions only as the engine's region trait;
-//! 4. [`verbs`]: the public API. It re-exports the engine's data types
+//! 4. `rdma_core` (feature), beside `device`: the verbs API's second
+//!    backend, over libibverbs; it speaks the verbs API's data types;
+//! 5. [`verbs`]: the public API. It re-exports the engine's data types
 //!    under their verbs names, implements the completion sink with its
 //!    completion queue and the region trait with its memory regions, and
 //!    maps the engine's errors to [`VerbsError`].
@@ -80,6 +89,8 @@
 mod device;
 pub mod net;
 mod rc;
+#[cfg(feature = "rdma-core")]
+mod rdma_core;
 pub mod verbs;
 pub mod wire;
 

@@ -128,6 +128,16 @@ for b in $bins; do
     path=$(command -v "$b") || { echo "build-guest: $b is not installed" >&2; exit 1; }
     copy_with_libs "$path" /bin/
 done
+# What this workspace's Rust binaries link beyond the tools above, for the
+# files pushed into the guest (guest-exec.sh, the rdma-core cases):
+# libgcc_s (unwinding) and libm; libibverbs and its libnl come with
+# ibv_devinfo.
+for lib in libgcc_s.so.1 libm.so.6; do
+    path=$(ldconfig -p | awk -v l="$lib" '$1 == l && /x86-64/ { print $NF; exit }')
+    [ -n "$path" ] || { echo "build-guest: $lib not found on this host" >&2; exit 1; }
+    mkdir -p "$root$(dirname "$path")"
+    cp -L "$path" "$root$path"
+done
 # The lab's own data-checked peer.
 gcc -O2 -Wall -o "$cache/rc_check" "$here/rc_check.c" -libverbs
 copy_with_libs "$cache/rc_check" /bin/

@@ -30,32 +30,20 @@ while [ $# -gt 0 ]; do
         *) echo "lab.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
-[ "$(id -u)" = 0 ] || { echo "lab.sh: run as root (network namespace, tap, tcpdump)" >&2; exit 2; }
+source tests/lab/common.sh
+lab_require_root lab.sh
 cache=${LAB_CACHE:-$repo/target/lab}
-
-need=()
-for pair in qemu-system-x86_64:qemu-system-x86 tcpdump:tcpdump ip:iproute2 ib_write_bw:perftest \
-    ibv_devinfo:ibverbs-utils rdma:iproute2 busybox:busybox-static cpio:cpio \
-    depmod:kmod socat:socat xz:xz-utils gcc:gcc; do
-    command -v "${pair%%:*}" > /dev/null || need+=("${pair#*:}")
-done
-[ -e /usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav34.so ] || need+=(ibverbs-providers)
-[ -e /usr/include/infiniband/verbs.h ] || need+=(libibverbs-dev)
-if [ ${#need[@]} -gt 0 ]; then
-    apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" rdma-core ibverbs-providers
-fi
+lab_install_needs
 
 nice -n 10 cargo build --release -q -p examples -p integration-tests -p srxe-ibverbs --bins
 nice -n 10 cargo build --release -q -p srxe-ibverbs --lib
-read -r kernel initrd version < <(bash tests/lab/build-guest.sh "$cache" "$suite" "$perftest" | tail -n1)
-[ -s "$kernel" ] && [ -s "$initrd" ] || { echo "lab.sh: guest build failed" >&2; exit 2; }
+lab_build_guest "$cache" "$suite" "$perftest"
+kernel=$lab_kernel initrd=$lab_initrd version=$lab_version
 case $suite in bookworm) runner_args+=(--no-kernel-odp) ;; esac
 
 ns=rxelab
-bash tests/lab/netns.sh up "$ns"
-trap 'bash tests/lab/netns.sh down "$ns"' EXIT
+lab_claim_netns "$ns" lab.sh
 out=$cache/runs/$(date +%Y%m%d-%H%M%S)-$version-perftest-$perftest
 echo "lab.sh: kernel $version, outputs in $out" >&2
-ip netns exec "$ns" "$repo/target/release/rxe-lab" --kernel "$kernel" --initrd "$initrd" \
+ip netns exec "$ns" "$repo/target/release/rxe-lab" cases --kernel "$kernel" --initrd "$initrd" \
     --ifup "$repo/tests/lab/ifup" --tools "$repo/target/release" --out "$out" "${runner_args[@]}"

@@ -9,7 +9,18 @@ set -euo pipefail
 ns=$2
 case $1 in
     up)
-        ip netns del "$ns" 2>/dev/null || true
+        # A namespace left by a run that died is deleted; one that still
+        # holds processes belongs to a run that is not over (or to one of
+        # an older lab.sh that took no lock): never pull it from under them.
+        if ip netns list | grep -qx "$ns\( .*\)\?"; then
+            pids=$(ip netns pids "$ns" | tr '\n' ' ')
+            if [ -n "$pids" ]; then
+                echo "netns.sh: namespace $ns exists and processes run in it ($pids):" \
+                    "another lab run; wait for it, or end those processes if they are left over" >&2
+                exit 3
+            fi
+            ip netns del "$ns"
+        fi
         ip netns add "$ns"
         ip -n "$ns" link set lo up
         ip -n "$ns" link add labbr0 type bridge forward_delay 0 stp_state 0

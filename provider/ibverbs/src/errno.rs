@@ -17,6 +17,8 @@ pub(crate) fn errno_of(err: &VerbsError) -> i32 {
         VerbsError::NoSuchGid(_) => libc::EINVAL,
         VerbsError::Odp(_) => libc::EFAULT,
         VerbsError::QueueFull(_) => libc::ENOMEM,
+        VerbsError::DeviceCall { errno, .. } => *errno,
+        VerbsError::OdpUnavailable(_) => libc::EOPNOTSUPP,
     }
 }
 

@@ -3,36 +3,71 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use super::{CompletionQueue, Gid, Mtu, OdpEventSources, ProtectionDomain, VerbsError};
+use super::{
+    CompletionQueue, Gid, Mtu, OdpBackendCounters, OdpEventSources, OdpMode, ProtectionDomain,
+    SelfCheck, VerbsError,
+};
 use crate::device::{Device, DeviceOptions, DeviceStats};
+#[cfg(feature = "rdma-core")]
+use crate::rdma_core::RdmaContext;
 use crate::wire::ROCE_V2_PORT;
 
-/// A soft RoCE device this host can open: one per interface address.
+/// Which implementation serves a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DeviceBackend {
+    /// This crate's userspace soft-RoCE device over a UDP socket.
+    Userspace,
+    /// A verbs device of the kernel (rxe, hardware) through the system's
+    /// libibverbs (feature `rdma-core`).
+    RdmaCore,
+}
+
+/// A device this host can open: a soft RoCE device per interface address,
+/// and (with feature `rdma-core`) each verbs device of the kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceInfo {
-    /// `srxe-<interface>` for IPv4, `srxe6-<interface>` for IPv6.
+    /// `srxe-<interface>` for IPv4, `srxe6-<interface>` for IPv6; a verbs
+    /// device's own name (`rxe0`, `mlx5_0`).
     pub name: String,
-    /// The address the device binds (UDP port 4791).
+    /// The address the device binds (UDP port 4791); for a verbs device
+    /// the address of its IPv4-mapped RoCEv2 GID if it has one, else of
+    /// its global IPv6 one, else unspecified.
     pub addr: IpAddr,
     /// The interface's MTU.
     pub if_mtu: u32,
+    /// Which implementation serves it.
+    pub backend: DeviceBackend,
 }
 
 impl DeviceInfo {
     /// Opens the device.
     ///
     /// # Errors
-    /// As [`Context::open`].
+    /// As [`Context::open`] or [`Context::open_rdma_core`].
     pub fn open(&self) -> Result<Context, VerbsError> {
-        Context::open(self.addr)
+        match self.backend {
+            DeviceBackend::Userspace => Context::open(self.addr),
+            DeviceBackend::RdmaCore => Context::open_rdma_core(&self.name),
+        }
     }
 }
 
-/// The devices of this host: every IPv4 and IPv6 interface address.
+/// The devices of this host: the userspace devices (every IPv4 and IPv6
+/// interface address), then, with feature `rdma-core`, the kernel's verbs
+/// devices (none on a host without RDMA).
 ///
 /// # Errors
-/// `getifaddrs(3)` failed.
+/// `getifaddrs(3)` failed; listing or opening a verbs device failed for
+/// another reason than the host having no RDMA.
 pub fn devices() -> Result<Vec<DeviceInfo>, VerbsError> {
+    let list = userspace_devices()?;
+    #[cfg(feature = "rdma-core")]
+    let list = [list, crate::rdma_core::devices()?].concat();
+    Ok(list)
+}
+
+/// The userspace devices: every IPv4 and IPv6 interface address.
+fn userspace_devices() -> Result<Vec<DeviceInfo>, VerbsError> {
     let mut list = Vec::new();
     let mut ifaddrs: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills a list we free below.
@@ -74,6 +109,7 @@ pub fn devices() -> Result<Vec<DeviceInfo>, VerbsError> {
             name: format!("{prefix}-{name}"),
             addr,
             if_mtu,
+            backend: DeviceBackend::Userspace,
         });
     }
     // SAFETY: frees the list getifaddrs returned, once.
@@ -126,6 +162,17 @@ pub struct DeviceAttr {
     /// (per process; the first ODP registration starts the userfaultfd
     /// monitor unless the device opted out).
     pub odp_events: OdpEventSources,
+    /// The mode the device chooses for an `ON_DEMAND` region with local
+    /// access only (`None`: refused). The userspace device: `Native`. A
+    /// verbs device: `PassThrough` if its RC ODP covers local use and the
+    /// self-check has not failed (it runs at the first such registration,
+    /// or [`Context::check_odp`]), else `PinOnDemand`.
+    pub odp_local: Option<OdpMode>,
+    /// The mode for an `ON_DEMAND` region that grants remote write and
+    /// read: `Native`; `PassThrough` as for `odp_local`; `None` where a
+    /// verbs device has no usable ODP (such regions are refused unless
+    /// they ask for [`super::MrOptions::pin_whole_fallback`]).
+    pub odp_remote: Option<OdpMode>,
 }
 
 /// Port attributes.
@@ -143,14 +190,28 @@ pub struct PortAttr {
 /// An open device (verbs' `ibv_context`).
 #[derive(Clone)]
 pub struct Context {
-    pub(crate) dev: Arc<Device>,
-    if_mtu: u32,
+    pub(crate) imp: ContextImpl,
+}
+
+/// The backend of a context.
+#[derive(Clone)]
+pub(crate) enum ContextImpl {
+    /// The userspace device.
+    User {
+        dev: Arc<Device>,
+        /// The interface's MTU.
+        if_mtu: u32,
+    },
+    /// A verbs device.
+    #[cfg(feature = "rdma-core")]
+    Rdma(Arc<RdmaContext>),
 }
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context")
-            .field("addr", &self.dev.local_addr())
+            .field("addr", &self.local_addr())
+            .field("backend", &self.backend())
             .finish()
     }
 }
@@ -203,16 +264,106 @@ impl Context {
                 })
             })
             .map_or(1500, |d| d.if_mtu);
-        Ok(Context { dev, if_mtu })
+        Ok(Context {
+            imp: ContextImpl::User { dev, if_mtu },
+        })
     }
 
-    /// The address and UDP port the device uses.
+    /// Opens the verbs device called `name` (`rxe0`, ...) through the
+    /// system's libibverbs.
+    ///
+    /// # Errors
+    /// [`VerbsError::InvalidArgument`] when no such device is listed, or
+    /// when this build has no `rdma-core` feature; a failed verbs call
+    /// ([`VerbsError::DeviceCall`]).
+    pub fn open_rdma_core(name: &str) -> Result<Context, VerbsError> {
+        #[cfg(feature = "rdma-core")]
+        return Ok(Context {
+            imp: ContextImpl::Rdma(RdmaContext::open(name)?),
+        });
+        #[cfg(not(feature = "rdma-core"))]
+        {
+            let _ = name;
+            Err(VerbsError::InvalidArgument(
+                "verbs devices need the provider's rdma-core feature",
+            ))
+        }
+    }
+
+    /// Which implementation serves this context.
+    pub fn backend(&self) -> DeviceBackend {
+        match &self.imp {
+            ContextImpl::User { .. } => DeviceBackend::Userspace,
+            #[cfg(feature = "rdma-core")]
+            ContextImpl::Rdma(_) => DeviceBackend::RdmaCore,
+        }
+    }
+
+    /// The address and UDP port the device uses (a verbs device: the
+    /// address of [`DeviceInfo::addr`] and port 4791).
     pub fn local_addr(&self) -> SocketAddr {
-        self.dev.local_addr()
+        match &self.imp {
+            ContextImpl::User { dev, .. } => dev.local_addr(),
+            #[cfg(feature = "rdma-core")]
+            ContextImpl::Rdma(ctx) => SocketAddr::new(ctx.addr(), ROCE_V2_PORT),
+        }
+    }
+
+    /// The verdict of the device's ODP self-check, if it ran (never on the
+    /// userspace device, whose ODP is its own).
+    pub fn odp_self_check(&self) -> Option<SelfCheck> {
+        match &self.imp {
+            ContextImpl::User { .. } => None,
+            #[cfg(feature = "rdma-core")]
+            ContextImpl::Rdma(ctx) => *ctx
+                .shared
+                .self_check
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        }
+    }
+
+    /// Runs the device's ODP self-check now unless it ran already, and
+    /// returns its verdict; `None` where there is nothing to check (the
+    /// userspace device, or a verbs device without RC ODP).
+    ///
+    /// # Errors
+    /// The check could not be set up or run.
+    pub fn check_odp(&self) -> Result<Option<SelfCheck>, VerbsError> {
+        match &self.imp {
+            ContextImpl::User { .. } => Ok(None),
+            #[cfg(feature = "rdma-core")]
+            ContextImpl::Rdma(ctx) => {
+                let local = crate::AccessFlags::LOCAL_WRITE;
+                if !crate::rdma_core::caps_cover(&ctx.limits.odp, local) {
+                    return Ok(None);
+                }
+                crate::rdma_core::self_check_verdict(ctx).map(Some)
+            }
+        }
+    }
+
+    /// Counters of the ODP modes chosen on this device (zeros on the
+    /// userspace device).
+    pub fn odp_backend_counters(&self) -> OdpBackendCounters {
+        match &self.imp {
+            ContextImpl::User { .. } => OdpBackendCounters::default(),
+            #[cfg(feature = "rdma-core")]
+            ContextImpl::Rdma(ctx) => ctx.shared.counters.snapshot(),
+        }
     }
 
     /// Device limits and ODP capabilities.
     pub fn query_device(&self) -> DeviceAttr {
+        match &self.imp {
+            ContextImpl::User { .. } => Self::userspace_attr(),
+            #[cfg(feature = "rdma-core")]
+            ContextImpl::Rdma(ctx) => ctx.device_attr(),
+        }
+    }
+
+    /// The userspace device's limits.
+    fn userspace_attr() -> DeviceAttr {
         DeviceAttr {
             max_qp: 1 << 20,
             max_qp_wr: 1 << 16,
@@ -232,12 +383,19 @@ impl Context {
                 prefetch: true,
             },
             odp_events: OdpEventSources::current(),
+            odp_local: Some(OdpMode::Native),
+            odp_remote: Some(OdpMode::Native),
         }
     }
 
     /// Port attributes.
     pub fn query_port(&self) -> PortAttr {
-        let fits = |mtu: Mtu| mtu.bytes() + 80 <= self.if_mtu as usize;
+        let if_mtu = match &self.imp {
+            ContextImpl::User { if_mtu, .. } => *if_mtu,
+            #[cfg(feature = "rdma-core")]
+            ContextImpl::Rdma(ctx) => return ctx.port,
+        };
+        let fits = |mtu: Mtu| mtu.bytes() + 80 <= if_mtu as usize;
         let active_mtu = [Mtu::Mtu4096, Mtu::Mtu2048, Mtu::Mtu1024, Mtu::Mtu512]
             .into_iter()
             .find(|&m| fits(m))
@@ -249,34 +407,47 @@ impl Context {
         }
     }
 
-    /// The GID at `index` (one: the device's address).
+    /// The GID at `index` (the userspace device has one: its address; a
+    /// verbs device its port's table).
     ///
     /// # Errors
     /// [`VerbsError::NoSuchGid`] for any other index.
     pub fn query_gid(&self, index: usize) -> Result<Gid, VerbsError> {
-        if index != 0 {
-            return Err(VerbsError::NoSuchGid(index));
+        match &self.imp {
+            ContextImpl::User { dev, .. } => {
+                if index != 0 {
+                    return Err(VerbsError::NoSuchGid(index));
+                }
+                Ok(Gid::from_ip(dev.local_addr().ip()))
+            }
+            #[cfg(feature = "rdma-core")]
+            ContextImpl::Rdma(ctx) => ctx.query_gid(index),
         }
-        Ok(Gid::from_ip(self.dev.local_addr().ip()))
     }
 
     /// Allocates a protection domain.
     ///
     /// # Errors
-    /// Never, today; kept fallible like verbs.
+    /// Never on the userspace device; a failed `ibv_alloc_pd`.
     pub fn alloc_pd(&self) -> Result<ProtectionDomain, VerbsError> {
-        Ok(ProtectionDomain {
-            id: self.dev.new_pd(),
-            dev: Arc::clone(&self.dev),
-        })
+        match &self.imp {
+            ContextImpl::User { dev, .. } => Ok(ProtectionDomain::user(dev)),
+            #[cfg(feature = "rdma-core")]
+            ContextImpl::Rdma(ctx) => ProtectionDomain::rdma(ctx),
+        }
     }
 
     /// Creates a completion queue of `capacity` entries.
     ///
     /// # Errors
-    /// [`VerbsError::InvalidArgument`] for 0; an eventfd failure.
+    /// [`VerbsError::InvalidArgument`] for 0 (or, on a verbs device, more
+    /// than it allows); an eventfd or verbs failure.
     pub fn create_cq(&self, capacity: usize) -> Result<CompletionQueue, VerbsError> {
-        CompletionQueue::new(Some(Arc::clone(&self.dev)), capacity)
+        match &self.imp {
+            ContextImpl::User { dev, .. } => CompletionQueue::new(Some(Arc::clone(dev)), capacity),
+            #[cfg(feature = "rdma-core")]
+            ContextImpl::Rdma(ctx) => CompletionQueue::rdma(ctx, capacity),
+        }
     }
 
     /// Runs one RoCEv2 datagram (the UDP payload: BTH to ICRC) through the
@@ -284,8 +455,13 @@ impl Context {
     /// from `src` at this device's address: the ICRC check, the parser, the
     /// queue-pair checks and the engine, with responses sent for real. For
     /// fuzzing and for tests that play a hostile peer without a socket.
+    /// A verbs device receives in its kernel driver: nothing happens.
     pub fn receive_datagram(&self, src: SocketAddr, datagram: &[u8]) {
-        self.dev.receive_datagram(src, datagram);
+        match &self.imp {
+            ContextImpl::User { dev, .. } => dev.receive_datagram(src, datagram),
+            #[cfg(feature = "rdma-core")]
+            ContextImpl::Rdma(_) => {}
+        }
     }
 
     /// Receives and handles, in the calling thread, what has arrived for
@@ -296,13 +472,23 @@ impl Context {
     /// called (up to 200 µs after each call) the progress thread leaves
     /// receiving to the caller: call it in a loop, or not at all.
     /// Completion-queue polls that find nothing receive by themselves
-    /// (without keeping the progress thread off the socket).
+    /// (without keeping the progress thread off the socket). A verbs
+    /// device progresses in its driver: 0.
     pub fn progress(&self) -> usize {
-        self.dev.progress(crate::device::Claim::Socket)
+        match &self.imp {
+            ContextImpl::User { dev, .. } => dev.progress(crate::device::Claim::Socket),
+            #[cfg(feature = "rdma-core")]
+            ContextImpl::Rdma(_) => 0,
+        }
     }
 
-    /// Packet counters of the device.
+    /// Packet counters of the userspace device (zeros for a verbs device,
+    /// whose counters are the kernel's).
     pub fn stats(&self) -> DeviceStats {
-        self.dev.stats()
+        match &self.imp {
+            ContextImpl::User { dev, .. } => dev.stats(),
+            #[cfg(feature = "rdma-core")]
+            ContextImpl::Rdma(_) => DeviceStats::default(),
+        }
     }
 }

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use super::VerbsError;
 use crate::device::{Claim, Device};
 use crate::rc::{CompletionSink, WorkCompletion};
+#[cfg(feature = "rdma-core")]
+use crate::rdma_core::RdmaCq;
 
 /// How long [`CompletionQueue::poll_wait`] spins at most before it sleeps.
 const POLL_SPIN: Duration = Duration::from_micros(20);
@@ -67,6 +69,22 @@ impl CompletionSink for CqInner {
 /// A completion queue. Cloning shares the queue.
 #[derive(Clone)]
 pub struct CompletionQueue {
+    pub(crate) imp: CqImpl,
+}
+
+/// The backend of a completion queue.
+#[derive(Clone)]
+pub(crate) enum CqImpl {
+    /// The userspace device's queue.
+    User(UserCq),
+    /// A verbs device's `ibv_cq`.
+    #[cfg(feature = "rdma-core")]
+    Rdma(Arc<RdmaCq>),
+}
+
+/// A completion queue of the userspace device.
+#[derive(Clone)]
+pub(crate) struct UserCq {
     pub(crate) inner: Arc<CqInner>,
     /// The device whose receive path a poll that finds nothing runs (none
     /// for the engine's simulation, which has no device).
@@ -76,13 +94,125 @@ pub struct CompletionQueue {
 impl std::fmt::Debug for CompletionQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CompletionQueue")
-            .field("capacity", &self.inner.capacity)
+            .field("capacity", &self.capacity())
             .finish()
     }
 }
 
 impl CompletionQueue {
+    /// A queue of the userspace device `dev` (none: the engine's
+    /// simulation).
     pub(crate) fn new(dev: Option<Arc<Device>>, capacity: usize) -> Result<Self, VerbsError> {
+        Ok(CompletionQueue {
+            imp: CqImpl::User(UserCq::new(dev, capacity)?),
+        })
+    }
+
+    /// A queue of the verbs device `ctx`.
+    #[cfg(feature = "rdma-core")]
+    pub(crate) fn rdma(
+        ctx: &Arc<crate::rdma_core::RdmaContext>,
+        capacity: usize,
+    ) -> Result<Self, VerbsError> {
+        Ok(CompletionQueue {
+            imp: CqImpl::Rdma(RdmaCq::new(ctx, capacity)?),
+        })
+    }
+
+    /// The userspace queue (the engine's sink), if this is one.
+    #[cfg(test)]
+    pub(crate) fn user(&self) -> Option<&UserCq> {
+        match &self.imp {
+            CqImpl::User(u) => Some(u),
+            #[cfg(feature = "rdma-core")]
+            CqImpl::Rdma(_) => None,
+        }
+    }
+
+    /// Moves up to `out.len()` completions into `out`; returns how many.
+    /// Finding none, the userspace device receives in the calling thread
+    /// (see [`crate::Context::progress`]) and looks again.
+    pub fn poll(&self, out: &mut [WorkCompletion]) -> usize {
+        match &self.imp {
+            CqImpl::User(u) => u.poll(out),
+            #[cfg(feature = "rdma-core")]
+            CqImpl::Rdma(r) => r.poll(out),
+        }
+    }
+
+    /// Like [`Self::poll`], but waits up to `timeout` for the first
+    /// completion: spinning for the first 20 µs (on the userspace device
+    /// receiving for it, yielding the CPU between looks), then asleep (a
+    /// verbs device: on its completion channel).
+    pub fn poll_wait(&self, out: &mut [WorkCompletion], timeout: Duration) -> usize {
+        match &self.imp {
+            CqImpl::User(u) => u.poll_wait(out, timeout),
+            #[cfg(feature = "rdma-core")]
+            CqImpl::Rdma(r) => r.poll_wait(out, timeout),
+        }
+    }
+
+    /// An eventfd for `epoll` (the completion channel of verbs): from the
+    /// first call on, it becomes readable when a completion arrives in an
+    /// empty queue (until then the queue signals nothing, which saves a
+    /// system call per completion), and on the next completion after
+    /// [`Self::request_notify`]. After an event, read the eventfd (which
+    /// resets it) and poll until the queue is empty before waiting again,
+    /// as with `ibv_get_cq_event` and `ibv_req_notify_cq`; poll once after
+    /// the first call too, for completions queued before it.
+    ///
+    /// On a verbs device this is the descriptor of the queue's completion
+    /// channel: it becomes readable on the next completion after
+    /// [`Self::request_notify`] only. Do not read it: [`Self::poll_wait`]
+    /// and [`Self::request_notify`] consume its events (libibverbs must
+    /// acknowledge each one before the queue can be destroyed).
+    pub fn event_fd(&self) -> RawFd {
+        match &self.imp {
+            CqImpl::User(u) => u.event_fd(),
+            #[cfg(feature = "rdma-core")]
+            CqImpl::Rdma(r) => r.event_fd(),
+        }
+    }
+
+    /// Asks for the next completion to signal [`Self::event_fd`] even if it
+    /// arrives in a queue that is not empty (verbs' `ibv_req_notify_cq`:
+    /// notify on the next completion added). On a verbs device a failed
+    /// `ibv_req_notify_cq` leaves the queue unarmed (a later
+    /// [`Self::poll_wait`] still wakes: it re-arms and sleeps in bounded
+    /// steps).
+    pub fn request_notify(&self) {
+        match &self.imp {
+            CqImpl::User(u) => u.request_notify(),
+            #[cfg(feature = "rdma-core")]
+            CqImpl::Rdma(r) => {
+                let _ = r.request_notify();
+            }
+        }
+    }
+
+    /// Whether a completion was dropped because the queue was full (a
+    /// verbs device reports an overrun as an asynchronous event instead,
+    /// which this API does not read: always false there).
+    pub fn overflowed(&self) -> bool {
+        match &self.imp {
+            CqImpl::User(u) => u.inner.overflowed.load(Ordering::Relaxed),
+            #[cfg(feature = "rdma-core")]
+            CqImpl::Rdma(_) => false,
+        }
+    }
+
+    /// The queue's capacity.
+    pub fn capacity(&self) -> usize {
+        match &self.imp {
+            CqImpl::User(u) => u.inner.capacity,
+            #[cfg(feature = "rdma-core")]
+            CqImpl::Rdma(r) => r.capacity(),
+        }
+    }
+}
+
+impl UserCq {
+    fn new(dev: Option<Arc<Device>>, capacity: usize) -> Result<Self, VerbsError> {
         if capacity == 0 {
             return Err(VerbsError::InvalidArgument("CQ capacity 0"));
         }
@@ -91,7 +221,7 @@ impl CompletionQueue {
         if fd < 0 {
             return Err(std::io::Error::last_os_error().into());
         }
-        Ok(CompletionQueue {
+        Ok(UserCq {
             inner: Arc::new(CqInner {
                 entries: Mutex::new(VecDeque::with_capacity(capacity.min(1 << 16))),
                 capacity,
@@ -108,10 +238,8 @@ impl CompletionQueue {
         })
     }
 
-    /// Moves up to `out.len()` completions into `out`; returns how many.
-    /// Finding none, it receives for the device in the calling thread
-    /// (see [`crate::Context::progress`]) and looks again.
-    pub fn poll(&self, out: &mut [WorkCompletion]) -> usize {
+    /// See [`CompletionQueue::poll`].
+    fn poll(&self, out: &mut [WorkCompletion]) -> usize {
         let n = self.take(out);
         if n > 0 || out.is_empty() || self.progress() == 0 {
             return n;
@@ -134,10 +262,8 @@ impl CompletionQueue {
         n
     }
 
-    /// Like [`Self::poll`], but waits up to `timeout` for the first
-    /// completion: spinning for the first 20 µs (receiving for the device,
-    /// yielding the CPU between looks), then asleep.
-    pub fn poll_wait(&self, out: &mut [WorkCompletion], timeout: Duration) -> usize {
+    /// See [`CompletionQueue::poll_wait`].
+    fn poll_wait(&self, out: &mut [WorkCompletion], timeout: Duration) -> usize {
         let deadline = Instant::now() + timeout;
         self.spin_until_nonempty(POLL_SPIN.min(timeout));
         let mut entries = self
@@ -193,33 +319,14 @@ impl CompletionQueue {
         self.dev.as_ref().map_or(0, |d| d.progress(Claim::Once))
     }
 
-    /// An eventfd for `epoll` (the completion channel of verbs): from the
-    /// first call on, it becomes readable when a completion arrives in an
-    /// empty queue (until then the queue signals nothing, which saves a
-    /// system call per completion), and on the next completion after
-    /// [`Self::request_notify`]. After an event, read the eventfd (which
-    /// resets it) and poll until the queue is empty before waiting again,
-    /// as with `ibv_get_cq_event` and `ibv_req_notify_cq`; poll once after
-    /// the first call too, for completions queued before it.
-    pub fn event_fd(&self) -> RawFd {
+    /// See [`CompletionQueue::event_fd`].
+    fn event_fd(&self) -> RawFd {
         self.inner.events_wanted.store(true, Ordering::Relaxed);
         self.inner.event_fd.as_raw_fd()
     }
 
-    /// Asks for the next completion to signal [`Self::event_fd`] even if it
-    /// arrives in a queue that is not empty (verbs' `ibv_req_notify_cq`:
-    /// notify on the next completion added).
-    pub fn request_notify(&self) {
+    /// See [`CompletionQueue::request_notify`].
+    fn request_notify(&self) {
         self.inner.notify_next.store(true, Ordering::Release);
-    }
-
-    /// Whether a completion was dropped because the queue was full.
-    pub fn overflowed(&self) -> bool {
-        self.inner.overflowed.load(Ordering::Relaxed)
-    }
-
-    /// The queue's capacity.
-    pub fn capacity(&self) -> usize {
-        self.inner.capacity
     }
 }

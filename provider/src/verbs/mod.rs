@@ -7,13 +7,15 @@
 mod context;
 mod cq;
 mod mr;
+mod odp_mode;
 mod qp;
 
-pub use context::{Context, DeviceAttr, DeviceInfo, OdpCaps, PortAttr, devices};
+pub use context::{Context, DeviceAttr, DeviceBackend, DeviceInfo, OdpCaps, PortAttr, devices};
 pub use cq::CompletionQueue;
 #[cfg(test)]
 pub(crate) use mr::MrInner;
 pub use mr::{MemoryRegion, ProtectionDomain};
+pub use odp_mode::{MrOptions, OdpBackendCounters, OdpMode, SelfCheck};
 pub use qp::{QpCaps, QueuePair, QueuePairBuilder, RemoteInfo, RtsAttr};
 
 pub use crate::device::{ODP_EVENTS_ENV, OdpEventSources, OdpEvents, UnknownOdpEvents};
@@ -115,6 +117,17 @@ pub enum VerbsError {
     /// The device has no such GID index.
     #[error("no GID at index {0}")]
     NoSuchGid(usize),
+    /// A call of a verbs device (through libibverbs) failed.
+    #[error("{call} failed: {}", std::io::Error::from_raw_os_error(*errno))]
+    DeviceCall {
+        /// The verbs function.
+        call: &'static str,
+        /// The errno it reported.
+        errno: i32,
+    },
+    /// The on-demand paging asked for is not available on this device.
+    #[error("on-demand paging unavailable: {0}")]
+    OdpUnavailable(&'static str),
 }
 
 impl From<EngineError> for VerbsError {

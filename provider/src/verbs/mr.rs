@@ -5,9 +5,11 @@ use std::sync::Arc;
 use odp::{AddressSpace, Advice, ImplicitUmem, OdpError, Umem, UmemOptions};
 
 use super::qp::QueuePairBuilder;
-use super::{CompletionQueue, Sge, VerbsError};
+use super::{CompletionQueue, MrOptions, OdpMode, Sge, VerbsError};
 use crate::device::{Device, before_odp_registration};
 use crate::rc::{AccessFlags, AtomicOp, Region, RegionError};
+#[cfg(feature = "rdma-core")]
+use crate::rdma_core::{RdmaMr, RdmaPd};
 
 /// The memory behind a region: a umem (ODP, or pinned: made present and
 /// locked at registration), or an implicit region of the whole address
@@ -165,20 +167,54 @@ impl Region for MrInner {
 /// work together.
 #[derive(Clone)]
 pub struct ProtectionDomain {
-    pub(crate) dev: Arc<Device>,
-    pub(crate) id: u32,
+    pub(crate) imp: PdImpl,
+}
+
+/// The backend of a protection domain.
+#[derive(Clone)]
+pub(crate) enum PdImpl {
+    /// A domain of the userspace device.
+    User { dev: Arc<Device>, id: u32 },
+    /// A verbs device's `ibv_pd`.
+    #[cfg(feature = "rdma-core")]
+    Rdma(Arc<RdmaPd>),
 }
 
 impl std::fmt::Debug for ProtectionDomain {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProtectionDomain")
-            .field("id", &self.id)
-            .finish()
+        let mut d = f.debug_struct("ProtectionDomain");
+        match &self.imp {
+            PdImpl::User { id, .. } => d.field("id", id),
+            #[cfg(feature = "rdma-core")]
+            PdImpl::Rdma(pd) => d.field("device", &pd.ctx.name),
+        };
+        d.finish()
     }
 }
 
 impl ProtectionDomain {
-    /// Registers `[addr, addr + len)` with `access` (`ibv_reg_mr`).
+    /// A new domain of the userspace device `dev`.
+    pub(crate) fn user(dev: &Arc<Device>) -> ProtectionDomain {
+        ProtectionDomain {
+            imp: PdImpl::User {
+                id: dev.new_pd(),
+                dev: Arc::clone(dev),
+            },
+        }
+    }
+
+    /// A new domain of the verbs device `ctx`.
+    #[cfg(feature = "rdma-core")]
+    pub(crate) fn rdma(
+        ctx: &Arc<crate::rdma_core::RdmaContext>,
+    ) -> Result<ProtectionDomain, VerbsError> {
+        Ok(ProtectionDomain {
+            imp: PdImpl::Rdma(RdmaPd::new(ctx)?),
+        })
+    }
+
+    /// Registers `[addr, addr + len)` with `access` (`ibv_reg_mr`), with
+    /// the default [`MrOptions`].
     ///
     /// With [`AccessFlags::ON_DEMAND`] nothing is touched now: pages are
     /// faulted in when the device first reaches them, and `addr = 0`,
@@ -186,6 +222,9 @@ impl ProtectionDomain {
     /// Without it the region is pinned: every page is made present
     /// (writable if any write right is given) and locked now, which fails
     /// on unmapped memory or beyond `RLIMIT_MEMLOCK`.
+    ///
+    /// On a verbs device an `ON_DEMAND` region takes the mode the device
+    /// chooses (see [`Self::reg_mr_with`]).
     ///
     /// # Safety
     /// Peers holding the rkey, and local work requests, can read and (with
@@ -195,35 +234,63 @@ impl ProtectionDomain {
     /// # Errors
     /// [`VerbsError::InvalidArgument`] for an empty range, or implicit
     /// registration without `ON_DEMAND`; [`VerbsError::Odp`] if pinning
-    /// fails.
+    /// fails; as [`Self::reg_mr_with`] on a verbs device.
     pub unsafe fn reg_mr(
         &self,
         addr: usize,
         len: usize,
         access: AccessFlags,
     ) -> Result<MemoryRegion, VerbsError> {
-        if len == 0 {
-            return Err(VerbsError::InvalidArgument("zero-length memory region"));
+        // SAFETY: the caller's promise, passed on.
+        unsafe { self.reg_mr_with(addr, len, access, &MrOptions::default()) }
+    }
+
+    /// Registers `[addr, addr + len)` with `access` and `options`.
+    ///
+    /// The userspace device serves `ON_DEMAND` regions with its own ODP
+    /// ([`OdpMode::Native`]). On a verbs device an `ON_DEMAND` region is
+    /// [`OdpMode::PassThrough`] if the device's RC ODP covers the access
+    /// and its self-check passed (the check runs at the first such
+    /// registration); otherwise local-only access gives
+    /// [`OdpMode::PinOnDemand`], and remote access is refused with
+    /// [`VerbsError::OdpUnavailable`] unless `pin_whole_fallback` asks for
+    /// [`OdpMode::PinnedWhole`]. A forced `odp_mode` skips the self-check's
+    /// verdict (so a test can show a device's ODP corrupting data); a mode
+    /// the device cannot do is refused. Implicit ODP exists on a verbs
+    /// device only by pass-through, where the device reports it.
+    ///
+    /// # Safety
+    /// As [`Self::reg_mr`].
+    ///
+    /// # Errors
+    /// As [`Self::reg_mr`]; [`VerbsError::OdpUnavailable`] as above;
+    /// [`VerbsError::DeviceCall`] when the verbs device refuses.
+    pub unsafe fn reg_mr_with(
+        &self,
+        addr: usize,
+        len: usize,
+        access: AccessFlags,
+        options: &MrOptions,
+    ) -> Result<MemoryRegion, VerbsError> {
+        match &self.imp {
+            PdImpl::User { dev, id } => {
+                let on_demand = access.contains(AccessFlags::ON_DEMAND);
+                if on_demand && !matches!(options.odp_mode, None | Some(OdpMode::Native)) {
+                    return Err(VerbsError::OdpUnavailable(
+                        "the userspace device serves ON_DEMAND regions with its own ODP only",
+                    ));
+                }
+                let mr = UserMr::register(dev, *id, addr, len, access)?;
+                Ok(MemoryRegion {
+                    imp: MrImpl::User(mr),
+                })
+            }
+            #[cfg(feature = "rdma-core")]
+            PdImpl::Rdma(pd) => Ok(MemoryRegion {
+                // SAFETY: the caller's promise, passed on.
+                imp: MrImpl::Rdma(unsafe { RdmaMr::register(pd, addr, len, access, options) }?),
+            }),
         }
-        if access.contains(AccessFlags::ON_DEMAND) {
-            before_odp_registration(self.dev.odp_events);
-        }
-        let memory = MrMemory::new(addr, len, access)?;
-        let inner = self
-            .dev
-            .register_mr(|key| MrInner {
-                key,
-                pd: self.id,
-                addr: addr as u64,
-                len: len as u64,
-                access,
-                memory,
-            })
-            .ok_or(VerbsError::InvalidArgument("every memory key is in use"))?;
-        Ok(MemoryRegion {
-            inner,
-            dev: Arc::clone(&self.dev),
-        })
     }
 
     /// Prefetches the memory named by `sges` (`ibv_advise_mr`): `Prefetch`
@@ -232,20 +299,21 @@ impl ProtectionDomain {
     ///
     /// # Errors
     /// [`VerbsError::InvalidArgument`] for an unknown lkey or a range
-    /// outside its region; [`VerbsError::Odp`] if faulting fails.
+    /// outside its region; [`VerbsError::Odp`] if faulting fails; on a
+    /// verbs device [`VerbsError::OdpUnavailable`] if it does not
+    /// implement advise_mr (kernel rxe), else its error.
     pub fn advise_mr(&self, advice: Advice, sges: &[Sge]) -> Result<(), VerbsError> {
+        let (dev, id) = match &self.imp {
+            PdImpl::User { dev, id } => (dev, *id),
+            #[cfg(feature = "rdma-core")]
+            PdImpl::Rdma(pd) => return crate::rdma_core::advise(pd, advice, sges),
+        };
         for sge in sges {
-            let mr = self
-                .dev
+            let mr = dev
                 .lookup_mr(sge.lkey)
                 .filter(|mr| {
-                    mr.check(
-                        self.id,
-                        sge.addr,
-                        u64::from(sge.length),
-                        AccessFlags::empty(),
-                    )
-                    .is_ok()
+                    mr.check(id, sge.addr, u64::from(sge.length), AccessFlags::empty())
+                        .is_ok()
                 })
                 .ok_or(VerbsError::InvalidArgument("SGE outside its memory region"))?;
             if sge.length > 0 {
@@ -265,69 +333,46 @@ impl ProtectionDomain {
     }
 }
 
-/// A registered memory region; dropping it deregisters it (`ibv_dereg_mr`).
-pub struct MemoryRegion {
+/// A region of the userspace device; dropping it deregisters it.
+struct UserMr {
     inner: Arc<MrInner>,
     dev: Arc<Device>,
 }
 
-impl std::fmt::Debug for MemoryRegion {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryRegion")
-            .field("key", &format_args!("{:#x}", self.inner.key))
-            .field("addr", &format_args!("{:#x}", self.inner.addr))
-            .field("len", &self.inner.len)
-            .finish()
-    }
-}
-
-impl MemoryRegion {
-    /// Local key, for SGEs.
-    pub fn lkey(&self) -> u32 {
-        self.inner.key
-    }
-
-    /// Remote key, for peers.
-    pub fn rkey(&self) -> u32 {
-        self.inner.key
-    }
-
-    /// Start address.
-    pub fn addr(&self) -> u64 {
-        self.inner.addr
-    }
-
-    /// Length in bytes.
-    pub fn len(&self) -> u64 {
-        self.inner.len
-    }
-
-    /// Always false: registration rejects empty regions.
-    pub fn is_empty(&self) -> bool {
-        self.inner.len == 0
-    }
-
-    /// The access rights.
-    pub fn access(&self) -> AccessFlags {
-        self.inner.access
-    }
-
-    /// ODP counters (faults, invalidations, ...) of the region.
-    pub fn odp_counters(&self) -> odp::OdpCounters {
-        self.inner.counters()
-    }
-
-    /// An SGE covering `len` bytes at `offset` of the region.
-    pub fn sge(&self, offset: u64, len: u32) -> Sge {
-        Sge {
-            addr: self.inner.addr + offset,
-            length: len,
-            lkey: self.inner.key,
+impl UserMr {
+    /// Registers with the userspace device's key table.
+    fn register(
+        dev: &Arc<Device>,
+        pd: u32,
+        addr: usize,
+        len: usize,
+        access: AccessFlags,
+    ) -> Result<UserMr, VerbsError> {
+        if len == 0 {
+            return Err(VerbsError::InvalidArgument("zero-length memory region"));
         }
+        if access.contains(AccessFlags::ON_DEMAND) {
+            before_odp_registration(dev.odp_events);
+        }
+        let memory = MrMemory::new(addr, len, access)?;
+        let inner = dev
+            .register_mr(|key| MrInner {
+                key,
+                pd,
+                addr: addr as u64,
+                len: len as u64,
+                access,
+                memory,
+            })
+            .ok_or(VerbsError::InvalidArgument("every memory key is in use"))?;
+        Ok(UserMr {
+            inner,
+            dev: Arc::clone(dev),
+        })
     }
 }
 
-impl Drop for MemoryRegion {
+impl Drop for UserMr {
     fn drop(&mut self) {
         // No new lookups, then wait for the ones in flight (a packet being
         // processed holds a reference): after this, the device never
@@ -335,6 +380,115 @@ impl Drop for MemoryRegion {
         self.dev.deregister_mr(self.inner.key);
         while Arc::strong_count(&self.inner) > 1 {
             std::thread::yield_now();
+        }
+    }
+}
+
+/// A registered memory region; dropping it deregisters it (`ibv_dereg_mr`).
+pub struct MemoryRegion {
+    imp: MrImpl,
+}
+
+/// The backend of a region.
+enum MrImpl {
+    User(UserMr),
+    #[cfg(feature = "rdma-core")]
+    Rdma(RdmaMr),
+}
+
+impl std::fmt::Debug for MemoryRegion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryRegion")
+            .field("lkey", &format_args!("{:#x}", self.lkey()))
+            .field("addr", &format_args!("{:#x}", self.addr()))
+            .field("len", &self.len())
+            .field("odp_mode", &self.odp_mode())
+            .finish()
+    }
+}
+
+impl MemoryRegion {
+    /// Local key, for SGEs.
+    pub fn lkey(&self) -> u32 {
+        match &self.imp {
+            MrImpl::User(u) => u.inner.key,
+            #[cfg(feature = "rdma-core")]
+            MrImpl::Rdma(r) => r.lkey(),
+        }
+    }
+
+    /// Remote key, for peers.
+    pub fn rkey(&self) -> u32 {
+        match &self.imp {
+            MrImpl::User(u) => u.inner.key,
+            #[cfg(feature = "rdma-core")]
+            MrImpl::Rdma(r) => r.rkey(),
+        }
+    }
+
+    /// Start address.
+    pub fn addr(&self) -> u64 {
+        match &self.imp {
+            MrImpl::User(u) => u.inner.addr,
+            #[cfg(feature = "rdma-core")]
+            MrImpl::Rdma(r) => r.addr,
+        }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        match &self.imp {
+            MrImpl::User(u) => u.inner.len,
+            #[cfg(feature = "rdma-core")]
+            MrImpl::Rdma(r) => r.len,
+        }
+    }
+
+    /// Always false: registration rejects empty regions.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The access rights.
+    pub fn access(&self) -> AccessFlags {
+        match &self.imp {
+            MrImpl::User(u) => u.inner.access,
+            #[cfg(feature = "rdma-core")]
+            MrImpl::Rdma(r) => r.access,
+        }
+    }
+
+    /// How the region's pages are served: `None` for a plain pinned
+    /// registration, else its [`OdpMode`].
+    pub fn odp_mode(&self) -> Option<OdpMode> {
+        match &self.imp {
+            MrImpl::User(u) => u
+                .inner
+                .access
+                .contains(AccessFlags::ON_DEMAND)
+                .then_some(OdpMode::Native),
+            #[cfg(feature = "rdma-core")]
+            MrImpl::Rdma(r) => r.odp_mode(),
+        }
+    }
+
+    /// ODP counters (faults, invalidations, ...) of the region; zeros for
+    /// a verbs device's region other than pin-on-demand (the kernel keeps
+    /// its own).
+    pub fn odp_counters(&self) -> odp::OdpCounters {
+        match &self.imp {
+            MrImpl::User(u) => u.inner.counters(),
+            #[cfg(feature = "rdma-core")]
+            MrImpl::Rdma(r) => r.odp_counters(),
+        }
+    }
+
+    /// An SGE covering `len` bytes at `offset` of the region.
+    pub fn sge(&self, offset: u64, len: u32) -> Sge {
+        Sge {
+            addr: self.addr() + offset,
+            length: len,
+            lkey: self.lkey(),
         }
     }
 }

@@ -4,9 +4,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 
+use super::cq::{CqImpl, UserCq};
+use super::mr::PdImpl;
 use super::{CompletionQueue, Gid, Mtu, ProtectionDomain, RecvWr, SendWr, VerbsError};
 use crate::device::Device;
 use crate::rc::{DEFAULT_PKEY, Peer, QpCore, QpState};
+#[cfg(feature = "rdma-core")]
+use crate::rdma_core::RdmaQp;
 use crate::wire::ROCE_V2_PORT;
 
 /// Queue sizes.
@@ -133,24 +137,50 @@ impl<'a> QueuePairBuilder<'a> {
     /// Creates the queue pair, in the RESET state.
     ///
     /// # Errors
-    /// [`VerbsError::InvalidArgument`] for empty queues.
+    /// [`VerbsError::InvalidArgument`] for empty queues, or completion
+    /// queues of another device; on a verbs device, queues above its
+    /// limits or a failed `ibv_create_qp`.
     pub fn build(self) -> Result<QueuePair, VerbsError> {
         if self.caps.max_send_wr == 0 || self.caps.max_recv_wr == 0 {
             return Err(VerbsError::InvalidArgument("queue size 0"));
         }
-        let dev = Arc::clone(&self.pd.dev);
+        let imp = match (&self.pd.imp, &self.send_cq.imp, &self.recv_cq.imp) {
+            (PdImpl::User { dev, id }, CqImpl::User(scq), CqImpl::User(rcq)) => {
+                QpImpl::User(self.build_user(dev, *id, scq, rcq))
+            }
+            #[cfg(feature = "rdma-core")]
+            (PdImpl::Rdma(pd), CqImpl::Rdma(scq), CqImpl::Rdma(rcq)) => {
+                QpImpl::Rdma(self.build_rdma(pd, scq, rcq)?)
+            }
+            #[cfg(feature = "rdma-core")]
+            _ => {
+                return Err(VerbsError::InvalidArgument(
+                    "completion queue of another device",
+                ));
+            }
+        };
+        Ok(QueuePair {
+            imp,
+            _pd: self.pd.clone(),
+            _send_cq: self.send_cq.clone(),
+            _recv_cq: self.recv_cq.clone(),
+        })
+    }
+
+    /// A queue pair of the userspace device.
+    fn build_user(&self, dev: &Arc<Device>, pd: u32, scq: &UserCq, rcq: &UserCq) -> UserQp {
         let core = Arc::new(QpCore::new(
             dev.new_qpn(),
-            self.pd.id,
-            self.send_cq.inner.clone(),
-            self.recv_cq.inner.clone(),
+            pd,
+            scq.inner.clone(),
+            rcq.inner.clone(),
             self.caps.max_send_wr as usize,
             self.caps.max_recv_wr as usize,
         ));
         dev.add_qp(Arc::clone(&core));
-        Ok(QueuePair {
+        UserQp {
             core,
-            dev,
+            dev: Arc::clone(dev),
             psn: initial_psn(),
             timeout: self.timeout,
             retry_cnt: self.retry_cnt,
@@ -158,10 +188,32 @@ impl<'a> QueuePairBuilder<'a> {
             min_rnr_timer: self.min_rnr_timer,
             max_rd_atomic: self.max_rd_atomic,
             flow_port: AtomicU16::new(0),
-            _pd: self.pd.clone(),
-            _send_cq: self.send_cq.clone(),
-            _recv_cq: self.recv_cq.clone(),
-        })
+        }
+    }
+
+    /// A queue pair of a verbs device.
+    #[cfg(feature = "rdma-core")]
+    fn build_rdma(
+        &self,
+        pd: &Arc<crate::rdma_core::RdmaPd>,
+        scq: &Arc<crate::rdma_core::RdmaCq>,
+        rcq: &Arc<crate::rdma_core::RdmaCq>,
+    ) -> Result<RdmaQp, VerbsError> {
+        let psn = initial_psn();
+        let config = crate::rdma_core::RdmaQpConfig {
+            max_send_wr: self.caps.max_send_wr,
+            max_recv_wr: self.caps.max_recv_wr,
+            psn,
+            rts: RtsAttr {
+                sq_psn: psn,
+                timeout: self.timeout,
+                retry_cnt: self.retry_cnt,
+                rnr_retry: self.rnr_retry,
+                max_rd_atomic: self.max_rd_atomic,
+            },
+            min_rnr_timer: self.min_rnr_timer,
+        };
+        RdmaQp::new(pd, scq, rcq, config)
     }
 }
 
@@ -173,6 +225,21 @@ fn initial_psn() -> u32 {
 
 /// A reliable-connected queue pair; dropping it destroys it.
 pub struct QueuePair {
+    imp: QpImpl,
+    _pd: ProtectionDomain,
+    _send_cq: CompletionQueue,
+    _recv_cq: CompletionQueue,
+}
+
+/// The backend of a queue pair.
+enum QpImpl {
+    User(UserQp),
+    #[cfg(feature = "rdma-core")]
+    Rdma(RdmaQp),
+}
+
+/// A queue pair of the userspace device.
+struct UserQp {
     core: Arc<QpCore>,
     dev: Arc<Device>,
     psn: u32,
@@ -184,15 +251,12 @@ pub struct QueuePair {
     /// The UDP source port opened for the connection's flow at RTR (0:
     /// none, the device's own port).
     flow_port: AtomicU16,
-    _pd: ProtectionDomain,
-    _send_cq: CompletionQueue,
-    _recv_cq: CompletionQueue,
 }
 
 impl std::fmt::Debug for QueuePair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QueuePair")
-            .field("qp_num", &self.core.qpn)
+            .field("qp_num", &self.qp_num())
             .field("state", &self.state())
             .finish()
     }
@@ -201,17 +265,184 @@ impl std::fmt::Debug for QueuePair {
 impl QueuePair {
     /// The queue pair number.
     pub fn qp_num(&self) -> u32 {
+        match &self.imp {
+            QpImpl::User(u) => u.qp_num(),
+            #[cfg(feature = "rdma-core")]
+            QpImpl::Rdma(r) => r.qp_num(),
+        }
+    }
+
+    /// The current state (a verbs device: as the device reports it).
+    pub fn state(&self) -> QpState {
+        match &self.imp {
+            QpImpl::User(u) => u.state(),
+            #[cfg(feature = "rdma-core")]
+            QpImpl::Rdma(r) => r.state(),
+        }
+    }
+
+    /// What the peer needs to connect to this queue pair, at path MTU
+    /// `mtu` (a verbs device: its IPv4-mapped RoCEv2 GID if it has one,
+    /// else its global IPv6 one, and port 4791).
+    pub fn endpoint(&self, mtu: Mtu) -> RemoteInfo {
+        match &self.imp {
+            QpImpl::User(u) => u.endpoint(mtu),
+            #[cfg(feature = "rdma-core")]
+            QpImpl::Rdma(r) => r.endpoint(mtu),
+        }
+    }
+
+    /// RESET -> INIT.
+    ///
+    /// # Errors
+    /// [`VerbsError::BadState`] from any other state.
+    pub fn to_init(&self) -> Result<(), VerbsError> {
+        match &self.imp {
+            QpImpl::User(u) => u.to_init(),
+            #[cfg(feature = "rdma-core")]
+            QpImpl::Rdma(r) => r.to_init(),
+        }
+    }
+
+    /// INIT -> RTR, toward `remote`.
+    ///
+    /// # Errors
+    /// [`VerbsError::BadState`] from any state but INIT.
+    pub fn to_rtr(&self, remote: &RemoteInfo) -> Result<(), VerbsError> {
+        match &self.imp {
+            QpImpl::User(u) => u.to_rtr(remote),
+            #[cfg(feature = "rdma-core")]
+            QpImpl::Rdma(r) => r.to_rtr(remote, r.min_rnr_timer()),
+        }
+    }
+
+    /// INIT -> RTR toward `remote`, asking peers to wait RNR timer code
+    /// `min_rnr_timer` (for verbs' `ibv_modify_qp`, which sets it here
+    /// rather than at creation). On a verbs device the address vector
+    /// carries a GRH to `remote.gid` from our GID of the same family (hop
+    /// limit 64, port 1).
+    ///
+    /// # Errors
+    /// [`VerbsError::BadState`] from any state but INIT; on a verbs device
+    /// [`VerbsError::InvalidArgument`] for a port other than 4791 or a
+    /// GID family the device has no RoCEv2 GID of.
+    pub fn to_rtr_with(&self, remote: &RemoteInfo, min_rnr_timer: u8) -> Result<(), VerbsError> {
+        match &self.imp {
+            QpImpl::User(u) => u.to_rtr_with(remote, min_rnr_timer),
+            #[cfg(feature = "rdma-core")]
+            QpImpl::Rdma(r) => r.to_rtr(remote, min_rnr_timer),
+        }
+    }
+
+    /// The UDP source port this queue pair sends from: its flow's port as
+    /// kernel rxe computes it from the two QP numbers (0xC000 and up), or
+    /// the device's own port before RTR, when flow ports are off
+    /// ([`crate::DeviceOptions::flow_source_ports`]) or when the flow's
+    /// port could not be bound (counted in
+    /// [`crate::DeviceStats::tx_flow_port_fallbacks`]). A verbs device
+    /// picks its source ports in the kernel: 4791 here.
+    pub fn udp_source_port(&self) -> u16 {
+        match &self.imp {
+            QpImpl::User(u) => u.udp_source_port(),
+            #[cfg(feature = "rdma-core")]
+            QpImpl::Rdma(_) => ROCE_V2_PORT,
+        }
+    }
+
+    /// RTR -> RTS, with the attributes given at creation and the PSN of
+    /// [`Self::endpoint`].
+    ///
+    /// # Errors
+    /// [`VerbsError::BadState`] from any state but RTR.
+    pub fn to_rts(&self) -> Result<(), VerbsError> {
+        match &self.imp {
+            QpImpl::User(u) => u.to_rts(),
+            #[cfg(feature = "rdma-core")]
+            QpImpl::Rdma(r) => r.to_rts(&r.default_rts()),
+        }
+    }
+
+    /// RTR -> RTS with explicit attributes (for verbs' `ibv_modify_qp`,
+    /// where the application picks the PSN it told its peer).
+    ///
+    /// # Errors
+    /// [`VerbsError::BadState`] from any state but RTR.
+    pub fn to_rts_with(&self, attr: &RtsAttr) -> Result<(), VerbsError> {
+        match &self.imp {
+            QpImpl::User(u) => u.to_rts_with(attr),
+            #[cfg(feature = "rdma-core")]
+            QpImpl::Rdma(r) => r.to_rts(attr),
+        }
+    }
+
+    /// Any state -> ERROR (verbs' `IBV_QPS_ERR`, what applications do
+    /// before destroying a connected queue pair): requests still queued
+    /// complete with flush errors.
+    pub fn to_error(&self) {
+        match &self.imp {
+            QpImpl::User(u) => u.to_error(),
+            #[cfg(feature = "rdma-core")]
+            QpImpl::Rdma(r) => r.to_error(),
+        }
+    }
+
+    /// RESET -> INIT -> RTR -> RTS toward `remote`. A queue pair already in
+    /// INIT (to post receives before the peer can send) starts from there.
+    ///
+    /// # Errors
+    /// As the transitions.
+    pub fn connect(&self, remote: &RemoteInfo) -> Result<(), VerbsError> {
+        if self.state() == QpState::Reset {
+            self.to_init()?;
+        }
+        self.to_rtr(remote)?;
+        self.to_rts()
+    }
+
+    /// Posts send work requests (`ibv_post_send`). Packets go out at once,
+    /// as far as the window allows; the device's thread sends the rest as
+    /// acknowledgements come in.
+    ///
+    /// # Errors
+    /// [`VerbsError::BadState`] before RTS; [`VerbsError::QueueFull`];
+    /// [`VerbsError::InvalidArgument`] for an atomic whose SGEs do not add
+    /// up to 8 bytes, or (a verbs device) more SGEs than it takes; a
+    /// verbs device's refusal as [`VerbsError::DeviceCall`].
+    pub fn post_send(&self, wrs: &[SendWr<'_>]) -> Result<(), VerbsError> {
+        match &self.imp {
+            QpImpl::User(u) => u.post_send(wrs),
+            #[cfg(feature = "rdma-core")]
+            QpImpl::Rdma(r) => r.post_send(wrs),
+        }
+    }
+
+    /// Posts receive work requests (`ibv_post_recv`).
+    ///
+    /// # Errors
+    /// [`VerbsError::BadState`] in RESET; [`VerbsError::QueueFull`].
+    pub fn post_recv(&self, wrs: &[RecvWr<'_>]) -> Result<(), VerbsError> {
+        match &self.imp {
+            QpImpl::User(u) => u.post_recv(wrs),
+            #[cfg(feature = "rdma-core")]
+            QpImpl::Rdma(r) => r.post_recv(wrs),
+        }
+    }
+}
+
+impl UserQp {
+    /// The queue pair number.
+    fn qp_num(&self) -> u32 {
         self.core.qpn
     }
 
     /// The current state.
-    pub fn state(&self) -> QpState {
+    fn state(&self) -> QpState {
         self.core.state()
     }
 
     /// What the peer needs to connect to this queue pair, at path MTU
     /// `mtu`.
-    pub fn endpoint(&self, mtu: Mtu) -> RemoteInfo {
+    fn endpoint(&self, mtu: Mtu) -> RemoteInfo {
         let addr = self.dev.local_addr();
         RemoteInfo {
             qp_num: self.core.qpn,
@@ -226,7 +457,7 @@ impl QueuePair {
     ///
     /// # Errors
     /// [`VerbsError::BadState`] from any other state.
-    pub fn to_init(&self) -> Result<(), VerbsError> {
+    fn to_init(&self) -> Result<(), VerbsError> {
         Ok(self.core.to_init()?)
     }
 
@@ -234,7 +465,7 @@ impl QueuePair {
     ///
     /// # Errors
     /// [`VerbsError::BadState`] from any state but INIT.
-    pub fn to_rtr(&self, remote: &RemoteInfo) -> Result<(), VerbsError> {
+    fn to_rtr(&self, remote: &RemoteInfo) -> Result<(), VerbsError> {
         self.to_rtr_with(remote, self.min_rnr_timer)
     }
 
@@ -244,7 +475,7 @@ impl QueuePair {
     ///
     /// # Errors
     /// [`VerbsError::BadState`] from any state but INIT.
-    pub fn to_rtr_with(&self, remote: &RemoteInfo, min_rnr_timer: u8) -> Result<(), VerbsError> {
+    fn to_rtr_with(&self, remote: &RemoteInfo, min_rnr_timer: u8) -> Result<(), VerbsError> {
         let port = if remote.port == 0 {
             ROCE_V2_PORT
         } else {
@@ -275,7 +506,7 @@ impl QueuePair {
     /// ([`crate::DeviceOptions::flow_source_ports`]) or when the flow's
     /// port could not be bound (counted in
     /// [`crate::DeviceStats::tx_flow_port_fallbacks`]).
-    pub fn udp_source_port(&self) -> u16 {
+    fn udp_source_port(&self) -> u16 {
         match self.flow_port.load(Ordering::Relaxed) {
             0 => self.dev.local_addr().port(),
             port => port,
@@ -287,7 +518,7 @@ impl QueuePair {
     ///
     /// # Errors
     /// [`VerbsError::BadState`] from any state but RTR.
-    pub fn to_rts(&self) -> Result<(), VerbsError> {
+    fn to_rts(&self) -> Result<(), VerbsError> {
         self.to_rts_with(&RtsAttr {
             sq_psn: self.psn,
             timeout: self.timeout,
@@ -302,7 +533,7 @@ impl QueuePair {
     ///
     /// # Errors
     /// [`VerbsError::BadState`] from any state but RTR.
-    pub fn to_rts_with(&self, attr: &RtsAttr) -> Result<(), VerbsError> {
+    fn to_rts_with(&self, attr: &RtsAttr) -> Result<(), VerbsError> {
         Ok(self.core.to_rts(
             attr.sq_psn,
             attr.timeout.min(31),
@@ -315,22 +546,9 @@ impl QueuePair {
     /// Any state -> ERROR (verbs' `IBV_QPS_ERR`, what applications do
     /// before destroying a connected queue pair): requests still queued
     /// complete with flush errors.
-    pub fn to_error(&self) {
+    fn to_error(&self) {
         let mut st = self.core.lock();
         self.core.fail(&mut st, None);
-    }
-
-    /// RESET -> INIT -> RTR -> RTS toward `remote`. A queue pair already in
-    /// INIT (to post receives before the peer can send) starts from there.
-    ///
-    /// # Errors
-    /// As the transitions.
-    pub fn connect(&self, remote: &RemoteInfo) -> Result<(), VerbsError> {
-        if self.state() == QpState::Reset {
-            self.to_init()?;
-        }
-        self.to_rtr(remote)?;
-        self.to_rts()
     }
 
     /// Posts send work requests (`ibv_post_send`). Packets go out at once,
@@ -341,7 +559,7 @@ impl QueuePair {
     /// [`VerbsError::BadState`] before RTS; [`VerbsError::QueueFull`];
     /// [`VerbsError::InvalidArgument`] for an atomic whose SGEs do not add
     /// up to 8 bytes.
-    pub fn post_send(&self, wrs: &[SendWr<'_>]) -> Result<(), VerbsError> {
+    fn post_send(&self, wrs: &[SendWr<'_>]) -> Result<(), VerbsError> {
         let posted = self.dev.in_send_order(&self.core, |out| {
             self.core.post_send(self.dev.regions(), wrs, out)
         });
@@ -352,12 +570,12 @@ impl QueuePair {
     ///
     /// # Errors
     /// [`VerbsError::BadState`] in RESET; [`VerbsError::QueueFull`].
-    pub fn post_recv(&self, wrs: &[RecvWr<'_>]) -> Result<(), VerbsError> {
+    fn post_recv(&self, wrs: &[RecvWr<'_>]) -> Result<(), VerbsError> {
         Ok(self.core.post_recv(wrs)?)
     }
 }
 
-impl Drop for QueuePair {
+impl Drop for UserQp {
     fn drop(&mut self) {
         self.dev.remove_qp(self.core.qpn);
         self.dev.close_flow_port(*self.flow_port.get_mut());

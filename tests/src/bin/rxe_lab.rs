@@ -1,20 +1,38 @@
-//! The rxe lab's runner; `tests/lab/lab.sh` starts it inside the lab's
-//! network namespace. Boots the guest, runs the cases, prints the table,
-//! exits 1 if any case failed.
+//! The rxe lab's runner; `tests/lab/lab.sh` and `tests/lab/guest-exec.sh`
+//! start it inside the lab's network namespace. `cases`: boots the guest,
+//! runs the interop cases, prints the table, exits 1 if any case failed.
+//! `exec`: boots the guest, pushes files, runs one command in it and exits
+//! with its status.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 use integration_tests::lab::case::{self, Setup};
+use integration_tests::lab::dev_exec::{self, Request};
 use integration_tests::lab::guest::{Guest, GuestImage};
 use integration_tests::lab::matrix;
 use integration_tests::lab::table;
 
-/// Runs the project's tools against perftest on kernel rxe in a guest.
+/// The rxe lab: the project's tools against kernel rxe in a qemu guest.
 #[derive(Parser, Debug)]
-struct Args {
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand, Debug)]
+enum Mode {
+    /// Runs the interop cases and prints the pass/fail table.
+    Cases(CasesArgs),
+    /// Pushes files into the guest and runs one command there.
+    Exec(ExecArgs),
+}
+
+/// What boots the guest, and where its outputs go.
+#[derive(Args, Debug)]
+struct GuestArgs {
     /// The guest kernel.
     #[arg(long)]
     kernel: PathBuf,
@@ -24,12 +42,29 @@ struct Args {
     /// qemu's tap script (puts the tap on the bridge).
     #[arg(long)]
     ifup: PathBuf,
-    /// The folder of the project's release binaries.
-    #[arg(long)]
-    tools: PathBuf,
     /// Where outputs, captures and the console log go.
     #[arg(long)]
     out: PathBuf,
+}
+
+impl GuestArgs {
+    fn image(&self) -> GuestImage {
+        GuestImage {
+            kernel: self.kernel.clone(),
+            initrd: self.initrd.clone(),
+            ifup: self.ifup.clone(),
+        }
+    }
+}
+
+/// Runs the project's tools against perftest on kernel rxe in a guest.
+#[derive(Args, Debug)]
+struct CasesArgs {
+    #[command(flatten)]
+    guest: GuestArgs,
+    /// The folder of the project's release binaries.
+    #[arg(long)]
+    tools: PathBuf,
     /// Run the whole matrix instead of the subset (every tool once each way).
     #[arg(long)]
     full: bool,
@@ -41,8 +76,58 @@ struct Args {
     only: Option<String>,
 }
 
+/// Boots the guest, copies files into it, runs one command.
+#[derive(Args, Debug)]
+struct ExecArgs {
+    #[command(flatten)]
+    guest: GuestArgs,
+    /// A host file to copy to /tmp/push/<its name> in the guest (repeatable).
+    #[arg(long)]
+    push: Vec<PathBuf>,
+    /// A shell command to run on the host side of the bridge (198.18.0.1)
+    /// while the guest command runs; started first.
+    #[arg(long)]
+    host: Option<String>,
+    /// Seconds the guest command may run.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    /// Seconds the host command may run on after the guest command ended.
+    #[arg(long, default_value_t = 30)]
+    host_grace: u64,
+    /// The command (run with `sh -c` in /tmp/push, which is first on PATH).
+    #[arg(required = true, last = true)]
+    command: Vec<String>,
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
+    match Cli::parse().mode {
+        Mode::Cases(args) => cases(args),
+        Mode::Exec(args) => exec(args),
+    }
+}
+
+fn exec(args: ExecArgs) -> ExitCode {
+    if let Err(e) = std::fs::create_dir_all(&args.guest.out) {
+        eprintln!("rxe-lab: {}: {e}", args.guest.out.display());
+        return ExitCode::from(2);
+    }
+    let req = Request {
+        push: args.push,
+        host: args.host,
+        command: args.command,
+        timeout_secs: args.timeout,
+        host_grace_secs: args.host_grace,
+    };
+    match dev_exec::run(&args.guest.image(), &args.guest.out, &req) {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("rxe-lab exec: {e}");
+            ExitCode::from(125)
+        }
+    }
+}
+
+fn cases(args: CasesArgs) -> ExitCode {
     let mut cases = if args.full {
         matrix::full()
     } else {
@@ -52,18 +137,14 @@ fn main() -> ExitCode {
     if let Some(only) = &args.only {
         cases.retain(|c| c.label.contains(only.as_str()));
     }
-    if let Err(e) = std::fs::create_dir_all(&args.out) {
-        eprintln!("rxe-lab: {}: {e}", args.out.display());
+    if let Err(e) = std::fs::create_dir_all(&args.guest.out) {
+        eprintln!("rxe-lab: {}: {e}", args.guest.out.display());
         return ExitCode::from(2);
     }
-    let image = GuestImage {
-        kernel: args.kernel,
-        initrd: args.initrd,
-        ifup: args.ifup,
-    };
+    let image = args.guest.image();
     let setup = Setup {
         tools: args.tools,
-        out: args.out.clone(),
+        out: args.guest.out.clone(),
     };
     let start = Instant::now();
     let mut boots = 0;
@@ -73,7 +154,7 @@ fn main() -> ExitCode {
         // A guest that died (or whose last case timed out) is replaced.
         if guest.as_mut().is_none_or(|g| !g.alive()) {
             boots += 1;
-            let console = args.out.join(format!("console-{boots}.log"));
+            let console = args.guest.out.join(format!("console-{boots}.log"));
             match Guest::boot(&image, &console) {
                 Ok(g) => {
                     eprintln!(
@@ -129,7 +210,7 @@ fn main() -> ExitCode {
         "boots: {boots}, wall time: {:.0}s",
         start.elapsed().as_secs_f64()
     );
-    let _ = std::fs::write(args.out.join("table.txt"), &report);
+    let _ = std::fs::write(args.guest.out.join("table.txt"), &report);
     if results.iter().all(|(_, o)| o.verdict.is_ok()) {
         ExitCode::SUCCESS
     } else {

@@ -5,7 +5,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::LabError;
 
@@ -18,7 +19,7 @@ const COMMAND_PORT: u16 = 4700;
 /// How long a boot may take under TCG.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// The marker after a command's output.
-const EXIT_MARKER: &str = "LAB-EXIT ";
+const EXIT_MARKER: &str = "LAB-EXIT-";
 
 /// What boots the guest.
 #[derive(Clone, Debug)]
@@ -121,7 +122,7 @@ impl Guest {
     fn await_command_port(&mut self) -> Result<(), LabError> {
         let start = Instant::now();
         loop {
-            match exec("true", Duration::from_secs(10)) {
+            match exec("true", Duration::from_secs(10), &mut |_| {}) {
                 Ok(GuestOutput {
                     status: Some(0), ..
                 }) => return Ok(()),
@@ -146,12 +147,26 @@ impl Guest {
     /// # Errors
     /// The command port could not be reached.
     pub fn exec(&self, command: &str, timeout: Duration) -> Result<GuestOutput, LabError> {
-        exec(command, timeout)
+        exec(command, timeout, &mut |_| {})
+    }
+
+    /// [`Guest::exec`], handing each line of output to `on_line` as it
+    /// arrives (for output a person watches).
+    ///
+    /// # Errors
+    /// The command port could not be reached.
+    pub fn exec_streaming(
+        &self,
+        command: &str,
+        timeout: Duration,
+        on_line: &mut dyn FnMut(&str),
+    ) -> Result<GuestOutput, LabError> {
+        exec(command, timeout, on_line)
     }
 
     /// Powers the guest off (and kills qemu if it does not stop).
     pub fn stop(mut self) {
-        let _ = exec("poweroff -f", Duration::from_secs(2));
+        let _ = exec("poweroff -f", Duration::from_secs(2), &mut |_| {});
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(10) {
             if !self.alive() {
@@ -173,17 +188,45 @@ impl Drop for Guest {
     }
 }
 
+/// Tells one command's end marker from any other (a command may print
+/// text that looks like a marker of an earlier one).
+fn marker() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{EXIT_MARKER}{}-{nanos}-{n} ", std::process::id())
+}
+
+/// The exit status in `line` if it ends with `marker` and a number, and
+/// the text before the marker (a command whose output does not end with a
+/// newline puts the marker on its last line).
+fn split_marker<'a>(line: &'a str, marker: &str) -> Option<(&'a str, Option<i32>)> {
+    let at = line.rfind(marker)?;
+    let code = line[at + marker.len()..].trim();
+    code.bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| (&line[..at], code.parse().ok()))
+}
+
 /// Runs `command` over the guest's command port; the connection stays
 /// open (the guest's shell would be cut off on end of input) until the
-/// exit marker arrives or `timeout` passes.
-fn exec(command: &str, timeout: Duration) -> Result<GuestOutput, LabError> {
+/// exit marker arrives or `timeout` passes. Each complete line of output
+/// goes to `on_line` as it arrives.
+fn exec(
+    command: &str,
+    timeout: Duration,
+    on_line: &mut dyn FnMut(&str),
+) -> Result<GuestOutput, LabError> {
     let addr: SocketAddr = format!("{GUEST_V4}:{COMMAND_PORT}")
         .parse()
         .map_err(|_| LabError::Guest("bad command address".into()))?;
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .map_err(|e| LabError::Guest(format!("command port {addr}: {e}")))?;
     stream.set_read_timeout(Some(Duration::from_millis(500)))?;
-    writeln!(stream, "{command}\necho \"{EXIT_MARKER}$?\"")?;
+    let marker = marker();
+    writeln!(stream, "{command}\necho \"{marker}$?\"")?;
     let deadline = Instant::now() + timeout;
     let mut reader = BufReader::new(stream);
     let mut text = String::new();
@@ -197,10 +240,15 @@ fn exec(command: &str, timeout: Duration) -> Result<GuestOutput, LabError> {
             Ok(_) if line.ends_with(b"\n") => {
                 let l = String::from_utf8_lossy(&line).into_owned();
                 line.clear();
-                if let Some(code) = l.trim_end().strip_prefix(EXIT_MARKER) {
-                    let status = code.trim().parse().ok();
+                if let Some((before, status)) = split_marker(l.trim_end(), &marker) {
+                    if !before.is_empty() {
+                        on_line(before);
+                        text.push_str(before);
+                        text.push('\n');
+                    }
                     return Ok(GuestOutput { status, text });
                 }
+                on_line(l.trim_end_matches('\n'));
                 text.push_str(&l);
             }
             Ok(_) => {}
@@ -211,5 +259,24 @@ fn exec(command: &str, timeout: Duration) -> Result<GuestOutput, LabError> {
                 ) => {}
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers_differ_and_split_off_the_status() {
+        let (a, b) = (marker(), marker());
+        assert_ne!(a, b);
+        assert_eq!(split_marker(&format!("{a}0"), &a), Some(("", Some(0))));
+        assert_eq!(
+            split_marker(&format!("no newline{a}137"), &a),
+            Some(("no newline", Some(137)))
+        );
+        // Another command's marker, or text after the marker, is output.
+        assert_eq!(split_marker(&format!("{b}0"), &a), None);
+        assert_eq!(split_marker(&format!("{a}0 and more"), &a), None);
     }
 }

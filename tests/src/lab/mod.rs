@@ -8,9 +8,11 @@
 
 pub mod case;
 pub mod datacheck;
+pub mod dev_exec;
 pub mod flow_ports;
 pub mod guest;
 pub mod matrix;
+pub mod push;
 pub mod table;
 
 /// Why the lab could not run (a case's own failure is an outcome, not an

@@ -163,8 +163,8 @@ impl Node {
         let qp = QpCore::new(
             0x100 + index as u32,
             1,
-            cq.inner.clone(),
-            cq.inner.clone(),
+            cq.user().expect("userspace queue").inner.clone(),
+            cq.user().expect("userspace queue").inner.clone(),
             1024,
             1024,
         );

@@ -242,7 +242,14 @@ fn preload(conn: &Connection, memory: &Memory, mtu: usize) {
 
 /// A responder queue pair set up as the capture's.
 fn responder(conn: &Connection, mtu: usize, cq: &CompletionQueue) -> QpCore {
-    let qp = QpCore::new(conn.qpn, 1, cq.inner.clone(), cq.inner.clone(), 1024, 1024);
+    let qp = QpCore::new(
+        conn.qpn,
+        1,
+        cq.user().expect("userspace queue").inner.clone(),
+        cq.user().expect("userspace queue").inner.clone(),
+        1024,
+        1024,
+    );
     let requester_qpn = conn.requester_qpn.expect("answered connection");
     let peer = Peer {
         addr: SocketAddr::new(conn.requester, ROCE_V2_PORT),
