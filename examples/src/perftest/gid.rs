@@ -87,6 +87,7 @@ mod tests {
             name: name.into(),
             addr: addr.parse().unwrap(),
             if_mtu: 1500,
+            backend: provider::DeviceBackend::Userspace,
         }
     }
 

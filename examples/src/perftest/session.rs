@@ -327,6 +327,19 @@ fn side_run(
             c.prefetches,
             side.ctx.query_device().odp_events
         )?;
+        let mode = |mr: &provider::MemoryRegion| {
+            mr.odp_mode()
+                .map_or("pinned".to_owned(), |m| format!("{m:?}"))
+        };
+        match &side.remote_mr {
+            Some(remote) => writeln!(
+                out,
+                " ODP mode: {} for local SGEs, {} for the peer",
+                mode(&side.mr),
+                mode(remote)
+            )?,
+            None => writeln!(out, " ODP mode: {}", mode(&side.mr))?,
+        }
     }
     if flags.check {
         check_at_end(tool, flags, role, &side, *sizes.last().unwrap_or(&8))?;

@@ -150,7 +150,11 @@ fn default_address(
 
 /// Opens the device: the real verbs device `-d` names (with the
 /// `rdma-core` feature), else the userspace device on `addr`.
-fn open_context(flags: &Flags, addr: IpAddr, options: &DeviceOptions) -> Result<Context, ToolError> {
+fn open_context(
+    flags: &Flags,
+    addr: IpAddr,
+    options: &DeviceOptions,
+) -> Result<Context, ToolError> {
     if let Some(info) = named_kernel_device(flags)? {
         if flags.gid_index.is_some() {
             return Err(ToolError::Device(format!(
@@ -193,10 +197,10 @@ fn register(
     len: usize,
     access: AccessFlags,
 ) -> Result<(MemoryRegion, Option<MemoryRegion>), ToolError> {
-    // SAFETY (all three registrations): the mapping is owned by the Side
-    // and outlives the regions (fields drop in declaration order: the
-    // regions before `buf`), and holds no Rust objects: the device and
-    // this process share plain bytes.
+    // SAFETY: the mapping is owned by the Side and outlives the regions
+    // (fields drop in declaration order: the regions before `buf`), and
+    // holds no Rust objects: the device and this process share plain
+    // bytes. The same holds for the two registrations below.
     match unsafe { pd.reg_mr(addr, len, access) } {
         Ok(mr) => return Ok((mr, None)),
         Err(VerbsError::OdpUnavailable(why)) => {
