@@ -1,0 +1,1 @@
+//! Tests of pin on demand.
