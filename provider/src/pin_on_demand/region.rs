@@ -130,6 +130,24 @@ pub(crate) struct SgeRef<'a, P: ChunkPinner> {
     pub(crate) len: u32,
 }
 
+impl Counters {
+    pub(super) fn snapshot(&self) -> PodCounters {
+        let g = |a: &AtomicU64| a.load(Relaxed);
+        PodCounters {
+            faults: g(&self.faults),
+            retries: g(&self.retries),
+            lost_races: g(&self.lost_races),
+            invalidations: g(&self.invalidations),
+            nonblocking_refusals: g(&self.nonblocking_refusals),
+            chunks_pinned: g(&self.chunks_pinned),
+            bytes_pinned: g(&self.bytes_pinned),
+            unpins: g(&self.unpins),
+            forced_unpins: g(&self.forced_unpins),
+            drain_calls: g(&self.drain_calls),
+        }
+    }
+}
+
 impl<P: ChunkPinner> PinOnDemandRegion<P> {
     /// Registers `[addr, addr + len)` of `aspace`; pins nothing yet.
     ///
@@ -204,20 +222,7 @@ impl<P: ChunkPinner> PinOnDemandRegion<P> {
 
     /// A snapshot of the counters.
     pub(crate) fn counters(&self) -> PodCounters {
-        let c = &self.inner.counters;
-        let g = |a: &AtomicU64| a.load(Relaxed);
-        PodCounters {
-            faults: g(&c.faults),
-            retries: g(&c.retries),
-            lost_races: g(&c.lost_races),
-            invalidations: g(&c.invalidations),
-            nonblocking_refusals: g(&c.nonblocking_refusals),
-            chunks_pinned: g(&c.chunks_pinned),
-            bytes_pinned: g(&c.bytes_pinned),
-            unpins: g(&c.unpins),
-            forced_unpins: g(&c.forced_unpins),
-            drain_calls: g(&c.drain_calls),
-        }
+        self.inner.counters.snapshot()
     }
 
     /// Splits `[va, va + len)` at chunk boundaries into `out` (appended),
