@@ -1,49 +1,64 @@
 //! Work requests in flight on a chunk: the per-chunk count, and the token a
 //! work request holds until its completion.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use smallvec::SmallVec;
 
+use super::sync::{AtomicUsize, Condvar, Mutex};
+
 /// How a chunk is used by work requests in flight.
 ///
 /// The count only grows under the region's table lock while the chunk is
-/// in the table; once an invalidation has taken it out (`retired`), it
+/// in the table; once an invalidation has taken it out (retired it), it
 /// only shrinks, so waiting for zero terminates once the requests finish.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct ChunkUse {
-    in_flight: AtomicUsize,
-    retired: AtomicBool,
+    /// The count, and [`RETIRED`]. One atomic, so that a release and the
+    /// retirement are ordered by the variable's own modification order:
+    /// either the release sees the flag and wakes the waiter, or the
+    /// waiter, which sets the flag before it reads the count, sees the
+    /// release.
+    state: AtomicUsize,
     lock: Mutex<()>,
     idle: Condvar,
 }
 
+/// The chunk is out of the table: a release that empties it wakes the
+/// waiter.
+const RETIRED: usize = 1 << (usize::BITS - 1);
+
 impl ChunkUse {
+    pub(super) fn new() -> Self {
+        Self {
+            state: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            idle: Condvar::new(),
+        }
+    }
+
     /// One more request uses the chunk. Called under the table lock, with
     /// the chunk in the table.
     pub(super) fn acquire(self: &Arc<Self>) -> Arc<Self> {
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.state.fetch_add(1, Ordering::Relaxed);
         Arc::clone(self)
     }
 
     /// Marks the chunk as taken out of the table: releases now wake its
     /// waiter. Called under the table lock.
     pub(super) fn retire(&self) {
-        self.retired.store(true, Ordering::SeqCst);
+        self.state.fetch_or(RETIRED, Ordering::AcqRel);
     }
 
+    /// Requests that use the chunk.
     pub(super) fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::SeqCst)
+        self.state.load(Ordering::Acquire) & !RETIRED
     }
 
     fn release(&self) {
-        // SeqCst on both sides: either this release sees `retired` and
-        // wakes the waiter, or the waiter, which stores `retired` before it
-        // reads the count, sees this decrement.
-        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 && self.retired.load(Ordering::SeqCst)
-        {
+        if self.state.fetch_sub(1, Ordering::AcqRel) == RETIRED | 1 {
             let _guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
             self.idle.notify_all();
         }

@@ -33,6 +33,13 @@
 //! device's completion queues into software queues and the tokens of the
 //! completed requests are released.
 //!
+//! A thread may still wait for an invalidation while it holds tokens of
+//! earlier requests (a fault's `read_begin` sleeps while an invalidation
+//! of its region runs, and that invalidation may wait for those tokens).
+//! [`map_sges`] never holds a token of its own request while it faults;
+//! for the earlier ones, the drain hook (which completes them from the
+//! invalidating thread) and the bound are what keep this from wedging.
+//!
 //! # Event sources
 //! Invalidations come from the address space's event sources, as for ODP
 //! umems: `odp`'s explicit wrappers, the interposition library, and the
@@ -55,8 +62,12 @@
 
 mod inflight;
 mod invalidate;
+#[cfg(all(test, loom))]
+#[path = "tests/model.rs"]
+mod model;
 mod region;
-#[cfg(test)]
+mod sync;
+#[cfg(all(test, not(loom)))]
 mod tests;
 
 use std::time::Duration;

@@ -2,13 +2,14 @@
 
 use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::Instant;
 
 use odp::notifier::{IntervalNotifier, IntervalSubscription, NotifierRange};
 use odp::{AddressSpace, OdpError};
 
 use super::inflight::{ChunkUse, InFlight};
+use super::sync::{Mutex, MutexGuard};
 use super::{
     ChunkPinner, DrainHook, FAULT_TIMEOUT, INVALIDATE_WAIT_LIMIT, Piece, PinError, PodCounters,
     PodOptions,
@@ -372,7 +373,7 @@ impl<P: ChunkPinner> PinOnDemandRegion<P> {
                 len,
                 lkey: P::lkey(&pin),
                 pin: Mutex::new(Some(pin)),
-                usage: Arc::default(),
+                usage: Arc::new(ChunkUse::new()),
             }));
             drop(table);
             let c = &inner.counters;
