@@ -11,6 +11,11 @@
 //! [`map_sges`]); each piece carries the lkey of its chunk's registration,
 //! and missing chunks are pinned first.
 //!
+//! A chunk is pinned whole (within the region): an entry fails with
+//! [`PinError::Unmapped`] or [`PinError::PinRefused`] when any page of its
+//! chunks cannot be pinned (a hole in the region, a read-only page of a
+//! writable region), even if the entry itself avoids that page.
+//!
 //! # Coherence
 //! The region subscribes to the address space's interval notifier like an
 //! ODP umem ([`odp::Umem`]), and follows the kernel's collision-retry
