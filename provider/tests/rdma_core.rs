@@ -17,8 +17,8 @@ mod preload;
 mod support;
 
 use provider::{
-    AccessFlags, DeviceBackend, MrOptions, OdpMode, QpState, RecvWr, SendOp, VerbsError, WcOpcode,
-    WcStatus,
+    AccessFlags, DeviceBackend, MrOptions, OdpMode, QpState, RecvWr, SendOp, Sge, VerbsError,
+    WcOpcode, WcStatus,
 };
 use support::{Mapping, Pair, device, kernel_odp, pattern};
 
@@ -203,19 +203,55 @@ fn errors_are_the_verbs_api_errors() {
     );
     assert_eq!(wc.status, WcStatus::RemoteAccessError);
 
-    // A bad lkey: local protection error.
+    // A READ whose local SGE has a bad lkey: the data comes back and
+    // cannot be placed: local protection error.
     let p = Pair::new(&ctx);
     let mr = p.reg(&buf, all, None);
     let mut sge = mr.sge(0, 64);
     sge.lkey ^= 0x5a00;
     let wc = p.a_send(
-        SendOp::Write {
+        SendOp::Read {
             remote_addr: mr.addr(),
             rkey: mr.rkey(),
         },
         sge,
     );
     assert_eq!(wc.status, WcStatus::LocalProtectionError);
+
+    // A WRITE whose local SGE has a bad lkey fails before anything is
+    // sent. Kernel rxe calls that a local QP operation error (6.1), or
+    // moves the queue pair to ERROR at once and flushes the request with
+    // the rest (7.3.4), both measured in the lab. The same pair did a good
+    // WRITE just before, so the bad key is the only cause.
+    let p = Pair::new(&ctx);
+    let mr = p.reg(&buf, all, None);
+    let good = p.a_send(
+        SendOp::Write {
+            remote_addr: mr.addr(),
+            rkey: mr.rkey(),
+        },
+        mr.sge(0, 64),
+    );
+    assert_eq!(good.status, WcStatus::Success);
+    let bad = Sge {
+        lkey: mr.lkey() ^ 0x5a00,
+        ..mr.sge(0, 64)
+    };
+    let wc = p.a_send(
+        SendOp::Write {
+            remote_addr: mr.addr(),
+            rkey: mr.rkey(),
+        },
+        bad,
+    );
+    assert!(
+        matches!(
+            wc.status,
+            WcStatus::LocalQpOperationError | WcStatus::WrFlushError
+        ),
+        "{wc:?}"
+    );
+    assert_eq!(p.a.state(), QpState::Error);
 
     // An atomic whose SGE is not 8 bytes never reaches the device.
     let err =
@@ -376,4 +412,278 @@ fn advise_mr_on_rxe_is_a_clear_error() {
             "{e}"
         ),
     }
+}
+
+#[test]
+fn pin_on_demand_is_the_device_choice_for_local_regions_and_byte_exact() {
+    let Some((_, ctx)) = device() else { return };
+    let p = Pair::new(&ctx);
+    // More than 4 MiB: at least two 2 MiB chunks, so SGEs split.
+    let len = (4 << 20) + 3 * PAGE;
+    let (mut local, mut target) = (Mapping::new(len), Mapping::new(len));
+    let on_demand = AccessFlags::LOCAL_WRITE | AccessFlags::ON_DEMAND;
+    let local_mr = p.reg(&local, on_demand, None);
+    let checked = ctx.odp_self_check();
+    match local_mr.odp_mode() {
+        Some(OdpMode::PinOnDemand) => {}
+        Some(OdpMode::PassThrough) if checked.is_some_and(|c| c.passed) => {
+            eprintln!("the device's ODP passed its self-check: pass-through, nothing to emulate");
+            return;
+        }
+        other => panic!("device choice {other:?} after self-check {checked:?}"),
+    }
+    if kernel_odp() == Some(true) {
+        // The self-check failed, so the device fell back.
+        assert!(ctx.odp_backend_counters().self_check_fallbacks >= 1);
+    }
+    assert!(ctx.odp_backend_counters().pin_on_demand_regions >= 1);
+    let all = AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE | AccessFlags::REMOTE_READ;
+    let target_mr = p.reg(&target, all, None);
+
+    // WRITE from a non-zero offset, across a chunk boundary.
+    let n = (2 << 20) + 5000;
+    let data = pattern(len, 31);
+    local.bytes().copy_from_slice(&data);
+    let wc = p.a_send(
+        SendOp::Write {
+            remote_addr: target_mr.addr() + 992,
+            rkey: target_mr.rkey(),
+        },
+        local_mr.sge(992, n as u32),
+    );
+    assert_eq!(wc.status, WcStatus::Success);
+    assert_eq!(&target.bytes()[992..992 + n], &data[992..992 + n]);
+    assert!(
+        local_mr.odp_counters().faults >= 2,
+        "{:?}",
+        local_mr.odp_counters()
+    );
+
+    // READ into the region at another offset.
+    let fresh = pattern(len, 47);
+    target.bytes().copy_from_slice(&fresh);
+    let wc = p.a_send(
+        SendOp::Read {
+            remote_addr: target_mr.addr() + 5,
+            rkey: target_mr.rkey(),
+        },
+        local_mr.sge(3000, n as u32),
+    );
+    assert_eq!(wc.status, WcStatus::Success);
+    assert_eq!(&local.bytes()[3000..3000 + n], &fresh[5..5 + n]);
+
+    // SEND from the region; RECV into it.
+    p.b.post_recv(&[RecvWr {
+        wr_id: 1,
+        sg_list: &[target_mr.sge(0, 8192)],
+    }])
+    .unwrap();
+    let wc = p.a_send(SendOp::Send, local_mr.sge(992, 6000));
+    assert_eq!(wc.status, WcStatus::Success);
+    assert_eq!(p.b_wait().status, WcStatus::Success);
+    let sent = local.bytes()[992..992 + 6000].to_vec();
+    assert_eq!(&target.bytes()[..6000], &sent[..]);
+    p.a.post_recv(&[RecvWr {
+        wr_id: 2,
+        sg_list: &[local_mr.sge((2 << 20) - 100, 4000)],
+    }])
+    .unwrap();
+    let msg = pattern(4000, 59);
+    target.bytes()[..4000].copy_from_slice(&msg);
+    p.b.post_send(&[provider::SendWr {
+        wr_id: 3,
+        op: SendOp::Send,
+        sg_list: &[target_mr.sge(0, 4000)],
+        signaled: true,
+        solicited: false,
+    }])
+    .unwrap();
+    assert_eq!(p.b_wait().status, WcStatus::Success);
+    let rc = support::wait(&p.cq_a);
+    assert_eq!(
+        (rc.wr_id, rc.status, rc.byte_len),
+        (2, WcStatus::Success, 4000)
+    );
+    assert_eq!(&local.bytes()[(2 << 20) - 100..(2 << 20) + 3900], &msg[..]);
+    drop((local_mr, target_mr));
+}
+
+/// Who reports the unmap to the regions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    /// `odp`'s `AddressSpace::munmap` wrapper.
+    Explicit,
+    /// Plain libc calls, the userfaultfd monitor watching.
+    Userfaultfd,
+    /// Plain libc calls, interposed by `libodp_preload.so`.
+    Preload,
+}
+
+/// Unmaps `m` (through `source`) and maps fresh memory at its address.
+fn replace_mapping(m: &Mapping, source: Source) {
+    let addr = m.addr as *mut libc::c_void;
+    if source == Source::Explicit {
+        // SAFETY: the test's own mapping; nothing in Rust refers to it.
+        unsafe { odp::AddressSpace::process().munmap(addr, m.len) }.expect("munmap");
+    } else {
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::munmap(addr, m.len) }, 0);
+    }
+    // SAFETY: maps over the address range just given back.
+    let p = unsafe {
+        libc::mmap(
+            addr,
+            m.len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    assert_eq!(p, addr, "a new mapping at the same address");
+}
+
+/// What the device used after the local buffer was unmapped and mapped
+/// again: (the WRITE sent the new pages' bytes, the READ landed in the
+/// new pages).
+fn after_remap(ctx: &provider::Context, on_demand: bool, source: Source) -> (bool, bool) {
+    let p = Pair::new(ctx);
+    let len = 4 * PAGE;
+    let (mut local, mut target) = (Mapping::new(len), Mapping::new(len));
+    let access = if on_demand {
+        AccessFlags::LOCAL_WRITE | AccessFlags::ON_DEMAND
+    } else {
+        AccessFlags::LOCAL_WRITE
+    };
+    let local_mr = p.reg(&local, access, None);
+    if on_demand {
+        assert_eq!(local_mr.odp_mode(), Some(OdpMode::PinOnDemand));
+    }
+    let all = AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE | AccessFlags::REMOTE_READ;
+    let target_mr = p.reg(&target, all, None);
+    let (off, n) = (100, len - 200);
+    let write = || {
+        let op = SendOp::Write {
+            remote_addr: target_mr.addr() + off as u64,
+            rkey: target_mr.rkey(),
+        };
+        assert_eq!(
+            p.a_send(op, local_mr.sge(off as u64, n as u32)).status,
+            WcStatus::Success
+        );
+    };
+    let old = pattern(len, 1);
+    local.bytes().copy_from_slice(&old);
+    write();
+    assert_eq!(&target.bytes()[off..off + n], &old[off..off + n]);
+
+    let before = local_mr.odp_counters().invalidations;
+    replace_mapping(&local, source);
+    let new = pattern(len, 2);
+    local.bytes().copy_from_slice(&new);
+    if on_demand {
+        // The monitor reports after the change: wait until it has.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while local_mr.odp_counters().invalidations == before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no invalidation reached the region ({source:?})"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+    write();
+    let write_new = target.bytes()[off..off + n] == new[off..off + n];
+    let fresh = pattern(len, 3);
+    target.bytes().copy_from_slice(&fresh);
+    let op = SendOp::Read {
+        remote_addr: target_mr.addr() + off as u64,
+        rkey: target_mr.rkey(),
+    };
+    assert_eq!(
+        p.a_send(op, local_mr.sge(off as u64, n as u32)).status,
+        WcStatus::Success
+    );
+    let read_new = local.bytes()[off..off + n] == fresh[off..off + n];
+    drop((local_mr, target_mr));
+    (write_new, read_new)
+}
+
+#[test]
+fn a_pinned_region_keeps_using_the_old_pages_after_munmap_and_a_new_mapping() {
+    let Some((_, ctx)) = device() else { return };
+    // Data lost both ways: the WRITE sends the old bytes, the READ lands
+    // where the program no longer looks.
+    assert_eq!(
+        after_remap(&ctx, false, Source::Userfaultfd),
+        (false, false)
+    );
+}
+
+/// Runs the child test `name` with `env`.
+fn child(name: &str, env: &[(&str, &str)]) {
+    let out = preload::run_child_with(name, env, preload::Preload::No);
+    preload::assert_child_passed(&out);
+}
+
+#[test]
+fn pin_on_demand_uses_the_new_pages_after_munmap_reported_by_the_explicit_wrappers() {
+    if device().is_none() {
+        return;
+    }
+    // Only the wrapper reports: no monitor in the child.
+    child("child_remap_explicit", &[("SRXE_ODP_EVENTS", "none")]);
+}
+
+#[test]
+#[ignore = "runs as a child of pin_on_demand_uses_the_new_pages_after_munmap_reported_by_the_explicit_wrappers"]
+fn child_remap_explicit() {
+    let (_, ctx) = device().expect("the parent found a device");
+    assert_eq!(after_remap(&ctx, true, Source::Explicit), (true, true));
+    assert!(odp::AddressSpace::process().userfaultfd_stats().is_none());
+}
+
+#[test]
+fn pin_on_demand_uses_the_new_pages_after_munmap_reported_by_userfaultfd() {
+    if device().is_none() {
+        return;
+    }
+    child("child_remap_userfaultfd", &[("SRXE_ODP_EVENTS", "uffd")]);
+}
+
+#[test]
+#[ignore = "runs as a child of pin_on_demand_uses_the_new_pages_after_munmap_reported_by_userfaultfd"]
+fn child_remap_userfaultfd() {
+    let (_, ctx) = device().expect("the parent found a device");
+    assert_eq!(after_remap(&ctx, true, Source::Userfaultfd), (true, true));
+    assert!(
+        odp::AddressSpace::process().userfaultfd_stats().is_some(),
+        "the monitor ran"
+    );
+}
+
+#[test]
+fn pin_on_demand_uses_the_new_pages_after_munmap_reported_by_the_interposition_library() {
+    if device().is_none() {
+        return;
+    }
+    let lib = std::env::var("SRXE_ODP_PRELOAD")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| preload::preload_library());
+    let lib = lib.to_str().expect("UTF-8 path").to_owned();
+    child(
+        "child_remap_preload",
+        &[("SRXE_ODP_EVENTS", "none"), ("LD_PRELOAD", &lib)],
+    );
+}
+
+#[test]
+#[ignore = "runs as a child of pin_on_demand_uses_the_new_pages_after_munmap_reported_by_the_interposition_library"]
+fn child_remap_preload() {
+    let (_, ctx) = device().expect("the parent found a device");
+    assert!(
+        odp::AddressSpace::process().interposition_active(),
+        "LD_PRELOAD took"
+    );
+    assert_eq!(after_remap(&ctx, true, Source::Preload), (true, true));
 }
