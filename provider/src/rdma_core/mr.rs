@@ -267,8 +267,10 @@ impl RdmaMr {
     /// ODP counters: the kernel keeps those of its own ODP, so zeros
     /// unless the region is pin-on-demand; then `faults` counts chunks
     /// pinned, `retries` pins thrown away (collisions and lost races),
-    /// `invalidations` invalidate callbacks that reached the region, and
-    /// `pages_invalidated` chunks unpinned.
+    /// `invalidations` invalidate callbacks that reached the region,
+    /// `pages_invalidated` chunks unpinned, and `stale_pages` chunks
+    /// unpinned while work requests still used them (the wait for them
+    /// ran out).
     pub(crate) fn odp_counters(&self) -> odp::OdpCounters {
         let Backing::Pod(pod) = &self.backing else {
             return odp::OdpCounters::default();
@@ -279,6 +281,7 @@ impl RdmaMr {
             retries: c.retries + c.lost_races,
             invalidations: c.invalidations,
             pages_invalidated: c.unpins,
+            stale_pages: c.forced_unpins,
             ..odp::OdpCounters::default()
         }
     }
