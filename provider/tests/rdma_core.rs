@@ -653,3 +653,108 @@ fn child_remap_preload() {
     );
     assert_eq!(after_remap(&ctx, true, Source::Preload), (true, true));
 }
+
+#[test]
+fn a_split_beyond_the_queue_pairs_sges_is_refused() {
+    let Some((_, ctx)) = device() else { return };
+    let p = Pair::new(&ctx);
+    let len = 5 << 20;
+    let (local, target) = (Mapping::new(len), Mapping::new(PAGE));
+    let mr = p.reg(
+        &local,
+        AccessFlags::LOCAL_WRITE | AccessFlags::ON_DEMAND,
+        None,
+    );
+    if mr.odp_mode() != Some(OdpMode::PinOnDemand) {
+        return;
+    }
+    let target_mr = p.reg(
+        &target,
+        AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE,
+        None,
+    );
+    // Every SGE straddles the same 2 MiB boundary: two pieces each.
+    let boundary = (local.addr + (2 << 20)) & !((2 << 20) - 1);
+    let at = (boundary - 8 - local.addr) as u64;
+    let n = ctx.query_device().max_sge.min(32) as usize;
+    let sges = vec![mr.sge(at, 16); n];
+    let err =
+        p.a.post_send(&[provider::SendWr {
+            wr_id: 1,
+            op: SendOp::Write {
+                remote_addr: target_mr.addr(),
+                rkey: target_mr.rkey(),
+            },
+            sg_list: &sges,
+            signaled: true,
+            solicited: false,
+        }])
+        .unwrap_err();
+    assert!(matches!(err, VerbsError::InvalidArgument(_)), "{err}");
+    // Half as many fit, and arrive in order.
+    let wc = {
+        p.a.post_send(&[provider::SendWr {
+            wr_id: 2,
+            op: SendOp::Write {
+                remote_addr: target_mr.addr(),
+                rkey: target_mr.rkey(),
+            },
+            sg_list: &sges[..n / 2],
+            signaled: true,
+            solicited: false,
+        }])
+        .unwrap();
+        support::wait(&p.cq_a)
+    };
+    assert_eq!((wc.wr_id, wc.status), (2, WcStatus::Success));
+}
+
+#[test]
+fn queue_pairs_connect_over_ipv6_gids_too() {
+    let Some((_, ctx)) = device() else { return };
+    let v6 = (0..ctx.query_port().gid_tbl_len as usize)
+        .filter_map(|i| ctx.query_gid(i).ok())
+        .find(|g| matches!(g.ip(), std::net::IpAddr::V6(ip) if !ip.is_unicast_link_local()));
+    let Some(gid) = v6 else {
+        eprintln!("skipped: no global IPv6 GID");
+        return;
+    };
+    let pd = ctx.alloc_pd().unwrap();
+    let cq = ctx.create_cq(16).unwrap();
+    let (a, b) = (
+        pd.create_qp(&cq, &cq).build().unwrap(),
+        pd.create_qp(&cq, &cq).build().unwrap(),
+    );
+    let to = |qp: &provider::QueuePair| provider::RemoteInfo {
+        gid,
+        ..qp.endpoint(provider::Mtu::Mtu1024)
+    };
+    a.connect(&to(&b)).unwrap();
+    b.connect(&to(&a)).unwrap();
+    let (mut src, mut dst) = (Mapping::new(PAGE), Mapping::new(PAGE));
+    let all = AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE;
+    // SAFETY: test memory the device alone touches until the checks.
+    let (s, d) = unsafe {
+        (
+            pd.reg_mr(src.addr, PAGE, all).unwrap(),
+            pd.reg_mr(dst.addr, PAGE, all).unwrap(),
+        )
+    };
+    let data = pattern(3000, 77);
+    src.bytes()[..3000].copy_from_slice(&data);
+    a.post_send(&[provider::SendWr {
+        wr_id: 9,
+        op: SendOp::Write {
+            remote_addr: d.addr() + 11,
+            rkey: d.rkey(),
+        },
+        sg_list: &[s.sge(0, 3000)],
+        signaled: true,
+        solicited: false,
+    }])
+    .unwrap();
+    let wc = support::wait(&cq);
+    assert_eq!((wc.wr_id, wc.status), (9, WcStatus::Success));
+    assert_eq!(&dst.bytes()[11..3011], &data[..]);
+    drop((s, d));
+}
