@@ -94,6 +94,36 @@ impl AddressSpace {
             .map_or(Ok(Watched::NotAtAll), |u| u.watch(addr, len, span))
     }
 
+    /// Registers `[addr, addr + len)` (widened to pages) with the
+    /// userfaultfd source, if it runs, so that unmaps, remaps and discards
+    /// of it become invalidations.
+    ///
+    /// For subscribers outside this crate that make translations of their
+    /// own (for instance registrations that pin chunks of memory for a
+    /// device): call it on the fault path after
+    /// [`notifier::IntervalNotifier::read_begin`] and before looking the
+    /// memory up, as [`crate::Umem`]'s faults do. The kernel registers
+    /// mappings, not addresses, and a mapping made at the same address
+    /// after an earlier registration is a new one, so every fault must
+    /// register what it is about to use.
+    ///
+    /// Returns whether the range is now watched: `false` when the monitor
+    /// is off ([`Self::enable_userfaultfd`]), or the kernel cannot register
+    /// this kind of mapping, or the process is close to its mapping limit
+    /// (see [`UserfaultfdStats::uncovered`] and
+    /// [`UserfaultfdStats::vma_limited`]).
+    ///
+    /// # Errors
+    /// [`crate::OdpError::InvalidRange`] for an empty or wrapping range;
+    /// [`crate::OdpError::Unmapped`] if part of it is not mapped (only
+    /// detected while the monitor runs).
+    pub fn watch_range(&self, addr: usize, len: usize) -> Result<bool, crate::OdpError> {
+        let (start, end) =
+            page_span(addr, len).ok_or(crate::OdpError::InvalidRange { addr, len })?;
+        let watched = self.watch(start, end - start, None)?;
+        Ok(watched != Watched::NotAtAll)
+    }
+
     /// The notifier subscriptions of this address space.
     pub fn subscriptions(&self) -> &Arc<Subscriptions> {
         &self.subscriptions

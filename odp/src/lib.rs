@@ -43,6 +43,10 @@ mod safe_copy;
 mod sys;
 mod umem;
 
+/// The interval notifier that umems subscribe to, for users that keep
+/// translations of their own alongside umems (same types, same version).
+pub use notifier;
+
 pub use access::Access;
 pub use address_space::{AddressSpace, Mapping};
 pub use counters::OdpCounters;

@@ -276,3 +276,63 @@ fn tempfile_page() -> std::fs::File {
     file.set_len(page_size() as u64).expect("set_len");
     file
 }
+
+#[test]
+fn watch_range_lets_subscribers_outside_odp_see_raw_unmaps() {
+    common::assert_child_passed(&common::run_child("child_watch_range", common::Preload::No));
+}
+
+#[test]
+#[ignore = "runs as a child of watch_range_lets_subscribers_outside_odp_see_raw_unmaps"]
+fn child_watch_range() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let ps = page_size();
+    let aspace = AddressSpace::process();
+    let base = map_noreserve(4);
+    // Monitor off: nothing is registered, and nothing fails.
+    assert_eq!(aspace.watch_range(base, ps), Ok(false));
+    aspace.enable_userfaultfd().expect("userfaultfd");
+
+    // A subscriber with translations of its own, not a umem.
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&hits);
+    let sub = aspace
+        .subscriptions()
+        .insert(
+            base,
+            4 * ps,
+            move |sub: &notifier::IntervalNotifier, _: &notifier::NotifierRange, seq| {
+                sub.set_seq(seq);
+                counted.fetch_add(1, Ordering::SeqCst);
+                true
+            },
+        )
+        .unwrap();
+    assert_eq!(aspace.watch_range(base + ps, 10), Ok(true));
+
+    // SAFETY: a page of the test's own mapping.
+    assert_eq!(unsafe { libc::syscall(libc::SYS_munmap, base + ps, ps) }, 0);
+    // The unmap is reported after the change: wait for the monitor.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while hits.load(Ordering::SeqCst) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no invalidation");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    // Page 1 is a hole now.
+    assert_eq!(
+        aspace.watch_range(base, 2 * ps),
+        Err(odp::OdpError::Unmapped {
+            va: base,
+            len: 2 * ps
+        })
+    );
+    assert!(matches!(
+        aspace.watch_range(base, 0),
+        Err(odp::OdpError::InvalidRange { .. })
+    ));
+    drop(sub);
+    // SAFETY: the test's own mapping (one page of it is gone already).
+    unsafe { libc::munmap(base as *mut libc::c_void, 4 * ps) };
+}

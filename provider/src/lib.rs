@@ -88,6 +88,9 @@
 
 mod device;
 pub mod net;
+// The rdma-core backend (a cargo feature) and the tests use it.
+#[allow(dead_code, unused_imports)]
+mod pin_on_demand;
 mod rc;
 #[cfg(feature = "rdma-core")]
 mod rdma_core;

@@ -1,6 +1,6 @@
 //! The provider's modules are layered without cycles: `rc` (the engine)
 //! uses only `wire` and `net`; `device` uses `rc`, `net` and `wire`;
-//! `verbs` builds on both. Checked on the source text: every `crate::`
+//! `verbs` builds on both; `pin_on_demand` uses none of them. Checked on the source text: every `crate::`
 //! path outside comments must start with a module the layer may use, and
 //! no code line may name a module above it.
 
@@ -100,6 +100,24 @@ fn the_device_does_not_depend_on_verbs() {
         &["verbs"],
     );
     assert!(found.is_empty(), "device reaches up:\n{}", found.join("\n"));
+}
+
+#[test]
+fn pin_on_demand_depends_on_no_other_module() {
+    // Device-independent: the rdma-core backend builds on it, not the
+    // other way round. Its tests drive it as the backend would.
+    let pod = src().join("pin_on_demand");
+    let found = violations(
+        &pod,
+        Some(&pod.join("tests")),
+        &["pin_on_demand"],
+        &["verbs", "device"],
+    );
+    assert!(
+        found.is_empty(),
+        "pin_on_demand reaches out:\n{}",
+        found.join("\n")
+    );
 }
 
 #[test]

@@ -70,6 +70,10 @@ pub(crate) struct RdmaContext {
     /// The RoCEv2 GID with a global IPv6 address, if any.
     pub(crate) gid_v6: Option<GidEntry>,
     pub(crate) shared: Arc<DeviceShared>,
+    /// Pin-on-demand regions by key.
+    pub(crate) pod: super::pod::PodTable,
+    /// Queue pairs' pending work requests and the completion queues.
+    pub(crate) completions: super::pod::Completions,
 }
 
 // SAFETY: libibverbs contexts may be used from any thread (the library
@@ -132,6 +136,8 @@ impl RdmaContext {
             gid_v4: None,
             gid_v6: None,
             shared: shared(name),
+            pod: super::pod::PodTable::default(),
+            completions: super::pod::Completions::default(),
         };
         ctx.limits = ctx.query_limits()?;
         ctx.port = ctx.query_port()?;
@@ -277,6 +283,13 @@ impl RdmaContext {
 }
 
 impl RdmaContext {
+    /// Polls every completion queue of the context into its set-aside
+    /// queue, releasing the chunks of completed work requests (called
+    /// while a pin-on-demand invalidation waits for them).
+    pub(crate) fn drain_cqs(&self) {
+        self.completions.drain();
+    }
+
     /// Limits, ODP capabilities and the modes the device would choose now.
     pub(crate) fn device_attr(&self) -> DeviceAttr {
         // While the self-check runs its verdict is not known yet.

@@ -26,8 +26,7 @@ pub(crate) struct RdmaCq {
     /// that another thread ran), served before the device's; the lock
     /// also orders every poll of the device.
     soft: Mutex<VecDeque<WorkCompletion>>,
-    /// Keeps the context open while the queue exists.
-    _ctx: Arc<RdmaContext>,
+    pub(crate) ctx: Arc<RdmaContext>,
 }
 
 // SAFETY: verbs objects may be used from any thread; polls are serialised
@@ -81,13 +80,15 @@ impl RdmaCq {
             unsafe { sys::ibv_destroy_comp_channel(channel.as_ptr()) };
             return Err(err);
         };
-        Ok(Arc::new(RdmaCq {
+        let cq = Arc::new(RdmaCq {
             raw,
             channel,
             capacity,
             soft: Mutex::new(VecDeque::new()),
-            _ctx: Arc::clone(ctx),
-        }))
+            ctx: Arc::clone(ctx),
+        });
+        ctx.completions.add_cq(&cq);
+        Ok(cq)
     }
 
     /// The raw queue, for creating queue pairs.
@@ -118,6 +119,27 @@ impl RdmaCq {
         n
     }
 
+    /// Moves what the device has completed into the set-aside queue, so
+    /// that the work requests' memory is released now (a pin-on-demand
+    /// invalidation waiting for them runs in the thread that would
+    /// otherwise poll). Does nothing if another thread is polling: its
+    /// poll makes the same progress.
+    pub(crate) fn drain(&self) -> usize {
+        let Ok(mut soft) = self.soft.try_lock() else {
+            return 0;
+        };
+        let mut buf = [WorkCompletion::default(); BATCH];
+        let mut total = 0;
+        loop {
+            let got = self.poll_device(&mut buf);
+            soft.extend(&buf[..got]);
+            total += got;
+            if got < BATCH {
+                return total;
+            }
+        }
+    }
+
     /// One `ibv_poll_cq` of up to `BATCH` entries, converted; the caller
     /// holds the `soft` lock.
     fn poll_device(&self, out: &mut [WorkCompletion]) -> usize {
@@ -129,6 +151,7 @@ impl RdmaCq {
         let got = got.max(0) as usize;
         for (slot, wc) in out.iter_mut().zip(&wcs[..got]) {
             *slot = convert::completion(wc);
+            self.ctx.completions.completed(slot);
         }
         got
     }

@@ -6,7 +6,9 @@
 //! One concept per file: [`list`] (devices), [`context`] (an open device,
 //! its attributes and GIDs), [`pd`], [`mr`] (registrations and their ODP
 //! modes), [`cq`], [`qp`], [`convert`] (our types to verbs' and back),
-//! [`self_check`] (is the device's ODP trustworthy?).
+//! [`self_check`] (is the device's ODP trustworthy?), [`pod`]
+//! (pin-on-demand regions: keys, chunk registrations, work requests'
+//! chunks until their completions are polled).
 
 mod context;
 mod convert;
@@ -14,6 +16,7 @@ mod cq;
 mod list;
 mod mr;
 mod pd;
+mod pod;
 mod qp;
 mod self_check;
 

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use odp::Advice;
 use verbs_sys as sys;
 
+use super::pod::PodMr;
 use super::{RdmaPd, check, convert, last_error, self_check};
 use crate::{AccessFlags, MrOptions, OdpBackendCounters, OdpCaps, OdpMode, Sge, VerbsError};
 
@@ -81,9 +82,17 @@ pub(crate) fn device_choice(
     }
 }
 
+/// What holds a region's memory for the device.
+enum Backing {
+    /// One `ibv_mr` (pinned, or the device's own ODP).
+    Verbs(NonNull<sys::ibv_mr>),
+    /// Chunks registered as work requests use them.
+    Pod(PodMr),
+}
+
 /// A region registered with the device.
 pub(crate) struct RdmaMr {
-    raw: NonNull<sys::ibv_mr>,
+    backing: Backing,
     mode: Option<OdpMode>,
     pub(crate) access: AccessFlags,
     pub(crate) addr: u64,
@@ -130,18 +139,31 @@ impl RdmaMr {
                 "implicit ODP needs the device's own implicit ODP",
             ));
         }
-        let flags = match mode {
-            OdpMode::PassThrough => access,
-            OdpMode::PinnedWhole => access - AccessFlags::ON_DEMAND,
+        let mr = match mode {
+            // SAFETY: the caller's promise.
+            OdpMode::PassThrough => unsafe { Self::reg(pd, addr, len, access, Some(mode)) }?,
+            OdpMode::PinnedWhole => {
+                let pinned = access - AccessFlags::ON_DEMAND;
+                // SAFETY: the caller's promise.
+                unsafe { Self::reg(pd, addr, len, pinned, Some(mode)) }?
+            }
             OdpMode::PinOnDemand => {
+                let writable = access.contains(AccessFlags::LOCAL_WRITE);
+                RdmaMr {
+                    backing: Backing::Pod(PodMr::new(pd, addr, len, writable)?),
+                    mode: Some(mode),
+                    access,
+                    addr: addr as u64,
+                    len: len as u64,
+                    _pd: Arc::clone(pd),
+                }
+            }
+            OdpMode::Native => {
                 return Err(VerbsError::OdpUnavailable(
-                    "pin-on-demand regions are not available in this build",
+                    "native ODP belongs to the userspace device",
                 ));
             }
-            OdpMode::Native => unreachable!("refused by choose"),
         };
-        // SAFETY: the caller's promise.
-        let mr = unsafe { Self::reg(pd, addr, len, flags, Some(mode)) }?;
         pd.ctx.shared.counters.count(mode);
         Ok(mr)
     }
@@ -208,7 +230,7 @@ impl RdmaMr {
         };
         let raw = NonNull::new(raw).ok_or_else(|| last_error("ibv_reg_mr"))?;
         Ok(RdmaMr {
-            raw,
+            backing: Backing::Verbs(raw),
             mode,
             access: access
                 | if mode.is_some() {
@@ -222,22 +244,46 @@ impl RdmaMr {
         })
     }
 
-    /// The local key.
+    /// The local key (a pin-on-demand region: its key of the context's
+    /// table, which posts resolve).
     pub(crate) fn lkey(&self) -> u32 {
-        // SAFETY: the region is live; its keys are set at registration.
-        unsafe { self.raw.as_ref().lkey }
+        match &self.backing {
+            // SAFETY: the region is live; its keys are set at registration.
+            Backing::Verbs(raw) => unsafe { raw.as_ref().lkey },
+            Backing::Pod(pod) => pod.key,
+        }
     }
 
-    /// The remote key.
+    /// The remote key (a pin-on-demand region has none a peer could use:
+    /// its table key, which the device does not know).
     pub(crate) fn rkey(&self) -> u32 {
-        // SAFETY: as for lkey.
-        unsafe { self.raw.as_ref().rkey }
+        match &self.backing {
+            // SAFETY: as for lkey.
+            Backing::Verbs(raw) => unsafe { raw.as_ref().rkey },
+            Backing::Pod(pod) => pod.key,
+        }
     }
 
     /// ODP counters: the kernel keeps those of its own ODP, so zeros
-    /// unless the region is pin-on-demand.
+    /// unless the region is pin-on-demand; then `faults` counts chunks
+    /// pinned, `retries` pins thrown away (collisions and lost races),
+    /// `invalidations` invalidate callbacks that reached the region,
+    /// `pages_invalidated` chunks unpinned, and `stale_pages` chunks
+    /// unpinned while work requests still used them (the wait for them
+    /// ran out).
     pub(crate) fn odp_counters(&self) -> odp::OdpCounters {
-        odp::OdpCounters::default()
+        let Backing::Pod(pod) = &self.backing else {
+            return odp::OdpCounters::default();
+        };
+        let c = pod.region.counters();
+        odp::OdpCounters {
+            faults: c.faults,
+            retries: c.retries + c.lost_races,
+            invalidations: c.invalidations,
+            pages_invalidated: c.unpins,
+            stale_pages: c.forced_unpins,
+            ..odp::OdpCounters::default()
+        }
     }
 
     /// The ODP mode (`None`: a plain pinned registration).
@@ -248,8 +294,10 @@ impl RdmaMr {
 
 impl Drop for RdmaMr {
     fn drop(&mut self) {
-        // SAFETY: the region is live and deregistered once.
-        unsafe { sys::ibv_dereg_mr(self.raw.as_ptr()) };
+        if let Backing::Verbs(raw) = &self.backing {
+            // SAFETY: the region is live and deregistered once.
+            unsafe { sys::ibv_dereg_mr(raw.as_ptr()) };
+        }
     }
 }
 
@@ -263,6 +311,17 @@ const ADVISE_FLUSH: u32 = 1;
 /// [`VerbsError::OdpUnavailable`] where the provider has no advise_mr
 /// (EOPNOTSUPP, kernel rxe); other failures as [`VerbsError::DeviceCall`].
 pub(crate) fn advise(pd: &RdmaPd, advice: Advice, sges: &[Sge]) -> Result<(), VerbsError> {
+    // Pin-on-demand SGEs are prefetched by pinning their chunks now (they
+    // stay pinned until invalidated); the rest goes to the device.
+    let (pod, sges): (Vec<Sge>, Vec<Sge>) =
+        sges.iter().partition(|s| pd.ctx.pod.is_pod_key(s.lkey));
+    if !pod.is_empty() && advice != Advice::PrefetchNoFault {
+        let mut pieces = Vec::new();
+        pd.ctx
+            .pod
+            .translate(&pod, usize::MAX, &mut pieces)?
+            .complete();
+    }
     if sges.is_empty() {
         return Ok(());
     }

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use verbs_sys as sys;
 
 use super::context::PORT;
+use super::pod::Tracker;
 use super::{RdmaCq, RdmaPd, check, convert, last_error};
 use crate::{Mtu, QpState, RecvWr, RemoteInfo, RtsAttr, SendOp, SendWr, Sge, VerbsError};
 
@@ -32,6 +33,9 @@ pub(crate) struct RdmaQp {
     /// moved it to ERROR; [`Self::state`] asks the device).
     state: Mutex<QpState>,
     pub(crate) pd: Arc<RdmaPd>,
+    /// Posted work requests whose completions have not been polled, with
+    /// the pin-on-demand chunks they use.
+    tracker: Arc<Tracker>,
     _send_cq: Arc<RdmaCq>,
     _recv_cq: Arc<RdmaCq>,
 }
@@ -75,11 +79,17 @@ impl RdmaQp {
         // SAFETY: a live domain and queues, and a filled init attribute.
         let raw = NonNull::new(unsafe { sys::ibv_create_qp(pd.raw(), &mut init) })
             .ok_or_else(|| last_error("ibv_create_qp"))?;
+        let tracker = Arc::new(Tracker::default());
+        // SAFETY: the queue pair is live; qp_num is set at creation.
+        pd.ctx
+            .completions
+            .add_qp(unsafe { raw.as_ref().qp_num }, &tracker);
         Ok(RdmaQp {
             raw,
             config,
             max_sge,
             state: Mutex::new(QpState::Reset),
+            tracker,
             pd: Arc::clone(pd),
             _send_cq: Arc::clone(send_cq),
             _recv_cq: Arc::clone(recv_cq),
@@ -278,31 +288,35 @@ impl RdmaQp {
             return Ok(());
         }
         let mut sges = Vec::with_capacity(wrs.iter().map(|w| w.sg_list.len()).sum());
-        let mut list = Vec::with_capacity(wrs.len());
+        let mut spans = Vec::with_capacity(wrs.len());
+        let mut entries = Vec::with_capacity(wrs.len());
         for wr in wrs {
             let atomic = matches!(wr.op, SendOp::CompareSwap { .. } | SendOp::FetchAdd { .. });
             self.check_sges(wr.sg_list, atomic)?;
             let first = sges.len();
-            sges.extend(wr.sg_list.iter().map(raw_sge));
-            list.push((send_wr(wr), first, wr.sg_list.len()));
+            let token = self
+                .pd
+                .ctx
+                .pod
+                .translate(wr.sg_list, self.max_sge as usize, &mut sges)?;
+            spans.push((first, sges.len() - first));
+            entries.push((wr.wr_id, wr.signaled, token));
         }
-        let mut raw: Vec<sys::ibv_send_wr> = list.into_iter().map(|(w, _, _)| w).collect();
-        let mut at = 0;
-        for (i, wr) in wrs.iter().enumerate() {
-            raw[i].num_sge = wr.sg_list.len() as i32;
-            raw[i].sg_list = if wr.sg_list.is_empty() {
-                std::ptr::null_mut()
-            } else {
-                sges[at..].as_mut_ptr()
-            };
-            at += wr.sg_list.len();
-        }
+        let mut raw: Vec<sys::ibv_send_wr> = wrs.iter().map(send_wr).collect();
+        attach(&mut raw, &mut sges, &spans, |w, sg, n| {
+            (w.sg_list, w.num_sge) = (sg, n)
+        });
         link(&mut raw, |w, next| w.next = next);
-        let mut bad = std::ptr::null_mut();
-        // SAFETY: a live queue pair; the chain and its SGEs live in `raw`
-        // and `sges` for the call, which copies them.
-        let rc = unsafe { sys::ibv_post_send(self.raw.as_ptr(), raw.as_mut_ptr(), &mut bad) };
-        post_result("ibv_post_send", rc, "send")
+        self.tracker.posting(false, entries, || {
+            let mut bad = std::ptr::null_mut();
+            // SAFETY: a live queue pair; the chain and its SGEs live in
+            // `raw` and `sges` for the call, which copies them.
+            let rc = unsafe { sys::ibv_post_send(self.raw.as_ptr(), raw.as_mut_ptr(), &mut bad) };
+            (
+                posted(&raw, rc, bad),
+                post_result("ibv_post_send", rc, "send"),
+            )
+        })
     }
 
     /// Posts receive work requests (`ibv_post_recv`).
@@ -317,32 +331,71 @@ impl RdmaQp {
         if wrs.is_empty() {
             return Ok(());
         }
-        let mut sges: Vec<sys::ibv_sge> = Vec::new();
+        let mut sges = Vec::new();
+        let mut spans = Vec::with_capacity(wrs.len());
+        let mut entries = Vec::with_capacity(wrs.len());
         for wr in wrs {
             self.check_sges(wr.sg_list, false)?;
-            sges.extend(wr.sg_list.iter().map(raw_sge));
+            let first = sges.len();
+            let token = self
+                .pd
+                .ctx
+                .pod
+                .translate(wr.sg_list, self.max_sge as usize, &mut sges)?;
+            spans.push((first, sges.len() - first));
+            entries.push((wr.wr_id, true, token));
         }
-        let mut raw = Vec::with_capacity(wrs.len());
-        let mut at = 0;
-        for wr in wrs {
-            raw.push(sys::ibv_recv_wr {
+        let mut raw: Vec<sys::ibv_recv_wr> = wrs
+            .iter()
+            .map(|wr| sys::ibv_recv_wr {
                 wr_id: wr.wr_id,
                 next: std::ptr::null_mut(),
-                sg_list: if wr.sg_list.is_empty() {
-                    std::ptr::null_mut()
-                } else {
-                    sges[at..].as_mut_ptr()
-                },
-                num_sge: wr.sg_list.len() as i32,
-            });
-            at += wr.sg_list.len();
-        }
+                sg_list: std::ptr::null_mut(),
+                num_sge: 0,
+            })
+            .collect();
+        attach(&mut raw, &mut sges, &spans, |w, sg, n| {
+            (w.sg_list, w.num_sge) = (sg, n)
+        });
         link(&mut raw, |w, next| w.next = next);
-        let mut bad = std::ptr::null_mut();
-        // SAFETY: as in post_send.
-        let rc = unsafe { sys::ibv_post_recv(self.raw.as_ptr(), raw.as_mut_ptr(), &mut bad) };
-        post_result("ibv_post_recv", rc, "receive")
+        self.tracker.posting(true, entries, || {
+            let mut bad = std::ptr::null_mut();
+            // SAFETY: as in post_send.
+            let rc = unsafe { sys::ibv_post_recv(self.raw.as_ptr(), raw.as_mut_ptr(), &mut bad) };
+            (
+                posted(&raw, rc, bad),
+                post_result("ibv_post_recv", rc, "receive"),
+            )
+        })
     }
+}
+
+/// Points each work request at its span `(first, count)` of `sges`.
+fn attach<T>(
+    list: &mut [T],
+    sges: &mut [sys::ibv_sge],
+    spans: &[(usize, usize)],
+    set: impl Fn(&mut T, *mut sys::ibv_sge, i32),
+) {
+    for (w, &(first, n)) in list.iter_mut().zip(spans) {
+        let ptr = if n == 0 {
+            std::ptr::null_mut()
+        } else {
+            sges[first..].as_mut_ptr()
+        };
+        set(w, ptr, n as i32);
+    }
+}
+
+/// How many work requests of `list` a post took: all on success, else
+/// those before the one it reports bad.
+fn posted<T>(list: &[T], rc: i32, bad: *mut T) -> usize {
+    if rc == 0 {
+        return list.len();
+    }
+    let start = list.as_ptr() as usize;
+    let at = (bad as usize).wrapping_sub(start) / std::mem::size_of::<T>().max(1);
+    at.min(list.len())
 }
 
 /// Chains `list[i].next = &list[i + 1]`.
@@ -364,7 +417,7 @@ fn post_result(call: &'static str, rc: i32, queue: &'static str) -> Result<(), V
     }
 }
 
-fn raw_sge(s: &Sge) -> sys::ibv_sge {
+pub(crate) fn raw_sge(s: &Sge) -> sys::ibv_sge {
     sys::ibv_sge {
         addr: s.addr,
         length: s.length,
@@ -441,7 +494,10 @@ fn send_wr(wr: &SendWr<'_>) -> sys::ibv_send_wr {
 
 impl Drop for RdmaQp {
     fn drop(&mut self) {
+        let qpn = self.qp_num();
         // SAFETY: the queue pair is live and destroyed once.
         unsafe { sys::ibv_destroy_qp(self.raw.as_ptr()) };
+        // The device is done with its work requests: their chunks go.
+        self.pd.ctx.completions.remove_qp(qpn);
     }
 }
