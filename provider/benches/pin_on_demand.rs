@@ -1,0 +1,254 @@
+//! Pin-on-demand against a pinned registration of the same range, on a
+//! real verbs device (feature `rdma-core`; it measures nothing without
+//! one, so it runs in the rxe lab's guest):
+//!
+//! ```sh
+//! CARGO_TARGET_DIR=target/rdma-core cargo bench -p provider --features rdma-core --bench pin_on_demand --no-run
+//! bash tests/lab/guest-exec.sh --push target/rdma-core/release/deps/pin_on_demand-<hash> -- ./pin_on_demand-<hash> --bench
+//! ```
+//!
+//! Paired rounds, alternating which goes first, ratio per round (the
+//! guest's speed drifts):
+//! - *first use*: register `len` bytes and WRITE all of them once to a
+//!   pinned target through a loopback queue pair. Pinned registration pins
+//!   every page in `reg_mr`; pin-on-demand registers nothing there and
+//!   pins 2 MiB chunks as the WRITEs reach them.
+//! - *steady state*: 64 KiB WRITEs from a region whose chunks are all
+//!   registered: the cost of resolving SGEs to chunk keys at each post.
+
+use std::time::{Duration, Instant};
+
+use provider::{
+    AccessFlags, CompletionQueue, Context, DeviceBackend, MemoryRegion, MrOptions, Mtu, OdpMode,
+    ProtectionDomain, QueuePair, SendOp, SendWr, WcStatus, WorkCompletion, devices,
+};
+
+const ROUNDS: usize = 7;
+const WRITE_CHUNK: usize = 1 << 20;
+const STEADY_SIZE: usize = 64 << 10;
+const STEADY_WRITES: usize = 200;
+
+/// Anonymous memory with every page touched (so CPU page faults are in
+/// neither measurement), unmapped on drop.
+struct Buffer {
+    addr: usize,
+    len: usize,
+}
+
+impl Buffer {
+    fn new(len: usize) -> Buffer {
+        // SAFETY: a fresh private anonymous mapping nothing else uses.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED, "mmap {len} bytes");
+        // SAFETY: the mapping is ours, `len` bytes, readable and writable.
+        unsafe { std::ptr::write_bytes(p.cast::<u8>(), 0x5a, len) };
+        Buffer {
+            addr: p as usize,
+            len,
+        }
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        // SAFETY: unmaps the mapping `new` made, once; every region over
+        // it was dropped before (they are declared after it).
+        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
+    }
+}
+
+/// Two queue pairs of one device connected to each other, on one CQ.
+struct Loopback {
+    cq: CompletionQueue,
+    qp: QueuePair,
+    _peer: QueuePair,
+}
+
+impl Loopback {
+    fn new(ctx: &Context, pd: &ProtectionDomain) -> Loopback {
+        let cq = ctx.create_cq(256).expect("create a CQ");
+        let qp = pd.create_qp(&cq, &cq).build().expect("create a QP");
+        let peer = pd.create_qp(&cq, &cq).build().expect("create a QP");
+        let mtu = ctx.query_port().active_mtu.min(Mtu::Mtu4096);
+        let (a, b) = (qp.endpoint(mtu), peer.endpoint(mtu));
+        qp.connect(&b).expect("connect");
+        peer.connect(&a).expect("connect");
+        Loopback {
+            cq,
+            qp,
+            _peer: peer,
+        }
+    }
+
+    /// WRITEs `[offset, offset + len)` of `src` to the same offset of
+    /// `dst`, one signalled request per `piece` bytes, and waits for all.
+    fn write(&self, src: &MemoryRegion, dst: &MemoryRegion, len: usize, piece: usize) {
+        let mut posted = 0;
+        let mut done = 0;
+        let mut offset = 0;
+        let mut wcs = [WorkCompletion::default(); 16];
+        while done < len.div_ceil(piece) {
+            while offset < len && posted - done < 16 {
+                let n = piece.min(len - offset);
+                let sge = [src.sge(offset as u64, n as u32)];
+                let wr = SendWr {
+                    wr_id: offset as u64,
+                    op: SendOp::Write {
+                        remote_addr: dst.addr() + offset as u64,
+                        rkey: dst.rkey(),
+                    },
+                    sg_list: &sge,
+                    signaled: true,
+                    solicited: false,
+                };
+                self.qp.post_send(&[wr]).expect("post a WRITE");
+                offset += n;
+                posted += 1;
+            }
+            let n = self.cq.poll_wait(&mut wcs, Duration::from_secs(30));
+            assert!(n > 0, "no completion within 30 s");
+            for wc in &wcs[..n] {
+                assert_eq!(wc.status, WcStatus::Success, "{wc:?}");
+            }
+            done += n;
+        }
+    }
+}
+
+/// A registration of `buf`: pinned, or pin-on-demand for local access.
+fn register(pd: &ProtectionDomain, buf: &Buffer, on_demand: bool) -> MemoryRegion {
+    let (access, options) = if on_demand {
+        (
+            AccessFlags::LOCAL_WRITE | AccessFlags::ON_DEMAND,
+            MrOptions {
+                odp_mode: Some(OdpMode::PinOnDemand),
+                ..MrOptions::default()
+            },
+        )
+    } else {
+        (AccessFlags::LOCAL_WRITE, MrOptions::default())
+    };
+    // SAFETY: `buf` outlives the region (callers drop the region first)
+    // and holds plain bytes only.
+    unsafe { pd.reg_mr_with(buf.addr, buf.len, access, &options) }.expect("register")
+}
+
+/// One first-use measurement: register `src`, WRITE all of it.
+fn first_use(
+    pd: &ProtectionDomain,
+    lb: &Loopback,
+    dst: &MemoryRegion,
+    len: usize,
+    pod: bool,
+) -> f64 {
+    let src = Buffer::new(len);
+    let t = Instant::now();
+    let mr = register(pd, &src, pod);
+    lb.write(&mr, dst, len, WRITE_CHUNK);
+    let elapsed = t.elapsed().as_secs_f64();
+    drop(mr);
+    elapsed
+}
+
+/// One steady-state measurement: the region is registered and every chunk
+/// used once before the clock starts.
+fn steady(pd: &ProtectionDomain, lb: &Loopback, dst: &MemoryRegion, pod: bool) -> f64 {
+    let src = Buffer::new(STEADY_SIZE);
+    let mr = register(pd, &src, pod);
+    lb.write(&mr, dst, STEADY_SIZE, STEADY_SIZE);
+    let t = Instant::now();
+    for _ in 0..STEADY_WRITES {
+        lb.write(&mr, dst, STEADY_SIZE, STEADY_SIZE);
+    }
+    let elapsed = t.elapsed().as_secs_f64() / STEADY_WRITES as f64;
+    drop(mr);
+    elapsed
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Runs `measure(pin_on_demand)` paired with `measure(pinned)` for
+/// `ROUNDS` rounds, alternating the order; prints the medians and the
+/// per-round ratios.
+fn paired(name: &str, mut measure: impl FnMut(bool) -> f64) {
+    let (mut pinned, mut pod, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let (p, o) = if round % 2 == 0 {
+            let p = measure(false);
+            (p, measure(true))
+        } else {
+            let o = measure(true);
+            (measure(false), o)
+        };
+        pinned.push(p);
+        pod.push(o);
+        ratios.push(o / p);
+    }
+    let per_round: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+    println!(
+        "{name}: pinned {:.3} ms, pin-on-demand {:.3} ms, ratio median {:.2} (rounds {})",
+        median(pinned) * 1e3,
+        median(pod) * 1e3,
+        median(ratios),
+        per_round.join(" ")
+    );
+}
+
+fn main() {
+    let Some(info) = devices()
+        .expect("list devices")
+        .into_iter()
+        .find(|d| d.backend == DeviceBackend::RdmaCore)
+    else {
+        println!(
+            "no real verbs device on this host: nothing to measure (run it in the rxe lab's guest)"
+        );
+        return;
+    };
+    let ctx = info.open().expect("open the device");
+    let pd = ctx.alloc_pd().expect("allocate a PD");
+    let lb = Loopback::new(&ctx, &pd);
+    println!(
+        "device {} ({}), {ROUNDS} paired rounds",
+        info.name, info.addr
+    );
+    for len in [2usize << 20, 16 << 20, 64 << 20] {
+        let target = Buffer::new(len);
+        // SAFETY: `target` outlives the region and holds plain bytes.
+        let dst = unsafe {
+            pd.reg_mr(
+                target.addr,
+                target.len,
+                AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE,
+            )
+        }
+        .expect("register the target");
+        paired(&format!("first use of {} MiB", len >> 20), |pod| {
+            first_use(&pd, &lb, &dst, len, pod)
+        });
+        drop(dst);
+    }
+    let target = Buffer::new(STEADY_SIZE);
+    // SAFETY: `target` outlives the region and holds plain bytes.
+    let dst = unsafe {
+        pd.reg_mr(
+            target.addr,
+            target.len,
+            AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE,
+        )
+    }
+    .expect("register the target");
+    paired("steady 64 KiB WRITE", |pod| steady(&pd, &lb, &dst, pod));
+}
