@@ -134,6 +134,17 @@ impl InFlight {
     pub(crate) fn complete(self) {
         drop(self);
     }
+
+    /// A token holding one reference on a chunk of no region, and a probe
+    /// of that chunk's in-flight count (for the tests of code that keeps
+    /// tokens, outside this module).
+    #[cfg(test)]
+    pub(crate) fn for_test() -> (InFlight, impl Fn() -> usize) {
+        let chunk = Arc::new(ChunkUse::new());
+        let mut token = InFlight::new();
+        token.push(chunk.acquire());
+        (token, move || chunk.in_flight())
+    }
 }
 
 impl Drop for InFlight {

@@ -281,10 +281,16 @@ pub(crate) struct Tracker {
 }
 
 impl Tracker {
-    /// Runs `post` with the send FIFO locked and `entries` appended; the
-    /// entries from the first one `post` reports unposted on are taken
-    /// out again. Holding the lock across the post keeps a poll in
-    /// another thread from seeing a completion before its entry exists.
+    /// Runs `post` with the FIFO locked and `entries` (one per work
+    /// request, in posting order) appended; the entries from the first
+    /// one `post` reports unposted on are taken out again. Holding the
+    /// lock across the post keeps a poll in another thread from seeing a
+    /// completion before its entry exists.
+    ///
+    /// An unsignalled request that holds no chunk is not queued: no
+    /// completion names it, and nothing waits for it. So a program that
+    /// posts unsignalled requests from pinned memory only (which rxe
+    /// allows without end) does not grow the FIFO.
     pub(crate) fn posting<T>(
         &self,
         recv: bool,
@@ -294,13 +300,26 @@ impl Tracker {
         let queue = if recv { &self.recv } else { &self.send };
         let mut q = queue.lock().unwrap_or_else(PoisonError::into_inner);
         let base = q.len();
-        q.extend(entries.into_iter().map(|(wr_id, signaled, token)| Pending {
-            wr_id,
-            signaled,
-            token,
-        }));
+        let mut queued_per_request = Vec::with_capacity(entries.len());
+        for (wr_id, signaled, token) in entries {
+            if signaled || !token.is_empty() {
+                q.push_back(Pending {
+                    wr_id,
+                    signaled,
+                    token,
+                });
+            }
+            queued_per_request.push(q.len() - base);
+        }
         let (posted, out) = post();
-        q.truncate(base + posted);
+        let keep = match posted.checked_sub(1) {
+            Some(last) => queued_per_request
+                .get(last)
+                .copied()
+                .unwrap_or(q.len() - base),
+            None => 0,
+        };
+        q.truncate(base + keep);
         out
     }
 
@@ -406,30 +425,41 @@ mod tests {
     #[test]
     fn a_signalled_completion_completes_the_unsignalled_requests_before_it() {
         let t = Tracker::default();
-        let entries = |ids: &[(u64, bool)]| {
-            ids.iter()
-                .map(|&(id, s)| (id, s, InFlight::new()))
-                .collect()
-        };
+        let (chunked, in_flight) = InFlight::for_test();
+        let mut entries = vec![(1, false, chunked)];
+        entries.extend([(2, false), (3, true), (4, false)].map(|(id, s)| (id, s, InFlight::new())));
+        t.posting(false, entries, || (4, ()));
+        // Request 1 holds a chunk, 3 is signalled; 2 and 4 need no entry.
+        assert_eq!(t.pending(), (2, 0));
+        assert_eq!(in_flight(), 1);
         t.posting(
-            false,
-            entries(&[(1, false), (2, false), (3, true), (4, false)]),
-            || (4, ()),
+            true,
+            vec![(10, true, InFlight::new()), (11, true, InFlight::new())],
+            || (2, ()),
         );
-        t.posting(true, entries(&[(10, true), (11, true)]), || (2, ()));
         // A receive completes its own request only.
         t.complete(&wc(10, WcOpcode::Recv, WcStatus::Success));
-        assert_eq!(t.pending(), (4, 1));
-        // The signalled SEND takes the two unsignalled ones before it along.
-        t.complete(&wc(3, WcOpcode::Send, WcStatus::Success));
-        assert_eq!(t.pending(), (1, 1));
+        assert_eq!(t.pending(), (2, 1));
         // A completion for a request nobody tracks changes nothing.
         t.complete(&wc(99, WcOpcode::RdmaWrite, WcStatus::Success));
-        assert_eq!(t.pending(), (1, 1));
-        // Flushes complete unsignalled requests too, whatever the opcode says.
-        t.complete(&wc(4, WcOpcode::Send, WcStatus::WrFlushError));
+        assert_eq!(t.pending(), (2, 1));
+        // The signalled request takes the unsignalled one before it along,
+        // and releases its chunk.
+        t.complete(&wc(3, WcOpcode::Send, WcStatus::Success));
+        assert_eq!(t.pending(), (0, 1));
+        assert_eq!(in_flight(), 0);
+        // Flushes complete whatever the opcode says.
         t.complete(&wc(11, WcOpcode::Send, WcStatus::WrFlushError));
         assert_eq!(t.pending(), (0, 0));
+    }
+
+    #[test]
+    fn a_failed_unsignalled_request_with_chunks_completes_itself() {
+        let t = Tracker::default();
+        let (chunked, in_flight) = InFlight::for_test();
+        t.posting(false, vec![(7, false, chunked)], || (1, ()));
+        t.complete(&wc(7, WcOpcode::RdmaWrite, WcStatus::RetryExceeded));
+        assert_eq!((t.pending(), in_flight()), ((0, 0), 0));
     }
 
     #[test]
@@ -438,5 +468,24 @@ mod tests {
         let entries = (0..5).map(|id| (id, true, InFlight::new())).collect();
         t.posting(false, entries, || (2, ()));
         assert_eq!(t.pending(), (2, 0));
+        // Unsignalled requests without chunks are not queued; a partial
+        // post still cuts after the last posted request's entry.
+        let entries = (10..16)
+            .map(|id| (id, id % 2 == 0, InFlight::new()))
+            .collect();
+        t.posting(false, entries, || (4, ()));
+        assert_eq!(t.pending(), (4, 0));
+        let entries = (20..22).map(|id| (id, true, InFlight::new())).collect();
+        t.posting(true, entries, || (0, ()));
+        assert_eq!(t.pending(), (4, 0));
+    }
+
+    #[test]
+    fn unsignalled_requests_without_chunks_do_not_grow_the_fifo() {
+        let t = Tracker::default();
+        for round in 0..1000 {
+            t.posting(false, vec![(round, false, InFlight::new())], || (1, ()));
+        }
+        assert_eq!(t.pending(), (0, 0));
     }
 }
