@@ -256,8 +256,18 @@ fn run_sides(
         ours.extend(case.ours.iter().cloned());
     }
     if case.kind == Kind::RdmaCore {
-        // The rdma-core build, pushed into the guest, on kernel rxe.
-        theirs[0] = format!("{PUSH_DIR}/{}", case.tool);
+        // The rdma-core build, pushed into the guest, on kernel rxe. It
+        // picks rxe0's IPv4 GID itself (index 1, what -x 1 names) and
+        // refuses -x on a kernel device.
+        theirs = vec![
+            format!("{PUSH_DIR}/{}", case.tool),
+            "-d".into(),
+            "rxe0".into(),
+            "-p".into(),
+            port.to_string(),
+        ];
+        theirs.extend(case.common.iter().cloned());
+        theirs.extend(case.theirs.iter().cloned());
     }
     if case.kind == Kind::DataCheck {
         let mut guest_words = vec!["rc_check".to_string(), "-p".into(), port.to_string()];
