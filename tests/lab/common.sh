@@ -12,7 +12,7 @@ lab_install_needs() {
     local need=() pair
     for pair in qemu-system-x86_64:qemu-system-x86 tcpdump:tcpdump ip:iproute2 ib_write_bw:perftest \
         ibv_devinfo:ibverbs-utils rdma:iproute2 busybox:busybox-static cpio:cpio \
-        depmod:kmod socat:socat xz:xz-utils gcc:gcc flock:util-linux sha256sum:coreutils; do
+        depmod:kmod socat:socat xz:xz-utils gcc:gcc flock:util-linux sha256sum:coreutils jq:jq; do
         command -v "${pair%%:*}" > /dev/null || need+=("${pair#*:}")
     done
     [ -e /usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav34.so ] || need+=(ibverbs-providers)

@@ -6,14 +6,15 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
-use integration_tests::lab::case::{self, Setup};
+use integration_tests::lab::case::{self, Outcome, Setup};
 use integration_tests::lab::dev_exec::{self, Request};
 use integration_tests::lab::guest::{Guest, GuestImage};
-use integration_tests::lab::matrix;
-use integration_tests::lab::table;
+use integration_tests::lab::matrix::{self, Case, Kind};
+use integration_tests::lab::rdma_core::{self, Backend};
+use integration_tests::lab::table::{self, Figures};
 
 /// The rxe lab: the project's tools against kernel rxe in a qemu guest.
 #[derive(Parser, Debug)]
@@ -74,6 +75,17 @@ struct CasesArgs {
     /// Only cases whose label contains this.
     #[arg(long)]
     only: Option<String>,
+    /// The rdma-core backend's test executable (`provider/tests/rdma_core.rs`,
+    /// built with the `rdma-core` feature); with the two below it adds the
+    /// `rdma-core:` cases.
+    #[arg(long)]
+    rdma_core_tests: Option<PathBuf>,
+    /// The folder of the tools built with the `rdma-core` feature.
+    #[arg(long)]
+    rdma_core_tools: Option<PathBuf>,
+    /// `libodp_preload.so`, for the backend's tests.
+    #[arg(long)]
+    odp_preload: Option<PathBuf>,
 }
 
 /// Boots the guest, copies files into it, runs one command.
@@ -127,12 +139,39 @@ fn exec(args: ExecArgs) -> ExitCode {
     }
 }
 
+/// The rdma-core build's files, if all three were given.
+fn backend(args: &CasesArgs) -> Result<Option<Backend>, String> {
+    match (
+        &args.rdma_core_tests,
+        &args.rdma_core_tools,
+        &args.odp_preload,
+    ) {
+        (Some(t), Some(d), Some(p)) => Ok(Some(Backend {
+            test_exe: t.clone(),
+            tools: d.clone(),
+            preload: p.clone(),
+        })),
+        (None, None, None) => Ok(None),
+        _ => Err("--rdma-core-tests, --rdma-core-tools and --odp-preload go together".into()),
+    }
+}
+
 fn cases(args: CasesArgs) -> ExitCode {
+    let backend = match backend(&args) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("rxe-lab: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let mut cases = if args.full {
         matrix::full()
     } else {
         matrix::subset()
     };
+    if backend.is_some() {
+        cases.extend(matrix::rdma_core());
+    }
     cases.retain(|c| !(args.no_kernel_odp && c.kernel_odp));
     if let Some(only) = &args.only {
         cases.retain(|c| c.label.contains(only.as_str()));
@@ -143,17 +182,20 @@ fn cases(args: CasesArgs) -> ExitCode {
     }
     let image = args.guest.image();
     let setup = Setup {
-        tools: args.tools,
+        tools: args.tools.clone(),
         out: args.guest.out.clone(),
     };
     let start = Instant::now();
     let mut boots = 0;
     let mut guest: Option<Guest> = None;
+    // Whether the current guest holds the rdma-core build's files.
+    let mut pushed = false;
     let mut results = Vec::new();
     for (i, c) in cases.iter().enumerate() {
         // A guest that died (or whose last case timed out) is replaced.
         if guest.as_mut().is_none_or(|g| !g.alive()) {
             boots += 1;
+            pushed = false;
             let console = args.guest.out.join(format!("console-{boots}.log"));
             match Guest::boot(&image, &console) {
                 Ok(g) => {
@@ -171,31 +213,26 @@ fn cases(args: CasesArgs) -> ExitCode {
             }
         }
         let Some(g) = guest.as_ref() else { continue };
-        let outcome = case::run(&setup, g, c, i);
-        let mark = if outcome.verdict.is_ok() {
-            "PASS"
-        } else {
-            "FAIL"
+        let rows = match (&backend, c.kind) {
+            (Some(b), Kind::RdmaCore | Kind::RdmaCoreTests) if !pushed => match b.push(g) {
+                Ok(()) => {
+                    pushed = true;
+                    run_case(&setup, g, b, c, i, !args.no_kernel_odp)
+                }
+                Err(e) => vec![(c.clone(), failed(format!("push into the guest: {e}")))],
+            },
+            (Some(b), _) => run_case(&setup, g, b, c, i, !args.no_kernel_odp),
+            (None, _) => vec![(c.clone(), case::run(&setup, g, c, i))],
         };
-        eprintln!(
-            "rxe-lab: [{}/{}] {mark} {} {} ({:.1}s){}",
-            i + 1,
-            cases.len(),
-            c.direction,
-            c.label,
-            outcome.elapsed.as_secs_f64(),
-            outcome
+        let mut timed_out = false;
+        for (row, outcome) in rows {
+            report(i, cases.len(), &row, &outcome);
+            timed_out |= outcome
                 .verdict
                 .as_ref()
-                .err()
-                .map(|e| format!(": {e}"))
-                .unwrap_or_default()
-        );
-        let timed_out = outcome
-            .verdict
-            .as_ref()
-            .is_err_and(|e| e.contains("timed out"));
-        results.push((c.clone(), outcome));
+                .is_err_and(|e| e.contains("timed out"));
+            results.push((row, outcome));
+        }
         if timed_out && let Some(g) = guest.take() {
             // A stuck case may leave the guest's rxe in a bad state.
             g.stop();
@@ -216,4 +253,55 @@ fn cases(args: CasesArgs) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// Runs case `c` (number `i`): the backend's tests give a row per test.
+fn run_case(
+    setup: &Setup,
+    g: &Guest,
+    b: &Backend,
+    c: &Case,
+    i: usize,
+    kernel_odp: bool,
+) -> Vec<(Case, Outcome)> {
+    if c.kind == Kind::RdmaCoreTests {
+        rdma_core::run_tests(g, b, kernel_odp)
+    } else {
+        vec![(c.clone(), case::run(setup, g, c, i))]
+    }
+}
+
+/// A case that could not run.
+fn failed(why: String) -> Outcome {
+    Outcome {
+        verdict: Err(why),
+        theirs: Figures::default(),
+        ours: Figures::default(),
+        capture: String::new(),
+        elapsed: Duration::ZERO,
+        attempts: 1,
+    }
+}
+
+/// One line on stderr as a case (or a test of the backend) ends.
+fn report(i: usize, n: usize, c: &Case, outcome: &Outcome) {
+    let mark = if outcome.verdict.is_ok() {
+        "PASS"
+    } else {
+        "FAIL"
+    };
+    let why = outcome
+        .verdict
+        .as_ref()
+        .err()
+        .and_then(|e| e.lines().next())
+        .map(|e| format!(": {e}"))
+        .unwrap_or_default();
+    eprintln!(
+        "rxe-lab: [{}/{n}] {mark} {} {} ({:.1}s){why}",
+        i + 1,
+        table::server(c),
+        c.label,
+        outcome.elapsed.as_secs_f64(),
+    );
 }

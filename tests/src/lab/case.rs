@@ -8,6 +8,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use super::LabError;
+use super::dev_exec::PUSH_DIR;
 use super::guest::{GUEST_V4, Guest, GuestOutput};
 use super::matrix::{Case, Direction, Kind};
 use super::table::{Figures, figures};
@@ -137,10 +138,21 @@ fn verdict(
     ours: &HostOutput,
     check: &Result<String, String>,
 ) -> Result<(), String> {
+    let guest_side = if case.kind == Kind::RdmaCore {
+        "the rxe0 side"
+    } else {
+        "perftest"
+    };
     match theirs.status {
         Some(0) => {}
-        Some(124) | Some(137) | None => return Err("perftest timed out (killed)".into()),
-        Some(code) => return Err(format!("perftest exited {code}")),
+        Some(124) | Some(137) | None => return Err(format!("{guest_side} timed out (killed)")),
+        Some(code) => {
+            let last = theirs.text.lines().rev().find(|l| !l.trim().is_empty());
+            return Err(format!(
+                "{guest_side} exited {code}{}",
+                last.map(|l| format!(": {}", l.trim())).unwrap_or_default()
+            ));
+        }
     }
     match ours.status {
         Some(s) if s.success() => {}
@@ -162,6 +174,7 @@ fn verdict(
     let (client, server) = match case.direction {
         Direction::GuestServes => (&ours_f, &theirs_f),
         Direction::HostServes => (&theirs_f, &ours_f),
+        Direction::GuestOnly => return Err("not an interop case".into()),
     };
     if !rows_needed(client) {
         return Err("the client printed no result".into());
@@ -170,7 +183,33 @@ fn verdict(
     if server_reports && !rows_needed(server) {
         return Err("the server printed no result".into());
     }
+    if case.kind == Kind::RdmaCore {
+        data_checked(case, &theirs.text, &ours.text)?;
+    }
     check.clone().map(|_| ())
+}
+
+/// The side that received the data (the server of WRITE and SEND, the
+/// client of READ) must have checked it: `--check` prints `Data check : OK`
+/// there and fails the run on a difference.
+fn data_checked(case: &Case, guest: &str, host: &str) -> Result<(), String> {
+    let server_receives = case.tool != "read_bw";
+    let guest_receives = server_receives == (case.direction == Direction::GuestServes);
+    let (text, side) = if guest_receives {
+        (guest, "the rxe0 side")
+    } else {
+        (host, "ours")
+    };
+    let ok = text
+        .lines()
+        .any(|l| l.starts_with(" Data check") && l.trim_end().ends_with(": OK"));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{side} received the data but printed no data check"
+        ))
+    }
 }
 
 /// Starts the server side, then the client side, each bounded.
@@ -216,6 +255,20 @@ fn run_sides(
         ours.extend(case.common.iter().cloned());
         ours.extend(case.ours.iter().cloned());
     }
+    if case.kind == Kind::RdmaCore {
+        // The rdma-core build, pushed into the guest, on kernel rxe. It
+        // picks rxe0's IPv4 GID itself (index 1, what -x 1 names) and
+        // refuses -x on a kernel device.
+        theirs = vec![
+            format!("{PUSH_DIR}/{}", case.tool),
+            "-d".into(),
+            "rxe0".into(),
+            "-p".into(),
+            port.to_string(),
+        ];
+        theirs.extend(case.common.iter().cloned());
+        theirs.extend(case.theirs.iter().cloned());
+    }
     if case.kind == Kind::DataCheck {
         let mut guest_words = vec!["rc_check".to_string(), "-p".into(), port.to_string()];
         guest_words.extend(["-x".to_string(), gid.to_string()]);
@@ -255,11 +308,23 @@ fn run_sides(
                 .map_err(|_| LabError::Guest("the guest thread panicked".into()))??;
             Ok((theirs, remote.1?))
         }
+        Direction::GuestOnly => Err(LabError::Guest(format!(
+            "{}: not an interop case",
+            case.label
+        ))),
         Direction::HostServes => {
             let mut child = spawn_host(setup, host_program(case), &ours, &out_file)?;
             wait_listening(port as u16, Duration::from_secs(10));
             let theirs = guest.exec(&guest_cmd(Some(HOST_V4)), limit + Duration::from_secs(10));
-            let mine = finish_host(&mut child, &out_file, limit);
+            // Our server would wait the whole limit for a client that
+            // failed: a few seconds to finish, then it is killed.
+            let wait = match &theirs {
+                Ok(GuestOutput {
+                    status: Some(0), ..
+                }) => limit,
+                _ => Duration::from_secs(5),
+            };
+            let mine = finish_host(&mut child, &out_file, wait);
             Ok((theirs?, mine?))
         }
     }
@@ -268,7 +333,7 @@ fn run_sides(
 /// The host side's program, in the folder of the project's binaries.
 fn host_program(case: &Case) -> &'static str {
     match case.kind {
-        Kind::Perftest => case.tool,
+        Kind::Perftest | Kind::RdmaCore | Kind::RdmaCoreTests => case.tool,
         Kind::DataCheck => "lab-datacheck",
         Kind::Verbs => "srxe-verbs",
     }

@@ -122,7 +122,7 @@ impl Guest {
     fn await_command_port(&mut self) -> Result<(), LabError> {
         let start = Instant::now();
         loop {
-            match exec("true", Duration::from_secs(10), &mut |_| {}) {
+            match exec("true", Duration::from_secs(10), None, &mut |_| {}) {
                 Ok(GuestOutput {
                     status: Some(0), ..
                 }) => return Ok(()),
@@ -147,7 +147,7 @@ impl Guest {
     /// # Errors
     /// The command port could not be reached.
     pub fn exec(&self, command: &str, timeout: Duration) -> Result<GuestOutput, LabError> {
-        exec(command, timeout, &mut |_| {})
+        exec(command, timeout, Some(self.qemu.id()), &mut |_| {})
     }
 
     /// [`Guest::exec`], handing each line of output to `on_line` as it
@@ -161,12 +161,12 @@ impl Guest {
         timeout: Duration,
         on_line: &mut dyn FnMut(&str),
     ) -> Result<GuestOutput, LabError> {
-        exec(command, timeout, on_line)
+        exec(command, timeout, Some(self.qemu.id()), on_line)
     }
 
     /// Powers the guest off (and kills qemu if it does not stop).
     pub fn stop(mut self) {
-        let _ = exec("poweroff -f", Duration::from_secs(2), &mut |_| {});
+        let _ = exec("poweroff -f", Duration::from_secs(2), None, &mut |_| {});
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(10) {
             if !self.alive() {
@@ -212,11 +212,13 @@ fn split_marker<'a>(line: &'a str, marker: &str) -> Option<(&'a str, Option<i32>
 
 /// Runs `command` over the guest's command port; the connection stays
 /// open (the guest's shell would be cut off on end of input) until the
-/// exit marker arrives or `timeout` passes. Each complete line of output
-/// goes to `on_line` as it arrives.
+/// exit marker arrives or `timeout` passes, or the qemu process `qemu`
+/// (our child, not reaped yet) has ended. Each complete line of output goes
+/// to `on_line` as it arrives.
 fn exec(
     command: &str,
     timeout: Duration,
+    qemu: Option<u32>,
     on_line: &mut dyn FnMut(&str),
 ) -> Result<GuestOutput, LabError> {
     let addr: SocketAddr = format!("{GUEST_V4}:{COMMAND_PORT}")
@@ -256,10 +258,26 @@ fn exec(
                 if matches!(
                     e.kind(),
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+                ) =>
+            {
+                if qemu.is_some_and(ended) {
+                    return Err(LabError::Guest(format!(
+                        "qemu ended while running {command:?}; output so far: {text}"
+                    )));
+                }
+            }
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Whether our child `pid` has ended: a zombie, or gone.
+fn ended(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        // The state follows the command name, which is in parentheses.
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z'))
+    })
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@ pub enum Direction {
     GuestServes,
     /// The project's tool serves on the host; perftest is the client.
     HostServes,
+    /// Only the guest runs something (the rdma-core backend's tests).
+    GuestOnly,
 }
 
 impl fmt::Display for Direction {
@@ -17,6 +19,7 @@ impl fmt::Display for Direction {
         f.write_str(match self {
             Direction::GuestServes => "perftest srv",
             Direction::HostServes => "ours srv",
+            Direction::GuestOnly => "guest",
         })
     }
 }
@@ -32,6 +35,13 @@ pub enum Kind {
     /// Debian's perftest on both sides, on the host over the project's
     /// `libibverbs.so.1` (provider/ibverbs, through `srxe-verbs`).
     Verbs,
+    /// The project's tool built with the provider's `rdma-core` backend in
+    /// the guest, on kernel rxe (`-d rxe0`), against the default build on
+    /// the host; both sides check the data (`--check`).
+    RdmaCore,
+    /// The rdma-core backend's own tests (`provider/tests/rdma_core.rs`)
+    /// run in the guest: one table row per test.
+    RdmaCoreTests,
 }
 
 /// One interop run.
@@ -104,10 +114,32 @@ impl Case {
         c.labelled()
     }
 
+    /// The rdma-core build of `tool` in the guest against ours on the host.
+    fn rdma_core(tool: &'static str, direction: Direction, common: &str) -> Case {
+        let mut c = Case::new(tool, direction, common);
+        c.kind = Kind::RdmaCore;
+        c.labelled()
+    }
+
+    /// The row of one test of the rdma-core backend (`name` as libtest
+    /// prints it), or, with `name` "tests", the run of them all.
+    pub fn backend_test(name: &str) -> Case {
+        let mut c = Case::new("rdma_core", Direction::GuestOnly, "");
+        c.kind = Kind::RdmaCoreTests;
+        c.label = format!("rdma-core: {name}");
+        c.timeout_secs = 600;
+        c
+    }
+
     fn labelled(mut self) -> Case {
+        if self.kind == Kind::RdmaCoreTests {
+            return self;
+        }
         let mut parts = vec![self.tool.to_string()];
-        if self.kind == Kind::Verbs {
-            parts.insert(0, "libibverbs:".into());
+        match self.kind {
+            Kind::Verbs => parts.insert(0, "libibverbs:".into()),
+            Kind::RdmaCore => parts.insert(0, "rdma-core:".into()),
+            _ => {}
         }
         parts.extend(self.common.iter().cloned());
         if self.ipv6 {
@@ -117,7 +149,12 @@ impl Case {
             parts.push(format!("ours[{}]", self.ours.join(" ")));
         }
         if !self.theirs.is_empty() {
-            parts.push(format!("perftest[{}]", self.theirs.join(" ")));
+            let side = if self.kind == Kind::RdmaCore {
+                "rxe0"
+            } else {
+                "perftest"
+            };
+            parts.push(format!("{side}[{}]", self.theirs.join(" ")));
         }
         self.label = parts.join(" ");
         self
@@ -188,6 +225,27 @@ pub fn subset() -> Vec<Case> {
             _ if common.contains("CMP_AND_SWAP") => {}
             _ => cases.extend(BOTH.map(|d| Case::verbs(tool, d, common))),
         }
+    }
+    cases
+}
+
+/// The rdma-core backend in the guest: its own tests, then write, read
+/// and send bandwidth of the tools built with it on `rxe0` against ours on
+/// the host, every byte checked (`--check`), ODP on both sides, each way;
+/// and each tool once with pinned memory in the guest (the cases kernels
+/// without rxe ODP can run).
+pub fn rdma_core() -> Vec<Case> {
+    let mut cases = vec![Case::backend_test("tests")];
+    let common = "-s 65536 -n 200 --check";
+    for (i, tool) in ["write_bw", "read_bw", "send_bw"].into_iter().enumerate() {
+        for d in BOTH {
+            cases.push(
+                Case::rdma_core(tool, d, common)
+                    .ours("--odp")
+                    .theirs("--odp"),
+            );
+        }
+        cases.push(Case::rdma_core(tool, BOTH[i % 2], common).ours("--odp"));
     }
     cases
 }
@@ -278,6 +336,20 @@ mod tests {
                     .any(|c| c.kind == Kind::Verbs && c.tool == "write_bw" && c.direction == d)
             );
         }
+        assert!(s.iter().all(|c| c.kind != Kind::RdmaCore));
+        let r = rdma_core();
+        assert_eq!(r[0].kind, Kind::RdmaCoreTests);
+        for tool in ["write_bw", "read_bw", "send_bw"] {
+            for d in BOTH {
+                assert!(
+                    r.iter()
+                        .any(|c| c.tool == tool && c.direction == d && c.kernel_odp)
+                );
+            }
+            // Runs on a kernel without rxe ODP too.
+            assert!(r.iter().any(|c| c.tool == tool && !c.kernel_odp));
+        }
+        assert!(r.iter().all(|c| c.label.starts_with("rdma-core: ")));
         let f = full();
         assert!(f.len() > s.len());
         assert!(f.iter().any(|c| c.ipv6 && !c.kernel_odp));

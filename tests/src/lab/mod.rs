@@ -13,6 +13,7 @@ pub mod flow_ports;
 pub mod guest;
 pub mod matrix;
 pub mod push;
+pub mod rdma_core;
 pub mod table;
 
 /// Why the lab could not run (a case's own failure is an outcome, not an

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use super::case::Outcome;
-use super::matrix::Case;
+use super::matrix::{Case, Direction, Kind};
 
 /// What one side printed in its result table.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -55,12 +55,28 @@ fn show(f: &Figures) -> String {
     }
 }
 
-/// The pass/fail table: one line per case with both sides' figures.
+/// Who serves in `case`, as the table's column says it.
+pub fn server(case: &Case) -> String {
+    match (case.kind, case.direction) {
+        (Kind::RdmaCore, Direction::GuestServes) => "rxe0 srv".into(),
+        _ => case.direction.to_string(),
+    }
+}
+
+/// The pass/fail table: one line per case with both sides' figures; a
+/// failure's further lines (a failed test's output) follow its line,
+/// indented.
 pub fn render(results: &[(Case, Outcome)]) -> String {
     let mut s = String::new();
+    let width = results
+        .iter()
+        .map(|(c, _)| c.label.len())
+        .max()
+        .unwrap_or(0)
+        .max(50);
     let _ = writeln!(
         s,
-        "{:<3} {:<4} {:<12} {:<50} {:>16} {:>16} {:>5}  why / capture",
+        "{:<3} {:<4} {:<12} {:<width$} {:>16} {:>16} {:>5}  why / capture",
         "#", "ok", "server", "case", "perftest", "ours", "secs"
     );
     for (i, (case, o)) in results.iter().enumerate() {
@@ -69,6 +85,7 @@ pub fn render(results: &[(Case, Outcome)]) -> String {
             Ok(()) => o.capture.clone(),
             Err(e) => e.clone(),
         };
+        let (why, more) = why.split_once('\n').unwrap_or((&why, ""));
         let retried = if o.attempts > 1 {
             " (rerun: perftest clock)"
         } else {
@@ -76,15 +93,18 @@ pub fn render(results: &[(Case, Outcome)]) -> String {
         };
         let _ = writeln!(
             s,
-            "{:<3} {:<4} {:<12} {:<50} {:>16} {:>16} {:>5.1}  {why}{retried}",
+            "{:<3} {:<4} {:<12} {:<width$} {:>16} {:>16} {:>5.1}  {why}{retried}",
             i,
             ok,
-            case.direction.to_string(),
+            server(case),
             case.label,
             show(&o.theirs),
             show(&o.ours),
             o.elapsed.as_secs_f64()
         );
+        for line in more.lines() {
+            let _ = writeln!(s, "      | {line}");
+        }
     }
     let failed = results.iter().filter(|(_, o)| o.verdict.is_err()).count();
     let _ = writeln!(
@@ -114,5 +134,31 @@ mod tests {
         let f = figures(lat);
         assert_eq!((f.rows, f.main, f.unit), (2, Some(5.0), "us"));
         assert_eq!(figures("no table here").rows, 0);
+    }
+
+    #[test]
+    fn a_failure_s_further_lines_follow_its_row() {
+        let outcome = |verdict| Outcome {
+            verdict,
+            theirs: Figures::default(),
+            ours: Figures::default(),
+            capture: "ignored (not run)".into(),
+            elapsed: std::time::Duration::ZERO,
+            attempts: 1,
+        };
+        let long = Case::backend_test("a_test_name_longer_than_the_fifty_columns_of_the_table");
+        let t = render(&[
+            (
+                long.clone(),
+                outcome(Err("FAILED\nline one\nline two".into())),
+            ),
+            (Case::backend_test("skipped"), outcome(Ok(()))),
+        ]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[1].contains(&long.label) && lines[1].ends_with("FAILED"));
+        assert_eq!(lines[2], "      | line one");
+        assert_eq!(lines[3], "      | line two");
+        assert!(lines[4].starts_with("1   PASS guest") && lines[4].ends_with("ignored (not run)"));
+        assert_eq!(lines[5], "2 cases, 1 passed, 1 failed");
     }
 }
