@@ -18,6 +18,7 @@
 
 use std::time::{Duration, Instant};
 
+use odp::{AddressSpace, Mapping};
 use provider::{
     AccessFlags, CompletionQueue, Context, DeviceBackend, MemoryRegion, MrOptions, Mtu, OdpMode,
     ProtectionDomain, QueuePair, SendOp, SendWr, WcStatus, WorkCompletion, devices,
@@ -28,42 +29,30 @@ const WRITE_CHUNK: usize = 1 << 20;
 const STEADY_SIZE: usize = 64 << 10;
 const STEADY_WRITES: usize = 200;
 
-/// Anonymous memory with every page touched (so CPU page faults are in
-/// neither measurement), unmapped on drop.
-struct Buffer {
-    addr: usize,
-    len: usize,
+/// `len` bytes of anonymous memory with every page touched (so CPU page
+/// faults are in neither measurement), unmapped on drop.
+fn buffer(len: usize) -> Mapping {
+    let buf = AddressSpace::process()
+        .map_anonymous(len, 0)
+        .expect("map the buffer");
+    // SAFETY: the mapping is ours, `len` bytes, readable and writable, and
+    // no region covers it yet.
+    unsafe { std::ptr::write_bytes(buf.ptr(), 0x5a, len) };
+    buf
 }
 
-impl Buffer {
-    fn new(len: usize) -> Buffer {
-        // SAFETY: a fresh private anonymous mapping nothing else uses.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED, "mmap {len} bytes");
-        // SAFETY: the mapping is ours, `len` bytes, readable and writable.
-        unsafe { std::ptr::write_bytes(p.cast::<u8>(), 0x5a, len) };
-        Buffer {
-            addr: p as usize,
-            len,
-        }
+/// Registers `buf` for local access and remote WRITEs, pinned.
+fn target(pd: &ProtectionDomain, buf: &Mapping) -> MemoryRegion {
+    // SAFETY: callers drop the region before `buf`, which holds plain
+    // bytes only.
+    unsafe {
+        pd.reg_mr(
+            buf.addr(),
+            buf.len(),
+            AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE,
+        )
     }
-}
-
-impl Drop for Buffer {
-    fn drop(&mut self) {
-        // SAFETY: unmaps the mapping `new` made, once; every region over
-        // it was dropped before (they are declared after it).
-        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
-    }
+    .expect("register the target")
 }
 
 /// Two queue pairs of one device connected to each other, on one CQ.
@@ -125,7 +114,7 @@ impl Loopback {
 }
 
 /// A registration of `buf`: pinned, or pin-on-demand for local access.
-fn register(pd: &ProtectionDomain, buf: &Buffer, on_demand: bool) -> MemoryRegion {
+fn register(pd: &ProtectionDomain, buf: &Mapping, on_demand: bool) -> MemoryRegion {
     let (access, options) = if on_demand {
         (
             AccessFlags::LOCAL_WRITE | AccessFlags::ON_DEMAND,
@@ -139,7 +128,7 @@ fn register(pd: &ProtectionDomain, buf: &Buffer, on_demand: bool) -> MemoryRegio
     };
     // SAFETY: `buf` outlives the region (callers drop the region first)
     // and holds plain bytes only.
-    unsafe { pd.reg_mr_with(buf.addr, buf.len, access, &options) }.expect("register")
+    unsafe { pd.reg_mr_with(buf.addr(), buf.len(), access, &options) }.expect("register")
 }
 
 /// One first-use measurement: register `src`, WRITE all of it.
@@ -150,7 +139,7 @@ fn first_use(
     len: usize,
     pod: bool,
 ) -> f64 {
-    let src = Buffer::new(len);
+    let src = buffer(len);
     let t = Instant::now();
     let mr = register(pd, &src, pod);
     lb.write(&mr, dst, len, WRITE_CHUNK);
@@ -162,7 +151,7 @@ fn first_use(
 /// One steady-state measurement: the region is registered and every chunk
 /// used once before the clock starts.
 fn steady(pd: &ProtectionDomain, lb: &Loopback, dst: &MemoryRegion, pod: bool) -> f64 {
-    let src = Buffer::new(STEADY_SIZE);
+    let src = buffer(STEADY_SIZE);
     let mr = register(pd, &src, pod);
     lb.write(&mr, dst, STEADY_SIZE, STEADY_SIZE);
     let t = Instant::now();
@@ -225,30 +214,13 @@ fn main() {
         info.name, info.addr
     );
     for len in [2usize << 20, 16 << 20, 64 << 20] {
-        let target = Buffer::new(len);
-        // SAFETY: `target` outlives the region and holds plain bytes.
-        let dst = unsafe {
-            pd.reg_mr(
-                target.addr,
-                target.len,
-                AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE,
-            )
-        }
-        .expect("register the target");
+        let buf = buffer(len);
+        let dst = target(&pd, &buf);
         paired(&format!("first use of {} MiB", len >> 20), |pod| {
             first_use(&pd, &lb, &dst, len, pod)
         });
-        drop(dst);
     }
-    let target = Buffer::new(STEADY_SIZE);
-    // SAFETY: `target` outlives the region and holds plain bytes.
-    let dst = unsafe {
-        pd.reg_mr(
-            target.addr,
-            target.len,
-            AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE,
-        )
-    }
-    .expect("register the target");
+    let buf = buffer(STEADY_SIZE);
+    let dst = target(&pd, &buf);
     paired("steady 64 KiB WRITE", |pod| steady(&pd, &lb, &dst, pod));
 }

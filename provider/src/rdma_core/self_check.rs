@@ -44,45 +44,14 @@ pub(crate) fn verdict(ctx: &Arc<RdmaContext>) -> Result<SelfCheck, VerbsError> {
     Ok(v)
 }
 
-/// An anonymous private mapping, unmapped on drop.
-struct Mapping {
-    addr: usize,
-    len: usize,
-}
-
-impl Mapping {
-    fn new(len: usize) -> Result<Mapping, VerbsError> {
-        // SAFETY: a fresh anonymous mapping; nothing else refers to it.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        Ok(Mapping {
-            addr: p as usize,
-            len,
-        })
-    }
-
-    fn bytes(&mut self) -> &mut [u8] {
-        // SAFETY: the mapping is ours, readable and writable, `len` bytes.
-        unsafe { std::slice::from_raw_parts_mut(self.addr as *mut u8, self.len) }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmaps our own mapping once (its regions are gone).
-        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
-    }
+/// The bytes of `mapping`.
+///
+/// # Safety
+/// No work request may access the mapping while the slice is used.
+unsafe fn bytes(mapping: &mut odp::Mapping) -> &mut [u8] {
+    // SAFETY: the mapping is ours, readable and writable, `len` bytes; the
+    // caller keeps the device away while the slice lives.
+    unsafe { std::slice::from_raw_parts_mut(mapping.ptr(), mapping.len()) }
 }
 
 /// A byte pattern no page-aligned copy reproduces at another offset.
@@ -158,7 +127,7 @@ impl Loop {
 fn run(ctx: &Arc<RdmaContext>) -> Result<SelfCheck, VerbsError> {
     let pd = RdmaPd::new(ctx)?;
     let page = odp::page_size();
-    let mut target = Mapping::new(4 * page)?;
+    let mut target = odp::AddressSpace::process().map_anonymous(4 * page, 0)?;
     let mut local = pattern(1);
     let all = AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE | AccessFlags::REMOTE_READ;
     // SAFETY: both buffers outlive their regions, and no Rust reference
@@ -168,8 +137,8 @@ fn run(ctx: &Arc<RdmaContext>) -> Result<SelfCheck, VerbsError> {
         (
             RdmaMr::reg(
                 &pd,
-                target.addr,
-                target.len,
+                target.addr(),
+                target.len(),
                 all | AccessFlags::ON_DEMAND,
                 Some(crate::OdpMode::PassThrough),
             )?,
@@ -177,7 +146,7 @@ fn run(ctx: &Arc<RdmaContext>) -> Result<SelfCheck, VerbsError> {
         )
     };
     let lp = Loop::new(&pd)?;
-    let remote = (target.addr + PAGE_OFFSET) as u64;
+    let remote = (target.addr() + PAGE_OFFSET) as u64;
     let rkey = odp_mr.rkey();
     let sent = local.clone();
     let write = lp.run(
@@ -188,13 +157,18 @@ fn run(ctx: &Arc<RdmaContext>) -> Result<SelfCheck, VerbsError> {
         &local_mr,
     )?;
     let write_mismatch = if write == WcStatus::Success {
-        first_mismatch(&target.bytes()[PAGE_OFFSET..PAGE_OFFSET + LEN], &sent)
+        // SAFETY: the WRITE completed, and nothing else is posted until
+        // the READ below.
+        let window = &unsafe { bytes(&mut target) }[PAGE_OFFSET..PAGE_OFFSET + LEN];
+        first_mismatch(window, &sent)
     } else {
         Some(0)
     };
     // Fresh bytes at the same place, read back into the pinned buffer.
     let fresh = pattern(77);
-    target.bytes()[PAGE_OFFSET..PAGE_OFFSET + LEN].copy_from_slice(&fresh);
+    // SAFETY: as above: no request is posted.
+    let window = &mut unsafe { bytes(&mut target) }[PAGE_OFFSET..PAGE_OFFSET + LEN];
+    window.copy_from_slice(&fresh);
     let read = lp.run(
         SendOp::Read {
             remote_addr: remote,
