@@ -270,6 +270,81 @@ impl BareUdp {
     }
 }
 
+impl BareUdp {
+    /// Sends `messages` messages of `per_message` datagrams each, laid out
+    /// as the device sends an RDMA WRITE of that many full packets (FIRST
+    /// and ONLY with a RETH, MIDDLE and LAST without; [`write_sequence`]),
+    /// in the same order and through the same GSO planner, at most
+    /// `window` datagrams in flight; waits until all arrived.
+    pub fn run_messages(
+        &self,
+        messages: usize,
+        per_message: usize,
+        window: usize,
+        bufs: &mut [Vec<u8>],
+    ) {
+        let lens = write_sequence(per_message);
+        let cycle = lens.len();
+        let batch_len = bufs.len() / cycle * cycle;
+        let packets = messages * per_message;
+        let start = self.received.load(Ordering::Acquire) as usize;
+        let mut sent = 0;
+        while sent < packets {
+            let n = (packets - sent).min(batch_len);
+            while sent + n - (self.received.load(Ordering::Acquire) as usize - start) > window {
+                std::thread::yield_now();
+            }
+            let mut batch: Vec<OutPacket<'_>> = bufs[..n]
+                .iter_mut()
+                .enumerate()
+                .map(|(i, b)| OutPacket::new(self.dest, &mut b[..lens[i % cycle]]))
+                .collect();
+            let mut at = 0;
+            while at < n {
+                at += self.tx.send_batch(&mut batch[at..]).unwrap();
+            }
+            sent += n;
+        }
+        while (self.received.load(Ordering::Acquire) as usize) < start + packets {
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// The datagram lengths (BTH, RETH where the opcode has one, an MTU of
+/// payload, ICRC) of an RDMA WRITE of `packets` full packets.
+pub fn write_sequence(packets: usize) -> Vec<usize> {
+    let with_reth = 12 + 16 + MTU + 4;
+    let without = 12 + MTU + 4;
+    (0..packets)
+        .map(|i| if i == 0 { with_reth } else { without })
+        .collect()
+}
+
+/// 64 buffers for [`BareUdp::run_messages`] with messages of `packets`
+/// packets (64 rounded down to whole messages): each the BTH of its place
+/// in the message (ONLY, or FIRST, MIDDLE, LAST), its RETH if it has one,
+/// and room for an MTU of payload.
+pub fn write_message_buffers(packets: usize) -> Vec<Vec<u8>> {
+    let whole = 64 / packets * packets;
+    (0..whole)
+        .map(|i| {
+            let place = i % packets;
+            let opcode = match (packets, place) {
+                (1, _) => 0x0a,
+                (_, 0) => 0x06,
+                (p, q) if q == p - 1 => 0x08,
+                _ => 0x07,
+            };
+            let mut b = vec![0u8; 12 + 16 + MTU + 4];
+            b[0] = opcode;
+            b[2..4].copy_from_slice(&0xffffu16.to_be_bytes());
+            b[7] = 1;
+            b
+        })
+        .collect()
+}
+
 impl Drop for BareUdp {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);

@@ -205,10 +205,15 @@ impl RdmaContext {
             {
                 continue;
             }
+            // An address vector names its source GID in 8 bits: an entry
+            // past index 255 cannot be used.
+            let Ok(index) = u8::try_from(e.gid_index) else {
+                continue;
+            };
             // SAFETY: the GID union is 16 plain bytes.
             let gid = Gid(unsafe { e.gid.raw });
             let entry = GidEntry {
-                index: e.gid_index.min(255) as u8,
+                index,
                 gid,
                 ifindex: e.ndev_ifindex,
             };
