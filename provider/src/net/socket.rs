@@ -24,6 +24,8 @@ const SEND_MSGS: usize = 64;
 const SEND_IOVS: usize = 256;
 /// Datagrams per recvmmsg call.
 const RECV_MSGS: usize = 64;
+/// Slots of a receive's first recvmmsg call (see `recv_batch`).
+const RECV_PROBE: usize = 4;
 /// Most segments in one GSO send (the kernel's UDP_MAX_SEGMENTS is 64 on
 /// older kernels, 128 on newer).
 pub(crate) const MAX_GSO_SEGMENTS: usize = 64;
@@ -569,6 +571,25 @@ impl RoceSocket {
         if n == 0 {
             return Ok(0);
         }
+        // A few slots first: a poll that finds nothing (a thread spinning
+        // for one reply) then costs a few message headers, not 64. A full
+        // probe means more may be queued: the rest of the slots go in one
+        // more call.
+        let probe = RECV_PROBE.min(n);
+        let got = self.recv_waiting(&mut slots[..probe], timeout)?;
+        if got < probe || probe == n {
+            return Ok(got);
+        }
+        match self.recv_once(&mut slots[probe..]) {
+            Ok(more) => Ok(probe + more),
+            // What came in is handed over; an error recurs on the next call.
+            Err(_) => Ok(probe),
+        }
+    }
+
+    /// One recvmmsg into `slots`, waiting up to `timeout` (none: not at
+    /// all) for the first datagram.
+    fn recv_waiting(&self, slots: &mut [RecvSlot], timeout: Option<Duration>) -> io::Result<usize> {
         let mut deadline = None;
         loop {
             match self.recv_once(slots) {

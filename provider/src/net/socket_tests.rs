@@ -320,6 +320,39 @@ fn truncated_short_and_empty_datagrams_are_reported() {
 }
 
 #[test]
+fn a_queued_burst_comes_back_in_one_call_in_order() {
+    // The first recvmmsg looks at a few slots only; a full look takes the
+    // rest in a second call within the same receive.
+    let rx = receiver("127.0.0.7");
+    let tx = RoceSocket::bind_with(SocketAddr::new(ip("127.0.0.1"), 0), config(false)).unwrap();
+    let count = 50;
+    let mut bufs: Vec<Vec<u8>> = (0..count).map(|i| send_only(i, 100)).collect();
+    let mut packets: Vec<_> = bufs
+        .iter_mut()
+        .map(|b| OutPacket::new(rx.local_addr(), b))
+        .collect();
+    assert_eq!(tx.send_batch(&mut packets).unwrap(), count as usize);
+    // Let every datagram reach the receive queue before the one call.
+    assert_eq!(recv_none_for_a_moment(&tx), 0);
+    let mut slots: Vec<RecvSlot> = (0..64).map(|_| RecvSlot::new(256)).collect();
+    let n = rx.recv_batch(&mut slots, Some(WAIT)).unwrap();
+    assert_eq!(n, count as usize);
+    for (k, slot) in slots[..n].iter().enumerate() {
+        assert_eq!(psn_of(slot.data()), k as u32, "slot {k}");
+        assert!(slot.verdict().is_good());
+    }
+    assert_eq!(rx.recv_batch(&mut slots, None).unwrap(), 0);
+}
+
+/// Waits 50 ms on `sock` (which receives nothing): loopback delivery of
+/// what was sent before is complete by then.
+fn recv_none_for_a_moment(sock: &RoceSocket) -> usize {
+    let mut slot = [RecvSlot::new(256)];
+    sock.recv_batch(&mut slot, Some(Duration::from_millis(50)))
+        .unwrap()
+}
+
+#[test]
 fn invalid_packets_stop_the_batch_where_they_are() {
     let rx = receiver("127.0.0.7");
     let tx = RoceSocket::bind(ip("127.0.0.1"), 0).unwrap();
