@@ -117,15 +117,23 @@ impl MlockPinner {
     }
 }
 
+/// Faults `[addr, addr + len)` in and locks it, as a registration pins
+/// it. The faulting is explicit (`MADV_POPULATE_READ`) because
+/// AddressSanitizer turns `mlock` into a no-op: under it the pages are
+/// still made present, and holes still fail.
 fn mlock(addr: usize, len: usize) -> Result<(), i32> {
+    let last_errno = || std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    // SAFETY: populating only faults pages of existing mappings in; a
+    // range with holes fails with ENOMEM.
+    if unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_POPULATE_READ) } != 0 {
+        return Err(last_errno());
+    }
     // SAFETY: mlock changes only the residency of `[addr, addr + len)`;
     // a range with holes fails with ENOMEM.
-    let rc = unsafe { libc::mlock(addr as *const libc::c_void, len) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    if unsafe { libc::mlock(addr as *const libc::c_void, len) } != 0 {
+        return Err(last_errno());
     }
+    Ok(())
 }
 
 fn munlock(addr: usize, len: usize) {
