@@ -247,30 +247,9 @@ impl BareUdp {
     /// RETH and ICRC, like RDMA WRITE packets), at most `window` in flight,
     /// and waits until all arrived.
     pub fn run(&self, packets: usize, payload: usize, window: usize, bufs: &mut [Vec<u8>]) {
-        let start = self.received.load(Ordering::Acquire) as usize;
-        let mut sent = 0;
-        while sent < packets {
-            let n = (packets - sent).min(bufs.len());
-            while sent + n - (self.received.load(Ordering::Acquire) as usize - start) > window {
-                std::thread::yield_now();
-            }
-            let mut batch: Vec<OutPacket<'_>> = bufs[..n]
-                .iter_mut()
-                .map(|b| OutPacket::new(self.dest, &mut b[..12 + 16 + payload + 4]))
-                .collect();
-            let mut at = 0;
-            while at < n {
-                at += self.tx.send_batch(&mut batch[at..]).unwrap();
-            }
-            sent += n;
-        }
-        while (self.received.load(Ordering::Acquire) as usize) < start + packets {
-            std::thread::yield_now();
-        }
+        self.run_lengths(&[12 + 16 + payload + 4], packets, window, bufs);
     }
-}
 
-impl BareUdp {
     /// Sends `messages` messages of `per_message` datagrams each, laid out
     /// as the device sends an RDMA WRITE of that many full packets (FIRST
     /// and ONLY with a RETH, MIDDLE and LAST without; [`write_sequence`]),
@@ -284,9 +263,15 @@ impl BareUdp {
         bufs: &mut [Vec<u8>],
     ) {
         let lens = write_sequence(per_message);
+        self.run_lengths(&lens, messages * per_message, window, bufs);
+    }
+
+    /// Sends `packets` datagrams whose lengths repeat `lens` (buffer `i`
+    /// of a batch is sent with length `lens[i % lens.len()]`), at most
+    /// `window` in flight, and waits until all arrived.
+    fn run_lengths(&self, lens: &[usize], packets: usize, window: usize, bufs: &mut [Vec<u8>]) {
         let cycle = lens.len();
         let batch_len = bufs.len() / cycle * cycle;
-        let packets = messages * per_message;
         let start = self.received.load(Ordering::Acquire) as usize;
         let mut sent = 0;
         while sent < packets {
@@ -357,13 +342,5 @@ impl Drop for BareUdp {
 /// 64 buffers for [`BareUdp::run`], each a WRITE_ONLY BTH (opcode 0x0a,
 /// version 0) with a RETH and room for an MTU of payload.
 pub fn write_only_buffers() -> Vec<Vec<u8>> {
-    (0..64)
-        .map(|_| {
-            let mut b = vec![0u8; 12 + 16 + MTU + 4];
-            b[0] = 0x0a;
-            b[2..4].copy_from_slice(&0xffffu16.to_be_bytes());
-            b[7] = 1;
-            b
-        })
-        .collect()
+    write_message_buffers(1)
 }
