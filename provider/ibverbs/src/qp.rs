@@ -532,30 +532,21 @@ pub(crate) unsafe extern "C" fn post_send(
     let Some(q) = (unsafe { Qp::from_ptr(qp) }) else {
         return libc::EINVAL;
     };
-    let mut cur = wr;
     let mut list = [Sge {
         addr: 0,
         length: 0,
         lkey: 0,
     }; MAX_SGE];
-    // SAFETY: the caller's list of work requests, NULL-terminated.
-    while let Some(w) = unsafe { cur.as_ref() } {
-        let posted = send_op(w).and_then(|op| {
+    let post = |w: &ibv_send_wr| {
+        send_op(w).and_then(|op| {
             // SAFETY: the request's own SGE list.
             let raw = unsafe { raw_sges(w.sg_list, w.num_sge) }?;
             // SAFETY: the SGEs name the application's memory.
             unsafe { post_one(q, w.wr_id, w.send_flags, op, raw, &mut list) }
-        });
-        if let Err(code) = posted {
-            if !bad_wr.is_null() {
-                // SAFETY: the caller's out-parameter.
-                unsafe { bad_wr.write(cur) };
-            }
-            return code;
-        }
-        cur = w.next;
-    }
-    0
+        })
+    };
+    // SAFETY: the caller's list of work requests, NULL-terminated.
+    unsafe { post_each(wr, bad_wr, |w| w.next, post) }
 }
 
 /// `ibv_context_ops::post_recv`, behind the inline `ibv_post_recv`.
@@ -568,30 +559,48 @@ pub(crate) unsafe extern "C" fn post_recv(
     let Some(q) = (unsafe { Qp::from_ptr(qp) }) else {
         return libc::EINVAL;
     };
-    let mut cur = wr;
     let mut list = [Sge {
         addr: 0,
         length: 0,
         lkey: 0,
     }; MAX_SGE];
-    // SAFETY: the caller's list of work requests, NULL-terminated.
-    while let Some(w) = unsafe { cur.as_ref() } {
+    let post = |w: &ibv_recv_wr| {
         // SAFETY: the request's own SGE list.
-        let posted = unsafe { sges(w.sg_list, w.num_sge, &mut list) }.and_then(|sg_list| {
-            q.qp.post_recv(&[RecvWr {
-                wr_id: w.wr_id,
-                sg_list,
-            }])
-            .map_err(|e| errno_of(&e))
-        });
-        if let Err(code) = posted {
+        let sg_list = unsafe { sges(w.sg_list, w.num_sge, &mut list) }?;
+        q.qp.post_recv(&[RecvWr {
+            wr_id: w.wr_id,
+            sg_list,
+        }])
+        .map_err(|e| errno_of(&e))
+    };
+    // SAFETY: the caller's list of work requests, NULL-terminated.
+    unsafe { post_each(wr, bad_wr, |w| w.next, post) }
+}
+
+/// Walks the caller's list of work requests from `first`, posting each
+/// with `post`; the first that fails is written to `bad_wr` (if given) and
+/// its error code returned, as verbs' post calls report it.
+///
+/// # Safety
+/// `first` is NULL or the head of a list of live requests, linked by
+/// what `next` reads and ended by NULL; `bad_wr` is NULL or writable.
+unsafe fn post_each<T>(
+    first: *mut T,
+    bad_wr: *mut *mut T,
+    next: impl Fn(&T) -> *mut T,
+    mut post: impl FnMut(&T) -> Result<(), c_int>,
+) -> c_int {
+    let mut cur = first;
+    // SAFETY: per the contract, a NULL-terminated list of live requests.
+    while let Some(w) = unsafe { cur.as_ref() } {
+        if let Err(code) = post(w) {
             if !bad_wr.is_null() {
                 // SAFETY: the caller's out-parameter.
                 unsafe { bad_wr.write(cur) };
             }
             return code;
         }
-        cur = w.next;
+        cur = next(w);
     }
     0
 }
