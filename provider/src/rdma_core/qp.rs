@@ -8,6 +8,7 @@ use verbs_sys as sys;
 use super::context::PORT;
 use super::pod::Tracker;
 use super::{RdmaCq, RdmaPd, check, convert, last_error};
+use crate::pin_on_demand::InFlight;
 use crate::{Mtu, QpState, RecvWr, RemoteInfo, RtsAttr, SendOp, SendWr, Sge, VerbsError};
 
 /// The UDP port of RoCEv2, the only one a kernel device speaks to.
@@ -275,6 +276,36 @@ impl RdmaQp {
         Ok(())
     }
 
+    /// Checks and translates the SGE lists of a batch of work requests,
+    /// each given with its id, whether it is signalled and whether it is
+    /// an atomic.
+    ///
+    /// # Errors
+    /// An SGE list too long or too large for the request; an SGE the
+    /// pin-on-demand table cannot map.
+    fn translate_batch<'a>(
+        &self,
+        wrs: impl ExactSizeIterator<Item = (&'a [Sge], u64, bool, bool)>,
+    ) -> Result<Batch, VerbsError> {
+        let mut batch = Batch {
+            sges: Vec::new(),
+            spans: Vec::with_capacity(wrs.len()),
+            entries: Vec::with_capacity(wrs.len()),
+        };
+        for (sg_list, wr_id, signaled, atomic) in wrs {
+            self.check_sges(sg_list, atomic)?;
+            let first = batch.sges.len();
+            let token =
+                self.pd
+                    .ctx
+                    .pod
+                    .translate(sg_list, self.max_sge as usize, &mut batch.sges)?;
+            batch.spans.push((first, batch.sges.len() - first));
+            batch.entries.push((wr_id, signaled, token));
+        }
+        Ok(batch)
+    }
+
     /// Posts send work requests (`ibv_post_send`).
     pub(crate) fn post_send(&self, wrs: &[SendWr<'_>]) -> Result<(), VerbsError> {
         let state = *self.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -287,30 +318,18 @@ impl RdmaQp {
         if wrs.is_empty() {
             return Ok(());
         }
-        let mut sges = Vec::with_capacity(wrs.iter().map(|w| w.sg_list.len()).sum());
-        let mut spans = Vec::with_capacity(wrs.len());
-        let mut entries = Vec::with_capacity(wrs.len());
-        for wr in wrs {
+        let mut batch = self.translate_batch(wrs.iter().map(|wr| {
             let atomic = matches!(wr.op, SendOp::CompareSwap { .. } | SendOp::FetchAdd { .. });
-            self.check_sges(wr.sg_list, atomic)?;
-            let first = sges.len();
-            let token = self
-                .pd
-                .ctx
-                .pod
-                .translate(wr.sg_list, self.max_sge as usize, &mut sges)?;
-            spans.push((first, sges.len() - first));
-            entries.push((wr.wr_id, wr.signaled, token));
-        }
+            (wr.sg_list, wr.wr_id, wr.signaled, atomic)
+        }))?;
         let mut raw: Vec<sys::ibv_send_wr> = wrs.iter().map(send_wr).collect();
-        attach(&mut raw, &mut sges, &spans, |w, sg, n| {
-            (w.sg_list, w.num_sge) = (sg, n)
-        });
+        batch.attach(&mut raw, |w, sg, n| (w.sg_list, w.num_sge) = (sg, n));
         link(&mut raw, |w, next| w.next = next);
+        let entries = std::mem::take(&mut batch.entries);
         self.tracker.posting(false, entries, || {
             let mut bad = std::ptr::null_mut();
             // SAFETY: a live queue pair; the chain and its SGEs live in
-            // `raw` and `sges` for the call, which copies them.
+            // `raw` and `batch` for the call, which copies them.
             let rc = unsafe { sys::ibv_post_send(self.raw.as_ptr(), raw.as_mut_ptr(), &mut bad) };
             (
                 posted(&raw, rc, bad),
@@ -331,20 +350,9 @@ impl RdmaQp {
         if wrs.is_empty() {
             return Ok(());
         }
-        let mut sges = Vec::new();
-        let mut spans = Vec::with_capacity(wrs.len());
-        let mut entries = Vec::with_capacity(wrs.len());
-        for wr in wrs {
-            self.check_sges(wr.sg_list, false)?;
-            let first = sges.len();
-            let token = self
-                .pd
-                .ctx
-                .pod
-                .translate(wr.sg_list, self.max_sge as usize, &mut sges)?;
-            spans.push((first, sges.len() - first));
-            entries.push((wr.wr_id, true, token));
-        }
+        // Every receive completes: each counts as signalled.
+        let mut batch =
+            self.translate_batch(wrs.iter().map(|wr| (wr.sg_list, wr.wr_id, true, false)))?;
         let mut raw: Vec<sys::ibv_recv_wr> = wrs
             .iter()
             .map(|wr| sys::ibv_recv_wr {
@@ -354,10 +362,9 @@ impl RdmaQp {
                 num_sge: 0,
             })
             .collect();
-        attach(&mut raw, &mut sges, &spans, |w, sg, n| {
-            (w.sg_list, w.num_sge) = (sg, n)
-        });
+        batch.attach(&mut raw, |w, sg, n| (w.sg_list, w.num_sge) = (sg, n));
         link(&mut raw, |w, next| w.next = next);
+        let entries = std::mem::take(&mut batch.entries);
         self.tracker.posting(true, entries, || {
             let mut bad = std::ptr::null_mut();
             // SAFETY: as in post_send.
@@ -370,20 +377,27 @@ impl RdmaQp {
     }
 }
 
-/// Points each work request at its span `(first, count)` of `sges`.
-fn attach<T>(
-    list: &mut [T],
-    sges: &mut [sys::ibv_sge],
-    spans: &[(usize, usize)],
-    set: impl Fn(&mut T, *mut sys::ibv_sge, i32),
-) {
-    for (w, &(first, n)) in list.iter_mut().zip(spans) {
-        let ptr = if n == 0 {
-            std::ptr::null_mut()
-        } else {
-            sges[first..].as_mut_ptr()
-        };
-        set(w, ptr, n as i32);
+/// The SGEs of a batch of work requests as the device takes them
+/// (pin-on-demand SGEs split into chunk SGEs), where each request's run
+/// begins and how long it is, and the chunk references each request holds
+/// until its completion.
+struct Batch {
+    sges: Vec<sys::ibv_sge>,
+    spans: Vec<(usize, usize)>,
+    entries: Vec<(u64, bool, InFlight)>,
+}
+
+impl Batch {
+    /// Points each work request of `list` at its run of the batch's SGEs.
+    fn attach<T>(&mut self, list: &mut [T], set: impl Fn(&mut T, *mut sys::ibv_sge, i32)) {
+        for (w, &(first, n)) in list.iter_mut().zip(&self.spans) {
+            let ptr = if n == 0 {
+                std::ptr::null_mut()
+            } else {
+                self.sges[first..].as_mut_ptr()
+            };
+            set(w, ptr, n as i32);
+        }
     }
 }
 
