@@ -123,7 +123,10 @@ impl RdmaCq {
     /// that the work requests' memory is released now (a pin-on-demand
     /// invalidation waiting for them runs in the thread that would
     /// otherwise poll). Does nothing if another thread is polling: its
-    /// poll makes the same progress.
+    /// poll makes the same progress. The set-aside queue holds at most the
+    /// queue's capacity: past that the completions stay on the device, as
+    /// they would in a queue nobody polls (the invalidation's wait is
+    /// bounded).
     pub(crate) fn drain(&self) -> usize {
         let Ok(mut soft) = self.soft.try_lock() else {
             return 0;
@@ -131,10 +134,14 @@ impl RdmaCq {
         let mut buf = [WorkCompletion::default(); BATCH];
         let mut total = 0;
         loop {
-            let got = self.poll_device(&mut buf);
+            let room = self.capacity.saturating_sub(soft.len()).min(BATCH);
+            if room == 0 {
+                return total;
+            }
+            let got = self.poll_device(&mut buf[..room]);
             soft.extend(&buf[..got]);
             total += got;
-            if got < BATCH {
+            if got < room {
                 return total;
             }
         }
