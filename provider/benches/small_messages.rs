@@ -19,8 +19,8 @@
 //!
 //! `cargo bench -p provider --bench small_messages` (`SMALL_ROUNDS=n`
 //! rounds, default 5; `SMALL_ONLY=latency|rate|multi` for one goal;
-//! `SMALL_ONLY=latency-device` runs the device's ping-pong alone, to
-//! profile it).
+//! `SMALL_ONLY=latency-device` and `rate-device` run the device's side
+//! alone, to profile it).
 
 use std::net::UdpSocket;
 use std::time::Instant;
@@ -51,6 +51,16 @@ fn main() {
     }
     if wanted("rate") {
         message_rate(rounds);
+    }
+    if only == "rate-device" {
+        // The device's stream alone, for profiling it.
+        let (a, b) = pair(false);
+        for round in 0..rounds {
+            let start = Instant::now();
+            stream_count(&a, &b, write_op, 64, RATE_MESSAGES, false);
+            let rate = RATE_MESSAGES as f64 / start.elapsed().as_secs_f64() / 1e6;
+            println!("round {round}: device {rate:.2} M/s");
+        }
     }
     if wanted("multi") {
         multi_packet(rounds);

@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{End, connect, pattern, send};
-use provider::{Mtu, SendOp, WcStatus};
+use provider::{Mtu, SendOp, SendWr, WcStatus};
 
 /// Two ends connected at MTU 1024 with `len` bytes each.
 fn pair(len: usize) -> (End, End) {
@@ -111,4 +111,41 @@ fn completion_queue_polls_receive_for_their_device() {
     assert_eq!(wc[0].status, WcStatus::Success);
     assert_eq!(b.get(0, data.len()), data);
     assert_eq!(a.ctx.stats().tx_packets, 1, "A retransmitted");
+}
+
+#[test]
+fn a_large_received_batch_is_answered_as_it_is_handled_not_only_at_its_end() {
+    let (a, b) = pair(1 << 20);
+    // B's application claims its socket (as a memory-polling loop does), so
+    // that the requests pile up in the socket and are handled as one batch
+    // by B's next call instead of one by one by B's progress thread.
+    b.ctx.progress();
+    let messages: u64 = 128; // rxe's window of unacknowledged packets
+    let sges: Vec<_> = (0..messages).map(|k| [a.mr.sge(k * 64, 64)]).collect();
+    let wrs: Vec<SendWr<'_>> = sges
+        .iter()
+        .enumerate()
+        .map(|(k, sge)| SendWr {
+            wr_id: k as u64,
+            op: SendOp::Write {
+                remote_addr: b.mr.addr() + (k * 64) as u64,
+                rkey: b.mr.rkey(),
+            },
+            sg_list: sge,
+            signaled: k + 1 == messages as usize,
+            solicited: false,
+        })
+        .collect();
+    a.qp.post_send(&wrs).unwrap();
+    progress_until(&b, || b.ctx.stats().rx_packets == messages);
+    assert_eq!(a.wait().status, WcStatus::Success);
+    // Every packet asked for an acknowledgement; however the socket split
+    // them into batches, at least one answer left per 32 packets handled
+    // (the peer's window slides while the rest of a batch is handled).
+    let acks = b.ctx.stats().tx_packets;
+    assert!(
+        acks >= messages.div_ceil(32),
+        "{acks} acknowledgements for {messages} packets"
+    );
+    assert_eq!(a.ctx.stats().tx_packets, messages, "A retransmitted");
 }

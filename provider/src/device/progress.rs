@@ -20,7 +20,15 @@
 //! whose every datagram would wake it, nor takes the receive lock (a
 //! holder preempted by spinning threads would stall them for a scheduler
 //! tick): it only runs timers. The last spinning thread to leave wakes it,
-//! so receiving passes back at once.
+//! so receiving passes back at once; so does a spin that gives up to sleep
+//! (whatever claim its thread held before ends with it).
+//!
+//! Streams: a thread blocked in the kernel wakes far slower than a
+//! stream's next packets come, so after receiving something the progress
+//! thread keeps looking for [`PROGRESS_SPIN`] before it blocks again; and
+//! a large received batch sends its answers every [`ANSWER_EVERY`] packets,
+//! so that the peer's requester sends more while the batch is handled
+//! instead of the two ends taking turns.
 
 use std::io;
 use std::net::SocketAddr;
@@ -35,6 +43,20 @@ use crate::rc::{Outbox, QpCore};
 /// How long after an application thread's last `progress` call the
 /// progress thread still leaves the socket to it.
 pub(crate) const MANUAL_GRACE: Duration = Duration::from_micros(200);
+
+/// How long the progress thread keeps looking at the socket without
+/// sleeping after it last received something (yielding between looks): a
+/// stream's next packets come sooner than a thread blocked in the kernel
+/// wakes on a busy machine, which would stall both ends of the stream.
+/// Off when idle: this long after the last datagram the thread blocks
+/// again, so an idle device costs no CPU.
+pub(crate) const PROGRESS_SPIN: Duration = Duration::from_micros(50);
+
+/// Within one received batch, the answers built so far leave after every
+/// this many packets instead of only at the batch's end, so that the
+/// peer's requester sees its window slide (and sends more) while the rest
+/// of the batch is handled: a quarter of rxe's 128-packet window.
+pub(crate) const ANSWER_EVERY: usize = 32;
 
 /// The longest the progress thread sleeps when nothing is due.
 const IDLE_WAIT: Duration = Duration::from_millis(20);
@@ -88,13 +110,18 @@ pub(crate) struct Manual {
 /// A thread driving progress (see [`super::Device::driving_progress`]).
 pub(crate) struct Driving<'a> {
     shared: &'a Shared,
+    /// Whether the spin found what it waited for (see [`Self::found`]).
+    found: bool,
 }
 
 impl<'a> Driving<'a> {
     pub(super) fn new(shared: &'a Arc<Shared>) -> Self {
         claimed_by_this_thread(shared);
         shared.manual.spinning.fetch_add(1, Relaxed);
-        Self { shared }
+        Self {
+            shared,
+            found: false,
+        }
     }
 }
 
@@ -128,7 +155,8 @@ impl Driving<'_> {
     /// working and will most likely wait again soon, so the socket stays
     /// claimed for [`MANUAL_GRACE`] (as after a [`crate::Context::progress`]
     /// call) instead of being handed back to the progress thread at once.
-    pub(crate) fn found(self) {
+    pub(crate) fn found(mut self) {
+        self.found = true;
         self.shared
             .manual
             .last_call
@@ -138,6 +166,11 @@ impl Driving<'_> {
 
 impl Drop for Driving<'_> {
     fn drop(&mut self) {
+        if !self.found {
+            // This thread goes to sleep: whatever claim an earlier find
+            // left is void, or nobody would receive until it expired.
+            self.shared.manual.last_call.store(0, Relaxed);
+        }
         if self.shared.manual.spinning.fetch_sub(1, Relaxed) == 1 && !self.shared.driven() {
             // The last one, going to sleep: the progress thread receives
             // again, now.
@@ -167,29 +200,33 @@ impl Shared {
     }
 
     /// The progress thread: timers, then a wait, then what the socket
-    /// holds; while application threads receive, only the timers.
+    /// holds; while application threads receive, only the timers. For
+    /// [`PROGRESS_SPIN`] after it last received something it looks at the
+    /// socket again without sleeping.
     pub(super) fn run(&self) {
         // Reused: the loop allocates nothing per turn.
         let mut qps = Vec::new();
+        let mut last_received: Option<Instant> = None;
         while !self.stop.load(Relaxed) {
             let wait = self.run_timers(&mut qps);
             if self.driven() {
+                last_received = None;
                 std::thread::park_timeout(wait.min(MANUAL_GRACE));
                 self.flush_deferred_acks();
                 continue;
             }
             // Application threads stopped: what they held back goes now.
             self.flush_deferred_acks();
-            let wait = if self.replies_pending.load(Relaxed) {
-                Duration::ZERO
-            } else {
-                wait
-            };
-            if !wait.is_zero() && self.transport.wait_readable(wait).is_err() {
+            let spinning = last_received.is_some_and(|t| t.elapsed() < PROGRESS_SPIN);
+            let busy = spinning || self.replies_pending.load(Relaxed);
+            if !busy && !wait.is_zero() && self.transport.wait_readable(wait).is_err() {
                 std::thread::sleep(Duration::from_millis(1));
             }
-            if self.receive(&mut self.lock_rx(), Acks::Send).is_err() {
-                std::thread::sleep(Duration::from_millis(1));
+            match self.receive(&mut self.lock_rx(), Acks::Send) {
+                Ok(0) if spinning => std::thread::yield_now(),
+                Ok(0) => {}
+                Ok(_) => last_received = Some(Instant::now()),
+                Err(_) => std::thread::sleep(Duration::from_millis(1)),
             }
         }
     }
@@ -218,18 +255,24 @@ impl Shared {
     }
 
     /// Receives what the socket holds (without waiting), hands every
-    /// packet to its queue pair, continues the READ replies in progress
-    /// and sends the answers (see [`Acks`]); returns the number of
-    /// datagrams.
+    /// packet to its queue pair (sending the answers every
+    /// [`ANSWER_EVERY`] packets), continues the READ replies in progress
+    /// and sends the rest of the answers (see [`Acks`]); returns the
+    /// number of datagrams.
     fn receive(&self, rx: &mut Rx, acks: Acks) -> io::Result<usize> {
         let received = self.transport.recv_batch(&mut rx.slots, None);
         let n = *received.as_ref().unwrap_or(&0);
+        let mut handled = 0;
         for slot in &rx.slots[..n] {
             let dst = slot.dst().unwrap_or(self.local.ip());
             for (bytes, verdict) in slot.packets() {
                 let outs = (&mut rx.out, &mut rx.ordered);
                 let replying = self.dispatch(slot.src(), dst, bytes, verdict, outs);
                 rx.started.extend(replying);
+                handled += 1;
+                if handled % ANSWER_EVERY == 0 && !rx.out.is_empty() {
+                    self.send(&mut rx.out);
+                }
             }
         }
         self.continue_replies(rx);
@@ -358,4 +401,39 @@ enum Acks {
     /// last spinning one stops). A held acknowledgement is replaced by a
     /// later one to the same queue pair.
     HoldBack,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::super::{Device, DeviceOptions};
+
+    fn device() -> std::sync::Arc<Device> {
+        let options = DeviceOptions {
+            port: 0,
+            ..DeviceOptions::default()
+        };
+        Device::open(IpAddr::V4(Ipv4Addr::LOCALHOST), &options).unwrap()
+    }
+
+    #[test]
+    fn a_spin_that_gives_up_hands_the_socket_back_at_once() {
+        let dev = device();
+        dev.driving_progress().found();
+        // The same thread waits again, finds nothing and goes to sleep: an
+        // earlier claim must not keep the progress thread off the socket.
+        drop(dev.driving_progress());
+        assert!(!dev.shared.driven());
+    }
+
+    #[test]
+    fn the_socket_stays_claimed_while_another_thread_spins() {
+        let dev = device();
+        let spinning = dev.driving_progress();
+        drop(dev.driving_progress());
+        assert!(dev.shared.driven());
+        drop(spinning);
+        assert!(!dev.shared.driven());
+    }
 }

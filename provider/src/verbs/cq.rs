@@ -48,7 +48,9 @@ impl CompletionSink for CqInner {
         let was_empty = entries.is_empty();
         entries.push_back(wc);
         self.len.store(entries.len(), Ordering::Release);
-        let wake = self.waiters.load(Ordering::Relaxed) > 0;
+        // A waiter sleeps only on an empty queue, and the push that ended
+        // the emptiness woke it: later pushes have nobody to wake.
+        let wake = was_empty && self.waiters.load(Ordering::Relaxed) > 0;
         drop(entries);
         // Both cost a system call, so only when someone can be waiting: a
         // thread in poll_wait, or an epoll user who drained the queue.

@@ -1,0 +1,71 @@
+//! An idle device costs no CPU: the progress threads look at their sockets
+//! without sleeping only for a moment after a packet, and once a stream
+//! ends they block again. (A test binary of its own, so that the process's
+//! CPU time is this test's.)
+
+mod common;
+
+use std::time::Duration;
+
+use common::{End, connect};
+use provider::{Mtu, SendOp, SendWr, WcStatus, WorkCompletion};
+
+/// CPU time of every thread of this process so far, from
+/// /proc/self/task/*/schedstat (nanoseconds on the CPU, first field).
+fn process_cpu() -> Duration {
+    let nanos: u64 = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(nanos)
+}
+
+/// `count` 64-byte WRITEs from `a` to `b`, 64 at a time.
+fn stream(a: &End, b: &End, count: usize) {
+    let mut wc = [WorkCompletion::default(); 64];
+    for round in 0..count / 64 {
+        let sges: Vec<_> = (0..64).map(|k| [a.mr.sge(k * 64, 64)]).collect();
+        let wrs: Vec<SendWr<'_>> = sges
+            .iter()
+            .enumerate()
+            .map(|(k, sge)| SendWr {
+                wr_id: (round * 64 + k) as u64,
+                op: SendOp::Write {
+                    remote_addr: b.mr.addr() + (k * 64) as u64,
+                    rkey: b.mr.rkey(),
+                },
+                sg_list: sge,
+                signaled: true,
+                solicited: false,
+            })
+            .collect();
+        a.qp.post_send(&wrs).unwrap();
+        let mut done = 0;
+        while done < 64 {
+            let n = a.cq.poll_wait(&mut wc, Duration::from_secs(10));
+            assert!(n > 0, "no completion within 10 s");
+            assert!(wc[..n].iter().all(|c| c.status == WcStatus::Success));
+            done += n;
+        }
+    }
+}
+
+#[test]
+fn devices_stop_spinning_when_a_stream_ends() {
+    let (a, b) = (End::new(1 << 20, false), End::new(1 << 20, false));
+    connect(&a, &b, Mtu::Mtu4096);
+    stream(&a, &b, 20_000);
+    // Both progress threads received up to now; give them their spin.
+    std::thread::sleep(Duration::from_millis(20));
+    let before = process_cpu();
+    let idle = Duration::from_millis(500);
+    std::thread::sleep(idle);
+    let used = process_cpu() - before;
+    // Timers wake each progress thread every 20 ms at most: microseconds.
+    // A thread left spinning would use the whole interval.
+    assert!(
+        used < idle / 10,
+        "{used:?} of CPU in {idle:?} with nothing to do"
+    );
+}
