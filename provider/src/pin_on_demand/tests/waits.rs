@@ -8,7 +8,9 @@ use std::time::Duration;
 use odp::AddressSpace;
 use odp::notifier::{Event, NotifierError, NotifierRange};
 
-use super::{aligned, chunk, drop_and_check, lkey_at, map, region, region_with};
+use super::{
+    aligned, chunk, drop_and_check, lkey_at, map, region, region_with, unmap_around_holes,
+};
 use crate::pin_on_demand::{InFlight, PinError};
 
 /// Unmaps `[addr, addr + len)` through the explicit wrapper.
@@ -20,7 +22,7 @@ fn munmap(aspace: &AddressSpace, addr: usize, len: usize) {
 #[test]
 fn an_unmap_waits_for_the_work_request_that_uses_the_chunk() {
     let aspace = Arc::new(AddressSpace::new_private());
-    let (_map, base) = aligned(&aspace, 2);
+    let (mapping, base) = aligned(&aspace, 2);
     let c = chunk();
     let (region, pinner) = region(&aspace, base, 2 * c);
     let (pieces, token) = map(&region, base + c, 8);
@@ -62,6 +64,7 @@ fn an_unmap_waits_for_the_work_request_that_uses_the_chunk() {
         }
     }
     drop_and_check(region, &pinner);
+    unmap_around_holes(mapping, &[(base + c, c)]);
 }
 
 /// Whether all of `[addr, addr + len)` is mapped (mincore fails with
@@ -76,7 +79,7 @@ fn mapped(addr: usize, len: usize) -> bool {
 #[test]
 fn a_request_that_never_completes_delays_the_unmap_only_up_to_the_bound() {
     let aspace = Arc::new(AddressSpace::new_private());
-    let (_map, base) = aligned(&aspace, 1);
+    let (mapping, base) = aligned(&aspace, 1);
     let (region, pinner) = region(&aspace, base, chunk());
     let (pieces, stuck) = map(&region, base, 8);
     munmap(&aspace, base, chunk());
@@ -88,12 +91,13 @@ fn a_request_that_never_completes_delays_the_unmap_only_up_to_the_bound() {
     // The late completion unpins nothing a second time.
     drop(stuck);
     drop_and_check(region, &pinner);
+    unmap_around_holes(mapping, &[(base, chunk())]);
 }
 
 #[test]
 fn the_drain_hook_releases_what_the_unmapping_thread_would_reap() {
     let aspace = Arc::new(AddressSpace::new_private());
-    let (_map, base) = aligned(&aspace, 1);
+    let (mapping, base) = aligned(&aspace, 1);
     // A software completion queue: the token of a request whose completion
     // only the drain hook would poll.
     let completions: Arc<Mutex<Option<InFlight>>> = Arc::default();
@@ -109,6 +113,7 @@ fn the_drain_hook_releases_what_the_unmapping_thread_would_reap() {
     assert_eq!((counters.forced_unpins, counters.unpins), (0, 1));
     assert!(counters.drain_calls >= 1);
     drop_and_check(region, &pinner);
+    unmap_around_holes(mapping, &[(base, chunk())]);
 }
 
 #[test]
