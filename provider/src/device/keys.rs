@@ -2,7 +2,7 @@
 //! 24 bits and a random 8-bit key in the low byte, so that a key cannot be
 //! guessed from the order of registrations.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 /// Indices are 24 bits; 0 is never used, so no key is 0.
@@ -10,7 +10,9 @@ const INDEX_LIMIT: u32 = 1 << 24;
 
 /// Registered regions by key index.
 pub(crate) struct KeyTable<T: ?Sized> {
-    by_index: HashMap<u32, Arc<T>>,
+    /// A fast integer hash: keys are ours (only lookups take a peer's
+    /// value), so collisions cannot be forced.
+    by_index: FxHashMap<u32, Arc<T>>,
     next_index: u32,
     last_low: u8,
 }
@@ -18,7 +20,7 @@ pub(crate) struct KeyTable<T: ?Sized> {
 impl<T: ?Sized> Default for KeyTable<T> {
     fn default() -> Self {
         KeyTable {
-            by_index: HashMap::new(),
+            by_index: FxHashMap::default(),
             next_index: 1,
             last_low: 0,
         }

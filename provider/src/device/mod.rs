@@ -5,7 +5,7 @@
 //! library; application threads that poll receive in their own thread
 //! instead ([`progress`]).
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
@@ -135,7 +135,8 @@ struct Shared {
     /// arenas' capacity.
     outboxes: Mutex<Vec<Outbox>>,
     mrs: RwLock<KeyTable<dyn Region>>,
-    qps: RwLock<HashMap<u32, Arc<QpCore>>>,
+    /// By number; a fast integer hash, as in [`KeyTable`].
+    qps: RwLock<FxHashMap<u32, Arc<QpCore>>>,
     stop: AtomicBool,
     counters: Counters,
     /// The receive side, taken by whichever thread receives.
@@ -369,7 +370,7 @@ impl Device {
             ipv4_id: options.socket.ipv4_id,
             outboxes: Mutex::new(Vec::new()),
             mrs: RwLock::new(KeyTable::default()),
-            qps: RwLock::new(HashMap::new()),
+            qps: RwLock::new(FxHashMap::default()),
             stop: AtomicBool::new(false),
             counters: Counters::default(),
             rx: Mutex::new(progress::Rx::new(options.socket.gro)),
