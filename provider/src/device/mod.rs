@@ -5,14 +5,16 @@
 //! library; application threads that poll receive in their own thread
 //! instead ([`progress`]).
 
-use rustc_hash::FxHashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use rustc_hash::FxHashMap;
+
 mod keys;
+mod lookups;
 mod odp_events;
 mod progress;
 
@@ -21,6 +23,7 @@ pub use odp_events::{ODP_EVENTS_ENV, OdpEventSources, OdpEvents, UnknownOdpEvent
 pub(crate) use progress::Claim;
 
 use keys::KeyTable;
+use lookups::BatchLookups;
 
 use crate::net::{
     IcrcVerdict, Ipv4IdPolicy, Lossy, LossySocket, LossyStats, OutPacket, RoceSocket, SocketConfig,
@@ -275,8 +278,8 @@ impl Shared {
     /// [`QpCore::continue_reply`]).
     pub(super) fn dispatch(
         &self,
-        src: SocketAddr,
-        dst: IpAddr,
+        lookups: &mut BatchLookups<'_>,
+        (src, dst): (SocketAddr, IpAddr),
         datagram: &[u8],
         verdict: IcrcVerdict,
         (out, ordered): (&mut Outbox, &mut Outbox),
@@ -299,26 +302,33 @@ impl Shared {
             self.counters.rx_malformed.fetch_add(1, Relaxed);
             return None;
         };
-        let Some(qp) = self.qp(pkt.bth.dest_qp) else {
+        if lookups.qp(pkt.bth.dest_qp).is_none() {
             self.counters.rx_unknown_qp.fetch_add(1, Relaxed);
             return None;
-        };
-        let (src, dst) = (src.ip(), dst);
+        }
+        let src = src.ip();
+        let lookups_now: &BatchLookups<'_> = lookups;
+        let qp = lookups_now.current_qp()?;
         let mut replying = None;
         let received = if pkt.bth.opcode.is_request() {
             // Responses to requests (ACKs coalesce) go out with the batch.
-            let received = qp.receive(self, src, dst, &pkt, out);
+            let received = qp.receive(lookups_now, src, dst, &pkt, out);
             if pkt.bth.opcode == Opcode::RC_RDMA_READ_REQUEST && qp.replying() {
-                replying = Some(Arc::clone(&qp));
+                replying = Some(Arc::clone(qp));
             }
             received
         } else {
             // An acknowledgement may open the window: the requester packets
             // it releases go out at once, in order with the poster's.
-            self.in_send_order_with(&qp, ordered, |out| qp.receive(self, src, dst, &pkt, out))
+            self.in_send_order_with(qp, ordered, |out| {
+                qp.receive(lookups_now, src, dst, &pkt, out)
+            })
         };
         let counter = match received {
-            Ok(()) => &self.counters.rx_packets,
+            Ok(()) => {
+                lookups.accepted();
+                return replying;
+            }
             Err(RxDrop::NotReady) => &self.counters.rx_qp_not_ready,
             Err(RxDrop::WrongAddress) => &self.counters.rx_wrong_address,
             Err(RxDrop::BadPkey) => &self.counters.rx_bad_pkey,

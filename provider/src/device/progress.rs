@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, MutexGuard, PoisonError, TryLockError, Weak};
 use std::time::{Duration, Instant};
 
-use super::{BATCH, SLOT_BYTES, Shared};
+use super::{BATCH, BatchLookups, SLOT_BYTES, Shared};
 use crate::net::{GRO_SLOT_CAPACITY, RecvSlot};
 use crate::rc::{Outbox, QpCore};
 
@@ -263,11 +263,12 @@ impl Shared {
         let received = self.transport.recv_batch(&mut rx.slots, None);
         let n = *received.as_ref().unwrap_or(&0);
         let mut handled = 0;
+        let mut lookups = BatchLookups::new(self);
         for slot in &rx.slots[..n] {
-            let dst = slot.dst().unwrap_or(self.local.ip());
+            let addrs = (slot.src(), slot.dst().unwrap_or(self.local.ip()));
             for (bytes, verdict) in slot.packets() {
                 let outs = (&mut rx.out, &mut rx.ordered);
-                let replying = self.dispatch(slot.src(), dst, bytes, verdict, outs);
+                let replying = self.dispatch(&mut lookups, addrs, bytes, verdict, outs);
                 rx.started.extend(replying);
                 handled += 1;
                 if handled % ANSWER_EVERY == 0 && !rx.out.is_empty() {
@@ -275,6 +276,7 @@ impl Shared {
                 }
             }
         }
+        drop(lookups);
         self.continue_replies(rx);
         // Held back only just after something came in: a poll that finds
         // nothing sends what an earlier one held.
@@ -341,7 +343,10 @@ impl Shared {
         let mut guard = self.lock_rx();
         let rx = &mut *guard;
         let outs = (&mut rx.out, &mut rx.ordered);
-        let replying = self.dispatch(src, self.local.ip(), datagram, verdict, outs);
+        let addrs = (src, self.local.ip());
+        let mut lookups = BatchLookups::new(self);
+        let replying = self.dispatch(&mut lookups, addrs, datagram, verdict, outs);
+        drop(lookups);
         rx.started.extend(replying);
         self.continue_replies(rx);
         self.answer(rx, Acks::Send);

@@ -1,0 +1,80 @@
+//! What one received batch looks up once.
+//!
+//! The packets of a stream name the same queue pair and region one after
+//! the other, and each table lookup costs a read lock and a reference
+//! count (atomic instructions that dominate a small packet's handling).
+//! A batch keeps the last queue pair and region it found and counts its
+//! packets locally. It holds them only while it is handled: a
+//! deregistration, which waits for the references in flight, waits for at
+//! most the rest of the batch, and a destroyed queue pair is kept alive no
+//! longer than by a packet in flight.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::Shared;
+use crate::rc::{QpCore, Region, Regions};
+
+/// The lookups of one batch (see the module docs).
+pub(super) struct BatchLookups<'a> {
+    shared: &'a Shared,
+    qp: Option<Arc<QpCore>>,
+    mr: RefCell<Option<Arc<dyn Region>>>,
+    /// Packets accepted, added to the device's counter at the end.
+    accepted: u64,
+}
+
+impl<'a> BatchLookups<'a> {
+    pub(super) fn new(shared: &'a Shared) -> Self {
+        Self {
+            shared,
+            qp: None,
+            mr: RefCell::new(None),
+            accepted: 0,
+        }
+    }
+
+    /// The queue pair numbered `qpn`, if it exists.
+    pub(super) fn qp(&mut self, qpn: u32) -> Option<&Arc<QpCore>> {
+        if self.qp.as_ref().is_none_or(|qp| qp.qpn != qpn) {
+            self.qp = Some(self.shared.qp(qpn)?);
+        }
+        self.qp.as_ref()
+    }
+
+    /// The queue pair [`Self::qp`] found last.
+    pub(super) fn current_qp(&self) -> Option<&Arc<QpCore>> {
+        self.qp.as_ref()
+    }
+
+    /// Counts a packet a queue pair accepted.
+    pub(super) fn accepted(&mut self) {
+        self.accepted += 1;
+    }
+}
+
+impl Regions for BatchLookups<'_> {
+    fn lookup_mr(&self, key: u32) -> Option<Arc<dyn Region>> {
+        let mut cached = self.mr.borrow_mut();
+        if let Some(mr) = cached.as_ref()
+            && mr.key() == key
+        {
+            return Some(Arc::clone(mr));
+        }
+        let mr = self.shared.lookup_mr(key)?;
+        *cached = Some(Arc::clone(&mr));
+        Some(mr)
+    }
+}
+
+impl Drop for BatchLookups<'_> {
+    fn drop(&mut self) {
+        if self.accepted > 0 {
+            self.shared
+                .counters
+                .rx_packets
+                .fetch_add(self.accepted, Relaxed);
+        }
+    }
+}
