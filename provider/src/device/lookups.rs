@@ -9,18 +9,17 @@
 //! most the rest of the batch, and a destroyed queue pair is kept alive no
 //! longer than by a packet in flight.
 
-use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::Shared;
-use crate::rc::{QpCore, Region, Regions};
+use crate::rc::{CachedRegions, QpCore, Region, Regions};
 
 /// The lookups of one batch (see the module docs).
 pub(super) struct BatchLookups<'a> {
     shared: &'a Shared,
     qp: Option<Arc<QpCore>>,
-    mr: RefCell<Option<Arc<dyn Region>>>,
+    regions: CachedRegions<'a>,
     /// Packets accepted, added to the device's counter at the end.
     accepted: u64,
 }
@@ -30,7 +29,7 @@ impl<'a> BatchLookups<'a> {
         Self {
             shared,
             qp: None,
-            mr: RefCell::new(None),
+            regions: CachedRegions::new(shared),
             accepted: 0,
         }
     }
@@ -56,15 +55,7 @@ impl<'a> BatchLookups<'a> {
 
 impl Regions for BatchLookups<'_> {
     fn lookup_mr(&self, key: u32) -> Option<Arc<dyn Region>> {
-        let mut cached = self.mr.borrow_mut();
-        if let Some(mr) = cached.as_ref()
-            && mr.key() == key
-        {
-            return Some(Arc::clone(mr));
-        }
-        let mr = self.shared.lookup_mr(key)?;
-        *cached = Some(Arc::clone(&mr));
-        Some(mr)
+        self.regions.lookup_mr(key)
     }
 }
 

@@ -3,6 +3,7 @@
 //! atomically through the ODP layer. The device's key table provides the
 //! regions; the verbs API's memory regions implement [`Region`].
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 pub(crate) use odp::AtomicOp;
@@ -76,4 +77,37 @@ pub(crate) trait Regions {
     /// The region with local/remote key `key`, if registered. A region is
     /// not torn down while a returned reference is alive.
     fn lookup_mr(&self, key: u32) -> Option<Arc<dyn Region>>;
+}
+
+/// [`Regions`] that remember the last region found, for a batch of work
+/// whose pieces name the same key (one received batch, one post call): a
+/// table lookup costs a read lock, which dominates a small packet's
+/// handling. Keep one only for that batch: it holds a reference, which
+/// a deregistration waits for.
+pub(crate) struct CachedRegions<'a> {
+    regions: &'a dyn Regions,
+    last: RefCell<Option<Arc<dyn Region>>>,
+}
+
+impl<'a> CachedRegions<'a> {
+    pub(crate) fn new(regions: &'a dyn Regions) -> Self {
+        Self {
+            regions,
+            last: RefCell::new(None),
+        }
+    }
+}
+
+impl Regions for CachedRegions<'_> {
+    fn lookup_mr(&self, key: u32) -> Option<Arc<dyn Region>> {
+        let mut last = self.last.borrow_mut();
+        if let Some(mr) = last.as_ref()
+            && mr.key() == key
+        {
+            return Some(Arc::clone(mr));
+        }
+        let mr = self.regions.lookup_mr(key)?;
+        *last = Some(Arc::clone(&mr));
+        Some(mr)
+    }
 }

@@ -8,7 +8,7 @@ use super::cq::{CqImpl, UserCq};
 use super::mr::PdImpl;
 use super::{CompletionQueue, Gid, Mtu, ProtectionDomain, RecvWr, SendWr, VerbsError};
 use crate::device::Device;
-use crate::rc::{DEFAULT_PKEY, Peer, QpCore, QpState};
+use crate::rc::{CachedRegions, DEFAULT_PKEY, Peer, QpCore, QpState};
 #[cfg(feature = "rdma-core")]
 use crate::rdma_core::RdmaQp;
 use crate::wire::ROCE_V2_PORT;
@@ -561,7 +561,9 @@ impl UserQp {
     /// up to 8 bytes.
     fn post_send(&self, wrs: &[SendWr<'_>]) -> Result<(), VerbsError> {
         let posted = self.dev.in_send_order(&self.core, |out| {
-            self.core.post_send(self.dev.regions(), wrs, out)
+            // The work requests of one post usually name one region.
+            let regions = CachedRegions::new(self.dev.regions());
+            self.core.post_send(&regions, wrs, out)
         });
         Ok(posted?)
     }
