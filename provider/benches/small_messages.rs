@@ -20,7 +20,7 @@
 //! `cargo bench -p provider --bench small_messages` (`SMALL_ROUNDS=n`
 //! rounds, default 5; `SMALL_ONLY=latency|rate|multi` for one goal;
 //! `SMALL_ONLY=latency-device` and `rate-device` run the device's side
-//! alone, to profile it).
+//! alone, to profile it; `SMALL_SIZE` sets the rate's message size).
 
 use std::net::UdpSocket;
 use std::time::Instant;
@@ -53,13 +53,20 @@ fn main() {
         message_rate(rounds);
     }
     if only == "rate-device" {
-        // The device's stream alone, for profiling it.
+        // The device's stream alone, for profiling it; `SMALL_SIZE` bytes
+        // per WRITE (default 64).
+        let size = std::env::var("SMALL_SIZE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(64);
         let (a, b) = pair(false);
         for round in 0..rounds {
             let start = Instant::now();
-            stream_count(&a, &b, write_op, 64, RATE_MESSAGES, false);
-            let rate = RATE_MESSAGES as f64 / start.elapsed().as_secs_f64() / 1e6;
-            println!("round {round}: device {rate:.2} M/s");
+            stream_count(&a, &b, write_op, size, RATE_MESSAGES, false);
+            let secs = start.elapsed().as_secs_f64();
+            let rate = RATE_MESSAGES as f64 / secs / 1e6;
+            let bandwidth = (RATE_MESSAGES * size) as f64 / secs / 1e9;
+            println!("round {round}: device {rate:.2} M/s, {bandwidth:.2} GB/s");
         }
     }
     if wanted("multi") {
