@@ -21,7 +21,8 @@
 //! holder preempted by spinning threads would stall them for a scheduler
 //! tick): it only runs timers. The last spinning thread to leave wakes it,
 //! so receiving passes back at once; so does a spin that gives up to sleep
-//! (whatever claim its thread held before ends with it).
+//! (the claim an earlier find or `Context::progress` call left ends with
+//! it; a thread still calling `progress` claims again at its next call).
 //!
 //! Streams: a thread blocked in the kernel wakes far slower than a
 //! stream's next packets come, so after receiving something the progress
@@ -167,8 +168,8 @@ impl Driving<'_> {
 impl Drop for Driving<'_> {
     fn drop(&mut self) {
         if !self.found {
-            // This thread goes to sleep: whatever claim an earlier find
-            // left is void, or nobody would receive until it expired.
+            // This thread goes to sleep: the claim an earlier find left is
+            // void, or nobody would receive until it expired.
             self.shared.manual.last_call.store(0, Relaxed);
         }
         if self.shared.manual.spinning.fetch_sub(1, Relaxed) == 1 && !self.shared.driven() {
