@@ -11,6 +11,8 @@
 //! The completer changes the send queue only through the requester's
 //! methods.
 
+use smallvec::SmallVec;
+
 use super::psn::{psn_add, psn_diff};
 use super::qp::{QpCore, QpLocked};
 use super::requester::read_segment_end;
@@ -202,9 +204,15 @@ impl QpCore {
     /// do_complete: reports the finished requests at the head of the send
     /// queue, in order (errors always; successes if signaled).
     pub(crate) fn do_complete(&self, st: &mut QpLocked) {
+        // Pushed a few at a time: one lock of the queue for all of them.
+        let mut done = SmallVec::<[WorkCompletion; 16]>::new();
         while let Some((w, status)) = st.req.pop_finished() {
             if w.signaled || status != WcStatus::Success {
-                self.send_cq.push(WorkCompletion {
+                if done.len() == done.inline_size() {
+                    self.send_cq.push_all(&done);
+                    done.clear();
+                }
+                done.push(WorkCompletion {
                     wr_id: w.wr_id,
                     status,
                     opcode: w.opcode(),
@@ -213,6 +221,9 @@ impl QpCore {
                     qp_num: self.qpn,
                 });
             }
+        }
+        if !done.is_empty() {
+            self.send_cq.push_all(&done);
         }
     }
 }

@@ -83,6 +83,12 @@ impl Default for WorkCompletion {
 /// Where a queue pair's completions go. A full sink drops the completion
 /// and records the overflow (a CQ overrun in verbs); it never blocks.
 pub(crate) trait CompletionSink: Send + Sync {
+    /// Adds completions in order, as one step (one lock, at most one
+    /// wake-up); those past a full sink's capacity are dropped.
+    fn push_all(&self, wcs: &[WorkCompletion]);
+
     /// Adds a completion.
-    fn push(&self, wc: WorkCompletion);
+    fn push(&self, wc: WorkCompletion) {
+        self.push_all(&[wc]);
+    }
 }
