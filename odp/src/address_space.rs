@@ -355,10 +355,104 @@ impl Mapping {
     }
 }
 
+impl Mapping {
+    /// Unmaps the mapping after its owner unmapped (or moved away) the
+    /// ranges `holes` itself. `mmap` may have handed a hole to someone
+    /// else since (another thread, the allocator), and unmapping it again
+    /// would pull memory from under its new owner; so a hole is unmapped
+    /// only if it can be mapped back here first (`MAP_FIXED_NOREPLACE`),
+    /// and otherwise left alone.
+    pub fn unmap_around(self, holes: &[(usize, usize)]) {
+        let aspace = Arc::clone(&self.aspace);
+        let (addr, len) = self.into_raw();
+        let mut taken: Vec<(usize, usize)> = holes
+            .iter()
+            .copied()
+            .filter(|&(hole, hole_len)| !map_back(hole, hole_len))
+            .collect();
+        taken.sort_unstable();
+        let mut at = addr;
+        for (hole, hole_len) in taken.into_iter().chain([(addr + len, 0)]) {
+            if hole > at {
+                // SAFETY: a part of this mapping between holes that others
+                // may own; nothing uses it after this call. An error
+                // (already unmapped) changes nothing.
+                let _ = unsafe { aspace.munmap(at as *mut libc::c_void, hole - at) };
+            }
+            at = at.max(hole.saturating_add(hole_len));
+        }
+    }
+}
+
+/// Maps `[addr, addr + len)` anew unless something else is mapped there;
+/// whether it is mapped (for the caller) now.
+fn map_back(addr: usize, len: usize) -> bool {
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
+    let prot = libc::PROT_READ | libc::PROT_WRITE;
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping.
+    let got = unsafe { libc::mmap(addr as *mut libc::c_void, len, prot, flags, -1, 0) };
+    if got == libc::MAP_FAILED {
+        return false;
+    }
+    if got as usize != addr {
+        // A kernel that takes the flag as a hint put it elsewhere.
+        // SAFETY: the mapping just made, which nothing uses.
+        unsafe { libc::munmap(got, len) };
+        return false;
+    }
+    true
+}
+
 impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: the mapping is owned by this value and nothing uses it
         // after the drop; an error (already unmapped) changes nothing.
         let _ = unsafe { self.aspace.munmap(self.addr as *mut libc::c_void, self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether every page of `[addr, addr + len)` is mapped (mincore fails
+    /// with ENOMEM on a hole).
+    fn mapped(addr: usize, len: usize) -> bool {
+        let mut residency = vec![0u8; len.div_ceil(page_size())];
+        // SAFETY: mincore only reads the page tables and writes one byte
+        // per page into `residency`, which has room for every page.
+        unsafe { libc::mincore(addr as *mut libc::c_void, len, residency.as_mut_ptr()) == 0 }
+    }
+
+    /// Maps `len` bytes at exactly `addr`, where nothing is mapped.
+    fn map_at(addr: usize, len: usize) {
+        assert!(map_back(addr, len), "the hole is free");
+    }
+
+    #[test]
+    fn unmap_around_leaves_a_hole_someone_else_took_and_unmaps_the_rest() {
+        let ps = page_size();
+        let aspace = AddressSpace::process();
+        let mapping = aspace.map_anonymous(6 * ps, 0).unwrap();
+        let base = mapping.addr();
+        // Two holes: one stays free, the other is mapped by "someone
+        // else" (as another thread's mmap may be given it).
+        let (free, taken) = (base + ps, base + 3 * ps);
+        for hole in [free, taken] {
+            // SAFETY: a page of this test's own mapping, unused.
+            assert_eq!(unsafe { libc::munmap(hole as *mut libc::c_void, ps) }, 0);
+        }
+        map_at(taken, ps);
+        // SAFETY: the page just mapped as the other owner's.
+        unsafe { (taken as *mut u8).write(0x5a) };
+        mapping.unmap_around(&[(free, ps), (taken, ps)]);
+        // The rest of the range is unmapped now, but another test of this
+        // binary may be given it at once, so only the other owner's page
+        // is checked: still mapped, still its contents.
+        assert!(mapped(taken, ps), "the other owner's page stays");
+        // SAFETY: as above.
+        assert_eq!(unsafe { (taken as *const u8).read() }, 0x5a);
+        // SAFETY: the page this test mapped as the other owner.
+        assert_eq!(unsafe { libc::munmap(taken as *mut libc::c_void, ps) }, 0);
     }
 }

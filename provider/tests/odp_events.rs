@@ -242,16 +242,19 @@ fn follow_plain_changes(preloaded: bool) {
         WcStatus::RemoteAccessError
     );
     drop(probe);
-    release(target);
+    release(target, &[UNMAPPED, (MOVED_FROM, MOVED_PAGES)]);
 }
 
-/// Drops a target whose mapping has holes, unmapping what is left.
-fn release(target: End) {
+/// Drops a target whose mapping has `holes` (pages, counts), unmapping
+/// what is left (a hole another thread's `mmap` was given stays its own).
+fn release(target: End, holes: &[(usize, usize)]) {
     let End { mr, buf, .. } = target;
     drop(mr);
-    let (addr, len) = buf.into_raw();
-    // SAFETY: the target's own range; unmapping holes is allowed.
-    unsafe { libc::munmap(addr as *mut libc::c_void, len) };
+    let holes: Vec<(usize, usize)> = holes
+        .iter()
+        .map(|&(page, pages)| (buf.addr() + page * PAGE, pages * PAGE))
+        .collect();
+    buf.unmap_around(&holes);
 }
 
 #[test]
@@ -346,7 +349,7 @@ fn child_refused() {
     );
     assert!(target.mr.odp_counters().stale_pages >= 1);
     drop(probe);
-    release(target);
+    release(target, &[UNMAPPED]);
 }
 
 /// Makes the kernel refuse userfaultfds to this process: a seccomp filter

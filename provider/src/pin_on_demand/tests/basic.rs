@@ -9,7 +9,7 @@ use std::sync::Arc;
 use odp::AddressSpace;
 
 use super::pinner::{MlockPinner, page};
-use super::{aligned, chunk, drop_and_check, map, region, unmap_around_holes};
+use super::{aligned, chunk, drop_and_check, map, region};
 use crate::pin_on_demand::{Piece, PinError, PinOnDemandRegion, PodOptions, SgeRef, map_sges};
 
 #[test]
@@ -142,7 +142,7 @@ fn a_chunk_that_is_not_mapped_fails_cleanly_and_the_others_still_work() {
     let counters = drop_and_check(region, &pinner);
     // The first chunk was pinned before the middle one failed.
     assert_eq!(counters.faults, 2);
-    unmap_around_holes(mapping, &[(base + c + page(), page())]);
+    mapping.unmap_around(&[(base + c + page(), page())]);
 }
 
 #[test]

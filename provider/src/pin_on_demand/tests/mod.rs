@@ -38,49 +38,6 @@ fn aligned(aspace: &Arc<AddressSpace>, chunks: usize) -> (Mapping, usize) {
     (map, base)
 }
 
-/// Gives back `mapping`, in which the test unmapped `holes`. mmap may have
-/// handed a hole to another thread of this binary since (another test,
-/// the allocator): unmapping it again would pull memory from under its
-/// new owner, so a hole is unmapped only if it can be mapped again here.
-fn unmap_around_holes(mapping: Mapping, holes: &[(usize, usize)]) {
-    let (addr, len) = mapping.into_raw();
-    let mut taken: Vec<(usize, usize)> = holes
-        .iter()
-        .copied()
-        .filter(|&(hole, hole_len)| !reclaim(hole, hole_len))
-        .collect();
-    taken.sort_unstable();
-    let mut at = addr;
-    for (hole, hole_len) in taken.into_iter().chain([(addr + len, 0)]) {
-        if hole > at {
-            // SAFETY: a part of the test's own mapping between holes that
-            // others may own; nothing uses it any more.
-            let rc = unsafe { libc::munmap(at as *mut libc::c_void, hole - at) };
-            assert_eq!(rc, 0, "munmap");
-        }
-        at = at.max(hole + hole_len);
-    }
-}
-
-/// Maps `[addr, addr + len)` again unless something else is mapped there;
-/// whether the range is this test's again.
-fn reclaim(addr: usize, len: usize) -> bool {
-    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
-    let prot = libc::PROT_READ | libc::PROT_WRITE;
-    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping.
-    let got = unsafe { libc::mmap(addr as *mut libc::c_void, len, prot, flags, -1, 0) };
-    if got == libc::MAP_FAILED {
-        return false;
-    }
-    if got as usize != addr {
-        // A kernel that takes the flag as a hint put it elsewhere.
-        // SAFETY: the mapping just made, which nothing uses.
-        unsafe { libc::munmap(got, len) };
-        return false;
-    }
-    true
-}
-
 type Region = PinOnDemandRegion<MlockPinner>;
 
 /// A region over `[addr, addr + len)` with the test chunk size and a drain

@@ -8,9 +8,7 @@ use std::time::Duration;
 use odp::AddressSpace;
 use odp::notifier::{Event, NotifierError, NotifierRange};
 
-use super::{
-    aligned, chunk, drop_and_check, lkey_at, map, region, region_with, unmap_around_holes,
-};
+use super::{aligned, chunk, drop_and_check, lkey_at, map, region, region_with};
 use crate::pin_on_demand::{InFlight, PinError};
 
 /// Unmaps `[addr, addr + len)` through the explicit wrapper.
@@ -64,7 +62,7 @@ fn an_unmap_waits_for_the_work_request_that_uses_the_chunk() {
         }
     }
     drop_and_check(region, &pinner);
-    unmap_around_holes(mapping, &[(base + c, c)]);
+    mapping.unmap_around(&[(base + c, c)]);
 }
 
 /// Whether all of `[addr, addr + len)` is mapped (mincore fails with
@@ -91,7 +89,7 @@ fn a_request_that_never_completes_delays_the_unmap_only_up_to_the_bound() {
     // The late completion unpins nothing a second time.
     drop(stuck);
     drop_and_check(region, &pinner);
-    unmap_around_holes(mapping, &[(base, chunk())]);
+    mapping.unmap_around(&[(base, chunk())]);
 }
 
 #[test]
@@ -113,7 +111,7 @@ fn the_drain_hook_releases_what_the_unmapping_thread_would_reap() {
     assert_eq!((counters.forced_unpins, counters.unpins), (0, 1));
     assert!(counters.drain_calls >= 1);
     drop_and_check(region, &pinner);
-    unmap_around_holes(mapping, &[(base, chunk())]);
+    mapping.unmap_around(&[(base, chunk())]);
 }
 
 #[test]
