@@ -7,9 +7,16 @@
 //! would send. (A READ into a stale chunk would leave zeros in the new
 //! page, which this model cannot tell from a discard: the remap tests
 //! check that direction.)
+//!
+//! The test's own CPU copies into and out of the region hold a lock the
+//! discarding thread takes too: a discard in the middle of a `memcpy`
+//! would leave a page partly written (a `memcpy` does not store in address
+//! order: it may keep its first bytes for last), and the model speaks of
+//! whole pages. The device's transfers run without it, concurrently with
+//! the discards.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use provider::{AccessFlags, OdpMode, SendOp, WcStatus};
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -112,8 +119,11 @@ fn run(ctx: &provider::Context, on_demand: bool) -> Result<(), Outcome> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let discards = Arc::new(AtomicU64::new(0));
+    // Held by the CPU copies of this thread and by each discard (module docs).
+    let cpu = Arc::new(Mutex::new(()));
     let discarder = {
         let (stop, discards, base) = (Arc::clone(&stop), Arc::clone(&discards), local.addr);
+        let cpu = Arc::clone(&cpu);
         std::thread::spawn(move || {
             let mut rng = StdRng::seed_from_u64(seed ^ 0xd15c);
             let aspace = odp::AddressSpace::process();
@@ -121,9 +131,11 @@ fn run(ctx: &provider::Context, on_demand: bool) -> Result<(), Outcome> {
                 let pages = rng.random_range(1..=16);
                 let first = rng.random_range(0..LEN / PAGE - pages);
                 let addr = (base + first * PAGE) as *mut libc::c_void;
+                let copies = cpu.lock().unwrap();
                 // SAFETY: pages of the test's private anonymous mapping,
                 // which nothing in Rust refers to.
                 unsafe { aspace.madvise(addr, pages * PAGE, libc::MADV_DONTNEED) }.unwrap();
+                drop(copies);
                 discards.fetch_add(1, Ordering::Relaxed);
                 std::thread::sleep(std::time::Duration::from_micros(300));
             }
@@ -139,9 +151,17 @@ fn run(ctx: &provider::Context, on_demand: bool) -> Result<(), Outcome> {
         let fill = pattern(len, round as u8);
         let remote = target_mr.addr() + off as u64;
         let sge = local_mr.sge(off as u64, len as u32);
+        let copy_in = |at: usize, bytes: &[u8]| {
+            let _copies = cpu.lock().unwrap();
+            write_bytes(at, bytes);
+        };
+        let copy_out = |at: usize| {
+            let _copies = cpu.lock().unwrap();
+            read_bytes(at, len)
+        };
         let (addr, want, what) = if rng.random_bool(0.5) {
-            write_bytes(local.addr + off, &fill);
-            write_bytes(target.addr + off, &vec![0xa5; len]);
+            copy_in(local.addr + off, &fill);
+            copy_in(target.addr + off, &vec![0xa5; len]);
             let wc = p.a_send(
                 SendOp::Write {
                     remote_addr: remote,
@@ -152,13 +172,9 @@ fn run(ctx: &provider::Context, on_demand: bool) -> Result<(), Outcome> {
             assert_eq!(wc.status, WcStatus::Success, "round {round}");
             // The target is pinned and not discarded: zeros there mean the
             // source page was discarded before the WRITE read it.
-            (
-                local.addr + off,
-                read_bytes(target.addr + off, len),
-                "WRITE",
-            )
+            (local.addr + off, copy_out(target.addr + off), "WRITE")
         } else {
-            write_bytes(target.addr + off, &fill);
+            copy_in(target.addr + off, &fill);
             let wc = p.a_send(
                 SendOp::Read {
                     remote_addr: remote,
@@ -167,7 +183,7 @@ fn run(ctx: &provider::Context, on_demand: bool) -> Result<(), Outcome> {
                 sge,
             );
             assert_eq!(wc.status, WcStatus::Success, "round {round}");
-            (local.addr + off, read_bytes(local.addr + off, len), "READ")
+            (local.addr + off, copy_out(local.addr + off), "READ")
         };
         match check(addr, &want, &fill, what, round) {
             Ok(z) => {
