@@ -415,20 +415,6 @@ impl Drop for Mapping {
 mod tests {
     use super::*;
 
-    /// Whether every page of `[addr, addr + len)` is mapped (mincore fails
-    /// with ENOMEM on a hole).
-    fn mapped(addr: usize, len: usize) -> bool {
-        let mut residency = vec![0u8; len.div_ceil(page_size())];
-        // SAFETY: mincore only reads the page tables and writes one byte
-        // per page into `residency`, which has room for every page.
-        unsafe { libc::mincore(addr as *mut libc::c_void, len, residency.as_mut_ptr()) == 0 }
-    }
-
-    /// Maps `len` bytes at exactly `addr`, where nothing is mapped.
-    fn map_at(addr: usize, len: usize) {
-        assert!(map_back(addr, len), "the hole is free");
-    }
-
     #[test]
     fn unmap_around_leaves_a_hole_someone_else_took_and_unmaps_the_rest() {
         let ps = page_size();
@@ -442,14 +428,17 @@ mod tests {
             // SAFETY: a page of this test's own mapping, unused.
             assert_eq!(unsafe { libc::munmap(hole as *mut libc::c_void, ps) }, 0);
         }
-        map_at(taken, ps);
+        assert!(map_back(taken, ps), "the hole is free");
         // SAFETY: the page just mapped as the other owner's.
         unsafe { (taken as *mut u8).write(0x5a) };
         mapping.unmap_around(&[(free, ps), (taken, ps)]);
         // The rest of the range is unmapped now, but another test of this
         // binary may be given it at once, so only the other owner's page
         // is checked: still mapped, still its contents.
-        assert!(mapped(taken, ps), "the other owner's page stays");
+        assert!(
+            crate::sys::is_mapped(taken, ps),
+            "the other owner's page stays"
+        );
         // SAFETY: as above.
         assert_eq!(unsafe { (taken as *const u8).read() }, 0x5a);
         // SAFETY: the page this test mapped as the other owner.

@@ -55,7 +55,7 @@ pub use fault::Advice;
 pub use implicit::{IMPLICIT_CHILD_SHIFT, ImplicitStats, ImplicitUmem};
 pub use page_table::PageEntry;
 pub use safe_atomic::AtomicOp;
-pub use sys::page_size;
+pub use sys::{is_mapped, page_size};
 pub use umem::{Umem, UmemOptions};
 
 /// Errors of the ODP layer.

@@ -58,7 +58,7 @@ pub(crate) fn populate(addr: usize, len: usize, write: bool) -> Result<(), Popul
 /// Whether every page of `[addr, addr + len)` is mapped. `msync(MS_ASYNC)`
 /// is a no-op for the data on Linux but fails with `ENOMEM` on a hole, in one
 /// call for any length.
-pub(crate) fn is_mapped(addr: usize, len: usize) -> bool {
+pub fn is_mapped(addr: usize, len: usize) -> bool {
     let mask = page_size() - 1;
     let start = addr & !mask;
     let Some(end) = addr.checked_add(len).and_then(|e| e.checked_add(mask)) else {

@@ -57,21 +57,12 @@ fn an_unmap_waits_for_the_work_request_that_uses_the_chunk() {
             }
         ),
         Ok(token) => {
-            assert!(mapped(base + c, c), "the hole was pinned");
+            assert!(odp::is_mapped(base + c, c), "the hole was pinned");
             drop(token);
         }
     }
     drop_and_check(region, &pinner);
     mapping.unmap_around(&[(base + c, c)]);
-}
-
-/// Whether all of `[addr, addr + len)` is mapped (mincore fails with
-/// ENOMEM on a hole).
-fn mapped(addr: usize, len: usize) -> bool {
-    let mut residency = vec![0u8; len.div_ceil(odp::page_size())];
-    // SAFETY: mincore only reads the page tables and writes one byte per
-    // page into `residency`, which has room for every page.
-    unsafe { libc::mincore(addr as *mut libc::c_void, len, residency.as_mut_ptr()) == 0 }
 }
 
 #[test]
