@@ -33,10 +33,7 @@ use harness::*;
 
 fn main() {
     // Cargo passes `--bench`; there are no options.
-    let rounds = std::env::var("SMALL_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+    let rounds = env_number("SMALL_ROUNDS", 5);
     let only = std::env::var("SMALL_ONLY").unwrap_or_default();
     let wanted = |goal: &str| only.is_empty() || only == goal;
     if wanted("latency") {
@@ -53,24 +50,37 @@ fn main() {
         message_rate(rounds);
     }
     if only == "rate-device" {
-        // The device's stream alone, for profiling it; `SMALL_SIZE` bytes
-        // per WRITE (default 64).
-        let size = std::env::var("SMALL_SIZE")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(64);
-        let (a, b) = pair(false);
-        for round in 0..rounds {
-            let start = Instant::now();
-            stream_count(&a, &b, write_op, size, RATE_MESSAGES, false);
-            let secs = start.elapsed().as_secs_f64();
-            let rate = RATE_MESSAGES as f64 / secs / 1e6;
-            let bandwidth = (RATE_MESSAGES * size) as f64 / secs / 1e9;
-            println!("round {round}: device {rate:.2} M/s, {bandwidth:.2} GB/s");
-        }
+        rate_device(rounds, env_number("SMALL_SIZE", 64));
     }
     if wanted("multi") {
         multi_packet(rounds);
+    }
+}
+
+/// The number in the environment variable `name`, or `default`.
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Seconds the device takes to stream `count` RDMA WRITEs of `size` bytes
+/// from `a` to `b`.
+fn device_stream(a: &End, b: &End, size: usize, count: usize) -> f64 {
+    let start = Instant::now();
+    stream_count(a, b, write_op, size, count, false);
+    start.elapsed().as_secs_f64()
+}
+
+/// The device's stream alone, for profiling it.
+fn rate_device(rounds: usize, size: usize) {
+    let (a, b) = pair(false);
+    for round in 0..rounds {
+        let secs = device_stream(&a, &b, size, RATE_MESSAGES);
+        let rate = RATE_MESSAGES as f64 / secs / 1e6;
+        let bandwidth = (RATE_MESSAGES * size) as f64 / secs / 1e9;
+        println!("round {round}: device {rate:.2} M/s, {bandwidth:.2} GB/s");
     }
 }
 
@@ -242,9 +252,7 @@ fn message_rate(rounds: usize) {
     let mut bufs = write_only_buffers();
     let results: Vec<(f64, f64)> = (0..rounds)
         .map(|_| {
-            let start = Instant::now();
-            stream_count(&a, &b, write_op, 64, RATE_MESSAGES, false);
-            let device = RATE_MESSAGES as f64 / start.elapsed().as_secs_f64() / 1e6;
+            let device = RATE_MESSAGES as f64 / device_stream(&a, &b, 64, RATE_MESSAGES) / 1e6;
             let start = Instant::now();
             // A window the receive buffer holds, so nothing is dropped.
             udp.run(RATE_MESSAGES, 64, 16_384, &mut bufs);
@@ -268,12 +276,8 @@ const MULTI_BYTES: usize = 64 << 20;
 fn multi_packet(rounds: usize) {
     let (a, b) = pair(false);
     let udp = BareUdp::new();
-    let device = |size: usize| {
-        let count = MULTI_BYTES / size;
-        let start = Instant::now();
-        stream_count(&a, &b, write_op, size, count, false);
-        MULTI_BYTES as f64 / start.elapsed().as_secs_f64() / 1e9
-    };
+    let device =
+        |size: usize| MULTI_BYTES as f64 / device_stream(&a, &b, size, MULTI_BYTES / size) / 1e9;
     let bare = |packets: usize| {
         let mut bufs = write_message_buffers(packets);
         let messages = MULTI_BYTES / (packets * 4096);
