@@ -14,7 +14,7 @@ use integration_tests::lab::dev_exec::{self, Request};
 use integration_tests::lab::guest::{Guest, GuestImage};
 use integration_tests::lab::matrix::{self, Case, Kind};
 use integration_tests::lab::rdma_core::{self, Backend};
-use integration_tests::lab::table::{self, Figures};
+use integration_tests::lab::table;
 
 /// The rxe lab: the project's tools against kernel rxe in a qemu guest.
 #[derive(Parser, Debug)]
@@ -219,7 +219,14 @@ fn cases(args: CasesArgs) -> ExitCode {
                     pushed = true;
                     run_case(&setup, g, b, c, i, !args.no_kernel_odp)
                 }
-                Err(e) => vec![(c.clone(), failed(format!("push into the guest: {e}")))],
+                Err(e) => vec![(
+                    c.clone(),
+                    Outcome::without_figures(
+                        Err(format!("push into the guest: {e}")),
+                        "",
+                        Duration::ZERO,
+                    ),
+                )],
             },
             (Some(b), _) => run_case(&setup, g, b, c, i, !args.no_kernel_odp),
             (None, _) => vec![(c.clone(), case::run(&setup, g, c, i))],
@@ -268,18 +275,6 @@ fn run_case(
         rdma_core::run_tests(g, b, kernel_odp)
     } else {
         vec![(c.clone(), case::run(setup, g, c, i))]
-    }
-}
-
-/// A case that could not run.
-fn failed(why: String) -> Outcome {
-    Outcome {
-        verdict: Err(why),
-        theirs: Figures::default(),
-        ours: Figures::default(),
-        capture: String::new(),
-        elapsed: Duration::ZERO,
-        attempts: 1,
     }
 }
 

@@ -46,6 +46,21 @@ pub struct Outcome {
     pub attempts: u32,
 }
 
+impl Outcome {
+    /// An outcome without figures: a case that could not run, or one test
+    /// of the backend (`capture` holds its note).
+    pub fn without_figures(verdict: Result<(), String>, capture: &str, elapsed: Duration) -> Self {
+        Outcome {
+            verdict,
+            theirs: Figures::default(),
+            ours: Figures::default(),
+            capture: capture.to_string(),
+            elapsed,
+            attempts: 1,
+        }
+    }
+}
+
 /// A failure on perftest's side that is the TCG guest's, not the
 /// protocol's: rerun once.
 fn guest_flake(text: &str) -> bool {
@@ -71,14 +86,7 @@ fn attempt(setup: &Setup, guest: &Guest, case: &Case, index: usize, retry: u32) 
     let port = 19100 + (index as u32 * 2 + retry) % 20000;
     let stem = setup.out.join(format!("{index:03}-{}", retry));
     let pcap = stem.with_extension("pcap");
-    let mut result = Outcome {
-        verdict: Ok(()),
-        theirs: Figures::default(),
-        ours: Figures::default(),
-        capture: String::new(),
-        elapsed: Duration::ZERO,
-        attempts: 1,
-    };
+    let mut result = Outcome::without_figures(Ok(()), "", Duration::ZERO);
     let capture = match Capture::start(&pcap) {
         Ok(c) => c,
         Err(e) => {

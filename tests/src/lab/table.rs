@@ -138,13 +138,8 @@ mod tests {
 
     #[test]
     fn a_failure_s_further_lines_follow_its_row() {
-        let outcome = |verdict| Outcome {
-            verdict,
-            theirs: Figures::default(),
-            ours: Figures::default(),
-            capture: "ignored (not run)".into(),
-            elapsed: std::time::Duration::ZERO,
-            attempts: 1,
+        let outcome = |verdict| {
+            Outcome::without_figures(verdict, "ignored (not run)", std::time::Duration::ZERO)
         };
         let long = Case::backend_test("a_test_name_longer_than_the_fifty_columns_of_the_table");
         let t = render(&[
