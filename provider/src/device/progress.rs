@@ -25,8 +25,9 @@
 //! it; a thread still calling `progress` claims again at its next call).
 //!
 //! Streams: a thread blocked in the kernel wakes far slower than a
-//! stream's next packets come, so after receiving something the progress
-//! thread keeps looking for [`PROGRESS_SPIN`] before it blocks again; and
+//! stream's next packets come, so after a queue pair accepted a packet the
+//! progress thread keeps looking for [`PROGRESS_SPIN`] before it blocks
+//! again (an off-path host's junk does not buy spinning); and
 //! a large received batch sends its answers every [`ANSWER_EVERY`] packets,
 //! so that the peer's requester sends more while the batch is handled
 //! instead of the two ends taking turns.
@@ -202,8 +203,9 @@ impl Shared {
 
     /// The progress thread: timers, then a wait, then what the socket
     /// holds; while application threads receive, only the timers. For
-    /// [`PROGRESS_SPIN`] after it last received something it looks at the
-    /// socket again without sleeping.
+    /// [`PROGRESS_SPIN`] after a queue pair last accepted a packet it
+    /// looks at the socket again without sleeping (datagrams no queue pair
+    /// accepts, which anyone can send, do not keep it spinning).
     pub(super) fn run(&self) {
         // Reused: the loop allocates nothing per turn.
         let mut qps = Vec::new();
@@ -223,10 +225,13 @@ impl Shared {
             if !busy && !wait.is_zero() && self.transport.wait_readable(wait).is_err() {
                 std::thread::sleep(Duration::from_millis(1));
             }
+            let accepted_before = self.counters.rx_packets.load(Relaxed);
             match self.receive(&mut self.lock_rx(), Acks::Send) {
                 Ok(0) if spinning => std::thread::yield_now(),
-                Ok(0) => {}
-                Ok(_) => last_received = Some(Instant::now()),
+                Ok(_) if self.counters.rx_packets.load(Relaxed) != accepted_before => {
+                    last_received = Some(Instant::now());
+                }
+                Ok(_) => {}
                 Err(_) => std::thread::sleep(Duration::from_millis(1)),
             }
         }
