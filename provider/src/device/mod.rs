@@ -83,7 +83,10 @@ impl Default for DeviceOptions {
 /// Counters of a device.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DeviceStats {
-    /// Packets sent.
+    /// Packets sent. A packet is counted before the system call that
+    /// sends it (one the peer may already have answered is always
+    /// counted); a reader concurrent with a failing send may briefly see
+    /// the packets that call could not send.
     pub tx_packets: u64,
     /// Packets received and accepted by a queue pair.
     pub rx_packets: u64,
@@ -197,19 +200,27 @@ impl Shared {
             }
             let mut at = 0;
             while at < n {
+                // Counted before the system call: on loopback the peer may
+                // receive, answer and complete before it returns, and a
+                // reader of the peer's completion must see this packet
+                // counted. What the call did not send is taken back.
+                let tried = (n - at) as u64;
+                self.counters.tx_packets.fetch_add(tried, Relaxed);
                 // A short count means the next packet failed; sending from
                 // it again returns its error, and it is skipped (a lost
                 // packet, which retransmission recovers).
-                match self.transport.send_batch(&mut batch[at..n]) {
-                    Ok(sent) if sent > 0 => {
-                        self.counters.tx_packets.fetch_add(sent as u64, Relaxed);
-                        at += sent;
-                    }
+                let sent = match self.transport.send_batch(&mut batch[at..n]) {
+                    Ok(sent) if sent > 0 => sent,
                     Ok(_) | Err(_) => {
                         self.counters.tx_errors.fetch_add(1, Relaxed);
                         at += 1;
+                        0
                     }
-                }
+                };
+                at += sent;
+                self.counters
+                    .tx_packets
+                    .fetch_sub(tried - sent as u64, Relaxed);
             }
         }
         drop(packets);
