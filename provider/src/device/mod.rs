@@ -240,9 +240,10 @@ impl Shared {
         let mut out = pooled.unwrap_or_default();
         let result = f(&mut out);
         // Acknowledgements held back by a polling thread leave with these
-        // packets, in the same system call.
+        // packets, in the same system call and ahead of them (what was
+        // posted may answer what they acknowledge).
         match self.deferred_acks() {
-            Some(mut rx) => self.send_with(&mut out, Some(rx.acks())),
+            Some(mut rx) => self.send_with(rx.acks(), Some(&mut out)),
             None => self.send(&mut out),
         }
         self.outboxes

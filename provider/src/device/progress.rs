@@ -307,7 +307,10 @@ impl Shared {
     /// allows and they are only acknowledgements.
     fn answer(&self, rx: &mut Rx, acks: Acks) {
         let hold = acks == Acks::HoldBack && !rx.out.is_empty() && rx.out.only_acks();
-        if !hold {
+        if hold {
+            // They leave ahead of whatever this thread posts next.
+            rx.out.reveal_completions();
+        } else {
             self.send(&mut rx.out);
         }
         self.acks_pending.store(hold, Relaxed);

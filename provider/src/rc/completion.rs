@@ -82,10 +82,23 @@ impl Default for WorkCompletion {
 
 /// Where a queue pair's completions go. A full sink drops the completion
 /// and records the overflow (a CQ overrun in verbs); it never blocks.
+///
+/// A completion can be added hidden: it takes its place in the queue but
+/// neither it nor anything added after it can be polled, and nobody is
+/// woken, until [`Self::reveal`]. The receive path adds a received
+/// message's completion this way and reveals it once the acknowledgement
+/// of the message has been sent (see [`super::Outbox::complete_after_send`]).
 pub(crate) trait CompletionSink: Send + Sync {
     /// Adds completions in order, as one step (one lock, at most one
     /// wake-up); those past a full sink's capacity are dropped.
     fn push_all(&self, wcs: &[WorkCompletion]);
+
+    /// Adds a completion hidden until the next [`Self::reveal`].
+    fn push_hidden(&self, wc: WorkCompletion);
+
+    /// Makes everything added so far visible (waking waiters as
+    /// [`Self::push_all`] does).
+    fn reveal(&self);
 
     /// Adds a completion.
     fn push(&self, wc: WorkCompletion) {

@@ -4,8 +4,10 @@
 
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::sync::Arc;
 
 use super::qp::Peer;
+use super::{CompletionSink, WorkCompletion};
 use crate::wire::{ICRC_LEN, PacketRepr, WireError};
 
 /// One queued packet: where it goes, from which UDP source port, and where
@@ -22,10 +24,24 @@ struct Queued {
 /// Packets for the device to send, each BTH to pad followed by
 /// [`ICRC_LEN`] bytes for the ICRC, laid out back to back in one arena that
 /// keeps its capacity from call to call.
+///
+/// Completions of received messages wait in their queues, hidden, until
+/// the packets queued with them have been handed to the socket (see
+/// [`Self::complete_after_send`]).
 #[derive(Default)]
 pub(crate) struct Outbox {
     arena: Vec<u8>,
     packets: Vec<Queued>,
+    /// Queues holding completions hidden until these packets are sent.
+    to_reveal: Vec<Arc<dyn CompletionSink>>,
+}
+
+impl Drop for Outbox {
+    /// Completions never stay hidden: an outbox dropped unsent reveals
+    /// them.
+    fn drop(&mut self) {
+        self.reveal_completions();
+    }
 }
 
 impl Outbox {
@@ -46,10 +62,34 @@ impl Outbox {
         self.packets.is_empty()
     }
 
-    /// Empties the outbox, keeping its capacity.
+    /// Empties the outbox once its packets were sent (or dropped), keeping
+    /// its capacity; the completions held for them become visible.
     pub(crate) fn clear(&mut self) {
         self.arena.clear();
         self.packets.clear();
+        self.reveal_completions();
+    }
+
+    /// Adds `wc` to `cq`, visible once the packets queued so far (the
+    /// acknowledgement of the message it completes among them) have been
+    /// sent: an application that answers a received message as soon as it
+    /// sees it cannot send its answer ahead of the acknowledgement (a peer
+    /// waiting for both may count on that order: perftest's event mode
+    /// reads a send completion after any event on its shared channel).
+    pub(crate) fn complete_after_send(&mut self, cq: &Arc<dyn CompletionSink>, wc: WorkCompletion) {
+        cq.push_hidden(wc);
+        if !self.to_reveal.iter().any(|q| Arc::ptr_eq(q, cq)) {
+            self.to_reveal.push(Arc::clone(cq));
+        }
+    }
+
+    /// Makes the completions held for this outbox's packets visible
+    /// without sending them (acknowledgements a polling thread holds back
+    /// leave ahead of the next packets it sends).
+    pub(crate) fn reveal_completions(&mut self) {
+        for cq in self.to_reveal.drain(..) {
+            cq.reveal();
+        }
     }
 
     /// Queues a packet for `peer` (its address, from the connection's

@@ -260,14 +260,17 @@ impl QpCore {
                 NakCode::InvalidRequest => WcStatus::LocalLengthError,
                 _ => WcStatus::LocalProtectionError,
             };
-            self.recv_cq.push(WorkCompletion {
-                wr_id: wqe.wr_id,
-                status,
-                opcode: WcOpcode::Recv,
-                byte_len: offset,
-                imm_data: None,
-                qp_num: self.qpn,
-            });
+            out.complete_after_send(
+                &self.recv_cq,
+                WorkCompletion {
+                    wr_id: wqe.wr_id,
+                    status,
+                    opcode: WcOpcode::Recv,
+                    byte_len: offset,
+                    imm_data: None,
+                    qp_num: self.qpn,
+                },
+            );
         }
         self.fail(st, None);
     }
@@ -286,8 +289,8 @@ impl QpCore {
             Opcode::RC_COMPARE_SWAP | Opcode::RC_FETCH_ADD => {
                 return self.atomic_reply(st, regions, peer, pkt, out);
             }
-            op if is_write(op) => self.write_data(st, regions, pkt)?,
-            _ => self.send_data(st, regions, pkt)?,
+            op if is_write(op) => self.write_data(st, regions, pkt, out)?,
+            _ => self.send_data(st, regions, pkt, out)?,
         }
         self.acknowledge(st, peer, pkt, out);
         Ok(())
@@ -300,6 +303,7 @@ impl QpCore {
         st: &mut QpLocked,
         regions: &dyn Regions,
         pkt: &PacketRepr<'_>,
+        out: &mut Outbox,
     ) -> Result<(), Refusal> {
         if pkt.bth.opcode.is_first() {
             let wqe = st.resp.rq.pop_front().ok_or(Refusal::NotReady)?;
@@ -316,14 +320,17 @@ impl QpCore {
         if pkt.bth.opcode.is_last()
             && let Some(Inbound::Send { wqe, offset }) = st.resp.inbound.take()
         {
-            self.recv_cq.push(WorkCompletion {
-                wr_id: wqe.wr_id,
-                status: WcStatus::Success,
-                opcode: WcOpcode::Recv,
-                byte_len: offset,
-                imm_data: pkt.immdt,
-                qp_num: self.qpn,
-            });
+            out.complete_after_send(
+                &self.recv_cq,
+                WorkCompletion {
+                    wr_id: wqe.wr_id,
+                    status: WcStatus::Success,
+                    opcode: WcOpcode::Recv,
+                    byte_len: offset,
+                    imm_data: pkt.immdt,
+                    qp_num: self.qpn,
+                },
+            );
         }
         Ok(())
     }
@@ -335,6 +342,7 @@ impl QpCore {
         st: &mut QpLocked,
         regions: &dyn Regions,
         pkt: &PacketRepr<'_>,
+        out: &mut Outbox,
     ) -> Result<(), Refusal> {
         let len = pkt.payload.len() as u32;
         if pkt.bth.opcode.is_first() {
@@ -344,7 +352,7 @@ impl QpCore {
                 if len > 0 {
                     return Err(INVALID);
                 }
-                return self.complete_write_with_imm(st, pkt, 0);
+                return self.complete_write_with_imm(st, pkt, 0, out);
             }
             self.check_rkey(regions, reth, AccessFlags::REMOTE_WRITE)?;
             st.resp.inbound = Some(Inbound::Write {
@@ -379,7 +387,7 @@ impl QpCore {
         let total = *total;
         if last {
             st.resp.inbound = None;
-            self.complete_write_with_imm(st, pkt, total)?;
+            self.complete_write_with_imm(st, pkt, total, out)?;
         }
         Ok(())
     }
@@ -391,17 +399,21 @@ impl QpCore {
         st: &mut QpLocked,
         pkt: &PacketRepr<'_>,
         total: u32,
+        out: &mut Outbox,
     ) -> Result<(), Refusal> {
         let Some(imm) = pkt.immdt else { return Ok(()) };
         let wqe = st.resp.rq.pop_front().ok_or(Refusal::NotReady)?;
-        self.recv_cq.push(WorkCompletion {
-            wr_id: wqe.wr_id,
-            status: WcStatus::Success,
-            opcode: WcOpcode::RecvRdmaWithImm,
-            byte_len: total,
-            imm_data: Some(imm),
-            qp_num: self.qpn,
-        });
+        out.complete_after_send(
+            &self.recv_cq,
+            WorkCompletion {
+                wr_id: wqe.wr_id,
+                status: WcStatus::Success,
+                opcode: WcOpcode::RecvRdmaWithImm,
+                byte_len: total,
+                imm_data: Some(imm),
+                qp_num: self.qpn,
+            },
+        );
         Ok(())
     }
 

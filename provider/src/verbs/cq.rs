@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::VerbsError;
@@ -21,14 +21,14 @@ const POLL_SPIN: Duration = Duration::from_micros(100);
 
 /// The shared state of a completion queue.
 pub(crate) struct CqInner {
-    entries: Mutex<VecDeque<WorkCompletion>>,
+    entries: Mutex<Entries>,
     capacity: usize,
     ready: Condvar,
     /// Threads in `poll_wait`; changed only under the `entries` lock, so a
     /// push that sees 0 under that lock has nobody to wake.
     waiters: AtomicUsize,
-    /// The number of entries, for polls that spin without the lock;
-    /// written under the `entries` lock.
+    /// The number of visible entries, for polls that spin without the
+    /// lock; written under the `entries` lock.
     len: AtomicUsize,
     overflowed: AtomicBool,
     /// Signalled when a completion arrives in an empty queue, for `epoll`,
@@ -40,21 +40,73 @@ pub(crate) struct CqInner {
     notify_next: AtomicBool,
 }
 
+/// The queued completions: the first `visible` can be polled; the rest
+/// wait for [`CompletionSink::reveal`] (the first of them was added
+/// hidden, and nothing overtakes it).
+struct Entries {
+    queue: VecDeque<WorkCompletion>,
+    visible: usize,
+}
+
+impl Entries {
+    /// Moves up to `out.len()` visible completions into `out`.
+    fn take(&mut self, out: &mut [WorkCompletion]) -> usize {
+        let n = out.len().min(self.visible);
+        for (slot, wc) in out.iter_mut().zip(self.queue.drain(..n)) {
+            *slot = wc;
+        }
+        self.visible -= n;
+        n
+    }
+}
+
 impl CompletionSink for CqInner {
     /// Adds completions; a full queue drops the rest and records the
     /// overflow, as verbs reports a CQ overrun.
     fn push_all(&self, wcs: &[WorkCompletion]) {
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        let was_empty = entries.is_empty();
-        let room = self.capacity.saturating_sub(entries.len());
+        let (entries, behind_hidden) = self.add(wcs);
+        // Behind a hidden one they wait for its reveal.
+        if !behind_hidden {
+            self.show_all(entries);
+        }
+    }
+
+    fn push_hidden(&self, wc: WorkCompletion) {
+        drop(self.add(&[wc]));
+    }
+
+    fn reveal(&self) {
+        self.show_all(self.lock_entries());
+    }
+}
+
+impl CqInner {
+    fn lock_entries(&self) -> MutexGuard<'_, Entries> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues what fits of `wcs` (not yet visible); also says whether
+    /// hidden completions are queued before them.
+    fn add(&self, wcs: &[WorkCompletion]) -> (MutexGuard<'_, Entries>, bool) {
+        let mut entries = self.lock_entries();
+        let behind_hidden = entries.visible < entries.queue.len();
+        let room = self.capacity.saturating_sub(entries.queue.len());
         if wcs.len() > room {
             self.overflowed.store(true, Ordering::Relaxed);
         }
-        if room == 0 || wcs.is_empty() {
+        entries.queue.extend(wcs.iter().take(room).copied());
+        (entries, behind_hidden)
+    }
+
+    /// Makes every queued completion visible, and wakes whoever can be
+    /// waiting for them.
+    fn show_all(&self, mut entries: MutexGuard<'_, Entries>) {
+        if entries.visible == entries.queue.len() {
             return;
         }
-        entries.extend(wcs.iter().take(room).copied());
-        self.len.store(entries.len(), Ordering::Release);
+        let was_empty = entries.visible == 0;
+        entries.visible = entries.queue.len();
+        self.len.store(entries.visible, Ordering::Release);
         // A waiter sleeps only on an empty queue, and the push that ended
         // the emptiness woke it: later pushes have nobody to wake.
         let wake = was_empty && self.waiters.load(Ordering::Relaxed) > 0;
@@ -232,7 +284,10 @@ impl UserCq {
         }
         Ok(UserCq {
             inner: Arc::new(CqInner {
-                entries: Mutex::new(VecDeque::with_capacity(capacity.min(1 << 16))),
+                entries: Mutex::new(Entries {
+                    queue: VecDeque::with_capacity(capacity.min(1 << 16)),
+                    visible: 0,
+                }),
                 capacity,
                 ready: Condvar::new(),
                 waiters: AtomicUsize::new(0),
@@ -258,16 +313,9 @@ impl UserCq {
 
     /// Moves up to `out.len()` queued completions into `out`.
     fn take(&self, out: &mut [WorkCompletion]) -> usize {
-        let mut entries = self
-            .inner
-            .entries
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let n = out.len().min(entries.len());
-        for (slot, wc) in out.iter_mut().zip(entries.drain(..n)) {
-            *slot = wc;
-        }
-        self.inner.len.store(entries.len(), Ordering::Release);
+        let mut entries = self.inner.lock_entries();
+        let n = entries.take(out);
+        self.inner.len.store(entries.visible, Ordering::Release);
         n
     }
 
@@ -275,12 +323,8 @@ impl UserCq {
     fn poll_wait(&self, out: &mut [WorkCompletion], timeout: Duration) -> usize {
         let deadline = Instant::now() + timeout;
         self.spin_until_nonempty(POLL_SPIN.min(timeout));
-        let mut entries = self
-            .inner
-            .entries
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        while entries.is_empty() {
+        let mut entries = self.inner.lock_entries();
+        while entries.visible == 0 {
             let now = Instant::now();
             if now >= deadline {
                 return 0;
@@ -294,11 +338,8 @@ impl UserCq {
                 .0;
             self.inner.waiters.fetch_sub(1, Ordering::Relaxed);
         }
-        let n = out.len().min(entries.len());
-        for (slot, wc) in out.iter_mut().zip(entries.drain(..n)) {
-            *slot = wc;
-        }
-        self.inner.len.store(entries.len(), Ordering::Release);
+        let n = entries.take(out);
+        self.inner.len.store(entries.visible, Ordering::Release);
         n
     }
 
@@ -396,5 +437,39 @@ mod tests {
         std::thread::sleep(Duration::from_millis(5));
         sink.push_all(&[wc(1), wc(2), wc(3)]);
         assert_eq!(waiter.join().unwrap(), [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_hidden_completion_wakes_nobody_until_revealed() {
+        let cq = CompletionQueue::new(None, 64).unwrap();
+        let sink = Arc::clone(user(&cq));
+        let fd = cq.event_fd();
+        let readable = || {
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, no waiting.
+            unsafe { libc::poll(&mut p, 1, 0) == 1 }
+        };
+        let waiter = {
+            let cq = cq.clone();
+            std::thread::spawn(move || {
+                let mut out = [WorkCompletion::default(); 8];
+                let n = cq.poll_wait(&mut out, Duration::from_secs(10));
+                out[..n].iter().map(|c| c.wr_id).collect::<Vec<_>>()
+            })
+        };
+        std::thread::sleep(Duration::from_millis(5));
+        sink.push_hidden(wc(1));
+        // Behind the hidden one: hidden too.
+        sink.push_all(&[wc(2)]);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!waiter.is_finished(), "a hidden completion woke the waiter");
+        assert!(!readable(), "a hidden completion signalled the event fd");
+        sink.reveal();
+        assert_eq!(waiter.join().unwrap(), [1, 2]);
+        assert!(readable());
     }
 }

@@ -12,6 +12,7 @@
 mod workload;
 
 mod loss;
+mod ordering_tests;
 mod retry_tests;
 mod rxe_answers;
 mod tests;

@@ -1,0 +1,122 @@
+//! What the receiving application sees, and when: a received message's
+//! completion shows only once the packets queued with it (its
+//! acknowledgement) have been sent, so an application that answers at
+//! once cannot send its answer ahead of that acknowledgement; and nothing
+//! overtakes a completion waiting that way. (The peer in position here is
+//! a correct one: perftest 4.5's event mode reads a send completion after
+//! any event on the channel it shares between its queues, and fails when
+//! the answer to its SEND arrives before the SEND's acknowledgement.)
+
+use super::{Node, Schedule, Sim};
+use crate::rc::{Outbox, RecvWr, SendOp, SendWr, Sge, WcOpcode, WcStatus, WorkCompletion};
+use crate::wire::PacketRepr;
+
+const MTU: usize = 1024;
+
+fn clean() -> Schedule {
+    Schedule {
+        drop: 0.0,
+        duplicate: 0.0,
+        reorder: 0.0,
+        reorder_window: std::time::Duration::ZERO,
+        corrupt: 0.0,
+        latency: std::time::Duration::from_micros(10),
+        stalls: [(std::time::Duration::ZERO, std::time::Duration::ZERO); 2],
+    }
+}
+
+fn sge(node: &Node, len: usize) -> Sge {
+    Sge {
+        addr: node.mem.addr() as u64,
+        length: len as u32,
+        lkey: node.key,
+    }
+}
+
+/// Node 1 posts receives `wr_ids`; node 0 posts `op` over 64 bytes. Node
+/// 1 receives node 0's packets into the returned outbox, which is not
+/// sent yet.
+fn deliver(sim: &Sim, wr_ids: &[u64], op: SendOp) -> Outbox {
+    let (a, b) = (&sim.nodes[0], &sim.nodes[1]);
+    let sges = [sge(b, 64)];
+    let recvs: Vec<RecvWr<'_>> = wr_ids
+        .iter()
+        .map(|&wr_id| RecvWr {
+            wr_id,
+            sg_list: &sges,
+        })
+        .collect();
+    b.qp.post_recv(&recvs).unwrap();
+    let wr = SendWr {
+        wr_id: 9,
+        op,
+        sg_list: &[sge(a, 64)],
+        signaled: true,
+        solicited: false,
+    };
+    let mut sent = Outbox::default();
+    a.qp.post_send(&a.regions, &[wr], &mut sent).unwrap();
+    let mut answers = Outbox::default();
+    for (_, _, bytes) in sent.packets_mut() {
+        let pkt = PacketRepr::parse(bytes).unwrap();
+        b.qp.receive(&b.regions, a.addr.ip(), b.addr.ip(), &pkt, &mut answers)
+            .unwrap();
+    }
+    answers
+}
+
+fn ids(wcs: &[WorkCompletion]) -> Vec<(u64, WcStatus, WcOpcode)> {
+    wcs.iter().map(|w| (w.wr_id, w.status, w.opcode)).collect()
+}
+
+#[test]
+fn a_received_send_completes_only_once_its_acknowledgement_was_sent() {
+    let sim = Sim::new(1, MTU, 1 << 16, clean());
+    let mut answers = deliver(&sim, &[1], SendOp::Send);
+    assert_eq!(answers.len(), 1, "the SEND's acknowledgement");
+    assert!(
+        sim.nodes[1].completions().is_empty(),
+        "shown before its ACK left"
+    );
+    // The device hands the ACK to the socket, then empties the outbox.
+    answers.clear();
+    let want = [(1, WcStatus::Success, WcOpcode::Recv)];
+    assert_eq!(ids(&sim.nodes[1].completions()), want);
+}
+
+#[test]
+fn a_write_with_immediate_completes_only_once_its_acknowledgement_was_sent() {
+    let sim = Sim::new(2, MTU, 1 << 16, clean());
+    let op = SendOp::WriteWithImm {
+        remote_addr: sim.nodes[1].mem.addr() as u64,
+        rkey: sim.nodes[1].key,
+        imm: 7,
+    };
+    let mut answers = deliver(&sim, &[1], op);
+    assert!(
+        sim.nodes[1].completions().is_empty(),
+        "shown before its ACK left"
+    );
+    answers.clear();
+    let want = [(1, WcStatus::Success, WcOpcode::RecvRdmaWithImm)];
+    assert_eq!(ids(&sim.nodes[1].completions()), want);
+}
+
+#[test]
+fn completions_added_behind_a_waiting_one_keep_their_order() {
+    let sim = Sim::new(3, MTU, 1 << 16, clean());
+    let answers = deliver(&sim, &[1, 2], SendOp::Send);
+    // The queue pair fails (as a timer in another thread may make it)
+    // while the first receive's completion waits for its ACK: the flush
+    // of the second must not show ahead of it.
+    let b = &sim.nodes[1];
+    b.qp.fail(&mut b.qp.lock(), None);
+    assert!(b.completions().is_empty(), "the flush overtook");
+    // An outbox dropped unsent shows what it held all the same.
+    drop(answers);
+    let want = [
+        (1, WcStatus::Success, WcOpcode::Recv),
+        (2, WcStatus::WrFlushError, WcOpcode::Recv),
+    ];
+    assert_eq!(ids(&b.completions()), want);
+}
