@@ -15,6 +15,10 @@
 # Downloads and the built initramfs stay in CACHE_DIR; a rerun with the
 # same kernel version reuses them.
 set -euo pipefail
+# Under pipefail a reader that stops early (head, awk's exit) can fail the
+# pipeline with the writer's SIGPIPE, and set -e then ends the script
+# without a word (ldconfig -p | awk '... exit' did, 2 in 200 tries): the
+# pipelines below read their input to the end.
 cache=$(realpath -m "$1")
 suite=${2:-trixie-backports}
 perftest=${3:-bookworm}
@@ -28,7 +32,7 @@ debian_mirror() {
     uri=$(grep -hs -E '^(URIs:|deb )' /etc/apt/sources.list /etc/apt/sources.list.d/*.sources \
         /etc/apt/sources.list.d/*.list 2>/dev/null \
         | sed -E 's/^URIs:[[:space:]]*//; s/^deb[[:space:]]+(\[[^]]*\][[:space:]]+)?//' \
-        | awk '{print $1}' | grep -v -- '-security' | head -n1)
+        | awk '{print $1}' | grep -v -- '-security' | sed -n 1p)
     [ -n "$uri" ] || { echo "build-guest.sh: no Debian archive in this host's apt sources" >&2; exit 2; }
     echo "$uri"
 }
@@ -54,7 +58,7 @@ use_suite "$suite"
 
 # The kernel the suite's metapackage points at (linux-image-VERSION-amd64).
 image=$(apt-cache "${apt_opts[@]}" depends linux-image-amd64 2>/dev/null |
-    sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-amd64\)$/\1/p' | head -n1)
+    sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-amd64\)$/\1/p' | sed -n 1p)
 [ -n "$image" ] || { echo "build-guest: no linux-image-amd64 in $suite" >&2; exit 1; }
 version=${image#linux-image-}
 initrd="$cache/guest-$version-perftest-$perftest.cpio.gz"
@@ -133,7 +137,7 @@ done
 # libgcc_s (unwinding) and libm; libibverbs and its libnl come with
 # ibv_devinfo.
 for lib in libgcc_s.so.1 libm.so.6; do
-    path=$(ldconfig -p | awk -v l="$lib" '$1 == l && /x86-64/ { print $NF; exit }')
+    path=$(ldconfig -p | awk -v l="$lib" '$1 == l && /x86-64/ && !found { print $NF; found = 1 }')
     [ -n "$path" ] || { echo "build-guest: $lib not found on this host" >&2; exit 1; }
     mkdir -p "$root$(dirname "$path")"
     cp -L "$path" "$root$path"

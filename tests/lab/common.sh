@@ -26,7 +26,9 @@ lab_install_needs() {
 # Builds (or reuses) the guest for SUITE and PERFTEST into CACHE; sets
 # lab_kernel, lab_initrd and lab_version.
 lab_build_guest() {
-    read -r lab_kernel lab_initrd lab_version < <(bash tests/lab/build-guest.sh "$1" "$2" "$3" | tail -n1)
+    # A failed build prints nothing: read finds no line (and must not end
+    # the script unexplained under set -e).
+    read -r lab_kernel lab_initrd lab_version < <(bash tests/lab/build-guest.sh "$1" "$2" "$3" | tail -n1) || true
     [ -s "$lab_kernel" ] && [ -s "$lab_initrd" ] || { echo "lab: guest build failed" >&2; exit 2; }
 }
 
