@@ -240,10 +240,18 @@ impl Shared {
         let mut out = pooled.unwrap_or_default();
         let result = f(&mut out);
         // Acknowledgements held back by a polling thread leave with these
-        // packets, in the same system call and ahead of them (what was
-        // posted may answer what they acknowledge).
+        // packets, in the same system call: ahead of them if what was
+        // posted may answer a message they acknowledge, else after them
+        // (one GSO send).
         match self.deferred_acks() {
-            Some(mut rx) => self.send_with(rx.acks(), Some(&mut out)),
+            Some(mut rx) => {
+                let acks = rx.acks();
+                if acks.must_lead() {
+                    self.send_with(acks, Some(&mut out));
+                } else {
+                    self.send_with(&mut out, Some(acks));
+                }
+            }
             None => self.send(&mut out),
         }
         self.outboxes

@@ -34,6 +34,9 @@ pub(crate) struct Outbox {
     packets: Vec<Queued>,
     /// Queues holding completions hidden until these packets are sent.
     to_reveal: Vec<Arc<dyn CompletionSink>>,
+    /// Completions were revealed before these packets were sent: they
+    /// must leave ahead of anything posted after (see [`Self::must_lead`]).
+    revealed_early: bool,
 }
 
 impl Drop for Outbox {
@@ -68,6 +71,7 @@ impl Outbox {
         self.arena.clear();
         self.packets.clear();
         self.reveal_completions();
+        self.revealed_early = false;
     }
 
     /// Adds `wc` to `cq`, visible once the packets queued so far (the
@@ -84,12 +88,22 @@ impl Outbox {
     }
 
     /// Makes the completions held for this outbox's packets visible
-    /// without sending them (acknowledgements a polling thread holds back
-    /// leave ahead of the next packets it sends).
+    /// without sending them (acknowledgements a polling thread holds back:
+    /// they then leave ahead of the next packets it sends, see
+    /// [`Self::must_lead`]).
     pub(crate) fn reveal_completions(&mut self) {
+        self.revealed_early |= !self.to_reveal.is_empty() && !self.packets.is_empty();
         for cq in self.to_reveal.drain(..) {
             cq.reveal();
         }
+    }
+
+    /// Whether these packets acknowledge a message whose completion the
+    /// application may have seen, so that whatever it posts next must
+    /// follow them. Otherwise they may as well follow it: a request and a
+    /// shorter acknowledgement after it leave as one GSO send.
+    pub(crate) fn must_lead(&self) -> bool {
+        self.revealed_early
     }
 
     /// Queues a packet for `peer` (its address, from the connection's

@@ -120,3 +120,31 @@ fn completions_added_behind_a_waiting_one_keep_their_order() {
     ];
     assert_eq!(ids(&b.completions()), want);
 }
+
+#[test]
+fn held_acknowledgements_lead_only_once_they_cover_a_shown_completion() {
+    let sim = Sim::new(4, MTU, 1 << 16, clean());
+    let b = &sim.nodes[1];
+    // A polling thread holds back the ACK of a WRITE (nothing shown).
+    let write = SendOp::Write {
+        remote_addr: b.mem.addr() as u64,
+        rkey: b.key,
+    };
+    let mut answers = deliver(&sim, &[], write);
+    answers.reveal_completions();
+    assert!(
+        !answers.must_lead(),
+        "nothing was shown: the next request may go first"
+    );
+    answers.clear();
+    // Now the ACK of a SEND, whose completion the thread shows at once.
+    let mut answers = deliver(&sim, &[1], SendOp::Send);
+    answers.reveal_completions();
+    assert_eq!(b.completions().len(), 1);
+    assert!(
+        answers.must_lead(),
+        "the ACK of a shown completion must go first"
+    );
+    answers.clear();
+    assert!(!answers.must_lead());
+}
