@@ -336,7 +336,8 @@ impl QpCore {
     }
 
     /// An RDMA WRITE packet: check_rkey for the first, then write. The
-    /// region is looked up by key for every packet.
+    /// region is looked up by key for every later packet (the first's check
+    /// covers the whole RETH range, its own packet included).
     fn write_data(
         &self,
         st: &mut QpLocked,
@@ -345,6 +346,7 @@ impl QpCore {
         out: &mut Outbox,
     ) -> Result<(), Refusal> {
         let len = pkt.payload.len() as u32;
+        let mut checked = None;
         if pkt.bth.opcode.is_first() {
             let reth = pkt.reth.ok_or(INVALID)?;
             // A zero-length WRITE names no region (C9-88): nothing to write.
@@ -354,7 +356,7 @@ impl QpCore {
                 }
                 return self.complete_write_with_imm(st, pkt, 0, out);
             }
-            self.check_rkey(regions, reth, AccessFlags::REMOTE_WRITE)?;
+            checked = Some(self.check_rkey(regions, reth, AccessFlags::REMOTE_WRITE)?);
             st.resp.inbound = Some(Inbound::Write {
                 rkey: reth.rkey,
                 va: reth.va,
@@ -375,12 +377,18 @@ impl QpCore {
         if len > *remaining || (last && len != *remaining) {
             return Err(INVALID);
         }
-        let reth = RethRepr {
-            va: *va,
-            rkey: *rkey,
-            len,
+        let mr = match checked {
+            // The packet lies within the RETH range checked (len <= remaining).
+            Some(mr) => mr,
+            None => {
+                let reth = RethRepr {
+                    va: *va,
+                    rkey: *rkey,
+                    len,
+                };
+                self.check_rkey(regions, reth, AccessFlags::REMOTE_WRITE)?
+            }
         };
-        let mr = self.check_rkey(regions, reth, AccessFlags::REMOTE_WRITE)?;
         mr.write(*va, pkt.payload)?;
         *va += u64::from(len);
         *remaining -= len;
