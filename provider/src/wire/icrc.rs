@@ -31,44 +31,42 @@ pub(crate) const LRH_LEN: usize = 8;
 pub fn icrc(ip: IpHeader<'_>, udp_header: &[u8; 8], roce: &[u8]) -> Result<u32, WireError> {
     check_len("BTH", roce, BthRepr::LEN)?;
     // The masked headers go to the CRC in one piece (small pieces each pay
-    // the CRC's per-call setup): 8 bytes of LRH, IP, UDP, BTH.
-    let mut prefix = [0u8; LRH_LEN + ipv6::LEN + udp::LEN + BthRepr::LEN];
-    prefix[..LRH_LEN].fill(0xff);
+    // the CRC's per-call setup): 8 bytes of LRH, IP, UDP, BTH; a short
+    // packet's remaining bytes join them, which may reach the length from
+    // which the CRC folds with carry-less multiplies (a 64-byte WRITE:
+    // 48 + 80 bytes).
+    let mut message = [0u8; LRH_LEN + ipv6::LEN + udp::LEN + BthRepr::LEN + FOLD_FROM];
+    message[..LRH_LEN].fill(0xff);
     let ip_len = match ip {
         IpHeader::V4(h) => {
             let mut m = *h;
             mask_ipv4(&mut m);
-            prefix[LRH_LEN..LRH_LEN + ipv4::LEN].copy_from_slice(&m);
+            message[LRH_LEN..LRH_LEN + ipv4::LEN].copy_from_slice(&m);
             ipv4::LEN
         }
         IpHeader::V6(h) => {
             let mut m = *h;
             mask_ipv6(&mut m);
-            prefix[LRH_LEN..LRH_LEN + ipv6::LEN].copy_from_slice(&m);
+            message[LRH_LEN..LRH_LEN + ipv6::LEN].copy_from_slice(&m);
             ipv6::LEN
         }
     };
     let at = LRH_LEN + ip_len;
     let mut u = *udp_header;
     mask_udp(&mut u);
-    prefix[at..at + udp::LEN].copy_from_slice(&u);
+    message[at..at + udp::LEN].copy_from_slice(&u);
     let at = at + udp::LEN;
-    let bth = &mut prefix[at..at + BthRepr::LEN];
+    let bth = &mut message[at..at + BthRepr::LEN];
     bth.copy_from_slice(&roce[..BthRepr::LEN]);
     bth[4] = 0xff; // FECN, BECN, reserved
-    let head = &prefix[..at + BthRepr::LEN];
+    let head = at + BthRepr::LEN;
     let rest = &roce[BthRepr::LEN..];
     let mut crc = crc32fast::Hasher::new();
     if rest.len() < FOLD_FROM {
-        // A short packet goes to the CRC in one piece, which may reach
-        // the length from which it folds with carry-less multiplies
-        // (a 64-byte WRITE: 48 + 80 bytes).
-        let mut whole = [0u8; LRH_LEN + ipv6::LEN + udp::LEN + BthRepr::LEN + FOLD_FROM];
-        whole[..head.len()].copy_from_slice(head);
-        whole[head.len()..head.len() + rest.len()].copy_from_slice(rest);
-        crc.update(&whole[..head.len() + rest.len()]);
+        message[head..head + rest.len()].copy_from_slice(rest);
+        crc.update(&message[..head + rest.len()]);
     } else {
-        crc.update(head);
+        crc.update(&message[..head]);
         crc.update(rest);
     }
     Ok(crc.finalize())
