@@ -472,4 +472,67 @@ mod tests {
         assert_eq!(waiter.join().unwrap(), [1, 2]);
         assert!(readable());
     }
+
+    #[test]
+    fn hidden_and_visible_completions_against_a_model() {
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+        // The model: every completion added is either shown or waiting;
+        // one waits if it was added hidden or after one still waiting; a
+        // reveal shows all. Polls return the shown ones, oldest first.
+        for seed in 0..300u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let capacity = rng.random_range(1..12);
+            let cq = CompletionQueue::new(None, capacity).unwrap();
+            let sink = user(&cq);
+            let mut model: VecDeque<(u64, bool)> = VecDeque::new(); // (id, waiting)
+            let mut overflowed = false;
+            let mut next = 0u64;
+            for _ in 0..200 {
+                match rng.random_range(0..4) {
+                    0 => {
+                        let n = rng.random_range(0..4);
+                        let waiting = model.back().is_some_and(|&(_, w)| w);
+                        let ids: Vec<u64> = (next..next + n).collect();
+                        next += n;
+                        let wcs: Vec<WorkCompletion> = ids.iter().map(|&i| wc(i)).collect();
+                        sink.push_all(&wcs);
+                        for id in ids {
+                            if model.len() < capacity {
+                                model.push_back((id, waiting));
+                            } else {
+                                overflowed = true;
+                            }
+                        }
+                    }
+                    1 => {
+                        sink.push_hidden(wc(next));
+                        if model.len() < capacity {
+                            model.push_back((next, true));
+                        } else {
+                            overflowed = true;
+                        }
+                        next += 1;
+                    }
+                    2 => {
+                        sink.reveal();
+                        model.iter_mut().for_each(|e| e.1 = false);
+                    }
+                    _ => {
+                        let mut out = [WorkCompletion::default(); 5];
+                        let want = rng.random_range(0..=out.len());
+                        let n = cq.poll(&mut out[..want]);
+                        let shown = model.iter().take_while(|e| !e.1).count();
+                        let expected: Vec<u64> =
+                            model.drain(..want.min(shown)).map(|e| e.0).collect();
+                        let got: Vec<u64> = out[..n].iter().map(|c| c.wr_id).collect();
+                        assert_eq!(got, expected, "seed {seed}");
+                    }
+                }
+                let shown = model.iter().take_while(|e| !e.1).count();
+                assert_eq!(sink.len.load(Ordering::Acquire), shown, "seed {seed}");
+                assert_eq!(cq.overflowed(), overflowed, "seed {seed}");
+            }
+        }
+    }
 }
