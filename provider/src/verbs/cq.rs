@@ -420,18 +420,21 @@ mod tests {
         assert_eq!(out[0].wr_id, 7);
     }
 
+    /// A thread waiting up to 10 s on `cq`; joined, the ids it got.
+    fn waiter(cq: &CompletionQueue) -> std::thread::JoinHandle<Vec<u64>> {
+        let cq = cq.clone();
+        std::thread::spawn(move || {
+            let mut out = [WorkCompletion::default(); 8];
+            let n = cq.poll_wait(&mut out, Duration::from_secs(10));
+            out[..n].iter().map(|c| c.wr_id).collect()
+        })
+    }
+
     #[test]
     fn a_batch_wakes_a_waiter_once_with_all_of_it() {
         let cq = CompletionQueue::new(None, 64).unwrap();
         let sink = Arc::clone(user(&cq));
-        let waiter = {
-            let cq = cq.clone();
-            std::thread::spawn(move || {
-                let mut out = [WorkCompletion::default(); 8];
-                let n = cq.poll_wait(&mut out, Duration::from_secs(10));
-                out[..n].iter().map(|c| c.wr_id).collect::<Vec<_>>()
-            })
-        };
+        let waiter = waiter(&cq);
         // Past the wait's spin, so the waiter sleeps (if it is still
         // spinning, it finds the batch all the same).
         std::thread::sleep(Duration::from_millis(5));
@@ -453,14 +456,7 @@ mod tests {
             // SAFETY: one valid pollfd, no waiting.
             unsafe { libc::poll(&mut p, 1, 0) == 1 }
         };
-        let waiter = {
-            let cq = cq.clone();
-            std::thread::spawn(move || {
-                let mut out = [WorkCompletion::default(); 8];
-                let n = cq.poll_wait(&mut out, Duration::from_secs(10));
-                out[..n].iter().map(|c| c.wr_id).collect::<Vec<_>>()
-            })
-        };
+        let waiter = waiter(&cq);
         std::thread::sleep(Duration::from_millis(5));
         sink.push_hidden(wc(1));
         // Behind the hidden one: hidden too.

@@ -77,6 +77,19 @@ impl Schedule {
         }
     }
 
+    /// A link without faults and 10 µs of latency.
+    pub(crate) fn clean() -> Schedule {
+        Schedule {
+            drop: 0.0,
+            duplicate: 0.0,
+            reorder: 0.0,
+            reorder_window: Duration::ZERO,
+            corrupt: 0.0,
+            latency: Duration::from_micros(10),
+            stalls: [(Duration::ZERO, Duration::ZERO); 2],
+        }
+    }
+
     fn stalled(&self, t: Duration) -> bool {
         self.stalls
             .iter()

@@ -13,18 +13,6 @@ use crate::wire::PacketRepr;
 
 const MTU: usize = 1024;
 
-fn clean() -> Schedule {
-    Schedule {
-        drop: 0.0,
-        duplicate: 0.0,
-        reorder: 0.0,
-        reorder_window: std::time::Duration::ZERO,
-        corrupt: 0.0,
-        latency: std::time::Duration::from_micros(10),
-        stalls: [(std::time::Duration::ZERO, std::time::Duration::ZERO); 2],
-    }
-}
-
 fn sge(node: &Node, len: usize) -> Sge {
     Sge {
         addr: node.mem.addr() as u64,
@@ -69,42 +57,40 @@ fn ids(wcs: &[WorkCompletion]) -> Vec<(u64, WcStatus, WcOpcode)> {
     wcs.iter().map(|w| (w.wr_id, w.status, w.opcode)).collect()
 }
 
-#[test]
-fn a_received_send_completes_only_once_its_acknowledgement_was_sent() {
-    let sim = Sim::new(1, MTU, 1 << 16, clean());
-    let mut answers = deliver(&sim, &[1], SendOp::Send);
-    assert_eq!(answers.len(), 1, "the SEND's acknowledgement");
+/// Node 1 receives `op` (on seed `seed`'s link): its completion, of
+/// `opcode`, shows only once the outbox holding the ACK is emptied (the
+/// device empties it after handing the ACK to the socket).
+fn completes_only_after_its_ack(seed: u64, op: impl FnOnce(&Node) -> SendOp, opcode: WcOpcode) {
+    let sim = Sim::new(seed, MTU, 1 << 16, Schedule::clean());
+    let mut answers = deliver(&sim, &[1], op(&sim.nodes[1]));
+    assert_eq!(answers.len(), 1, "the acknowledgement");
     assert!(
         sim.nodes[1].completions().is_empty(),
         "shown before its ACK left"
     );
-    // The device hands the ACK to the socket, then empties the outbox.
     answers.clear();
-    let want = [(1, WcStatus::Success, WcOpcode::Recv)];
+    let want = [(1, WcStatus::Success, opcode)];
     assert_eq!(ids(&sim.nodes[1].completions()), want);
+}
+
+#[test]
+fn a_received_send_completes_only_once_its_acknowledgement_was_sent() {
+    completes_only_after_its_ack(1, |_| SendOp::Send, WcOpcode::Recv);
 }
 
 #[test]
 fn a_write_with_immediate_completes_only_once_its_acknowledgement_was_sent() {
-    let sim = Sim::new(2, MTU, 1 << 16, clean());
-    let op = SendOp::WriteWithImm {
-        remote_addr: sim.nodes[1].mem.addr() as u64,
-        rkey: sim.nodes[1].key,
+    let op = |b: &Node| SendOp::WriteWithImm {
+        remote_addr: b.mem.addr() as u64,
+        rkey: b.key,
         imm: 7,
     };
-    let mut answers = deliver(&sim, &[1], op);
-    assert!(
-        sim.nodes[1].completions().is_empty(),
-        "shown before its ACK left"
-    );
-    answers.clear();
-    let want = [(1, WcStatus::Success, WcOpcode::RecvRdmaWithImm)];
-    assert_eq!(ids(&sim.nodes[1].completions()), want);
+    completes_only_after_its_ack(2, op, WcOpcode::RecvRdmaWithImm);
 }
 
 #[test]
 fn completions_added_behind_a_waiting_one_keep_their_order() {
-    let sim = Sim::new(3, MTU, 1 << 16, clean());
+    let sim = Sim::new(3, MTU, 1 << 16, Schedule::clean());
     let answers = deliver(&sim, &[1, 2], SendOp::Send);
     // The queue pair fails (as a timer in another thread may make it)
     // while the first receive's completion waits for its ACK: the flush
@@ -123,7 +109,7 @@ fn completions_added_behind_a_waiting_one_keep_their_order() {
 
 #[test]
 fn held_acknowledgements_lead_only_once_they_cover_a_shown_completion() {
-    let sim = Sim::new(4, MTU, 1 << 16, clean());
+    let sim = Sim::new(4, MTU, 1 << 16, Schedule::clean());
     let b = &sim.nodes[1];
     // A polling thread holds back the ACK of a WRITE (nothing shown).
     let write = SendOp::Write {

@@ -11,18 +11,6 @@ use crate::wire::{AethRepr, NakCode, Opcode, PacketRepr, Syndrome};
 
 const MTU: usize = 1024;
 
-fn clean() -> Schedule {
-    Schedule {
-        drop: 0.0,
-        duplicate: 0.0,
-        reorder: 0.0,
-        reorder_window: std::time::Duration::ZERO,
-        corrupt: 0.0,
-        latency: std::time::Duration::from_micros(10),
-        stalls: [(std::time::Duration::ZERO, std::time::Duration::ZERO); 2],
-    }
-}
-
 /// Posts `op` over `len` bytes at offset 0 of node 0's memory, targeting
 /// node 1's memory at 0; returns the packets it sent.
 fn post(sim: &Sim, wr_id: u64, op: SendOp, len: usize) -> usize {
@@ -88,7 +76,7 @@ const ACK: Option<Syndrome> = Some(Syndrome::Ack { credits: 31 });
 
 #[test]
 fn a_duplicated_nak_does_not_start_a_second_go_back() {
-    let sim = Sim::new(1, MTU, 1 << 16, clean());
+    let sim = Sim::new(1, MTU, 1 << 16, Schedule::clean());
     assert_eq!(post(&sim, 1, write(&sim), 8 * MTU), 8);
     let psn = first_psn(&sim, 0);
     let nak = Some(Syndrome::Nak(NakCode::PsnSequenceError));
@@ -108,7 +96,7 @@ fn a_duplicated_nak_does_not_start_a_second_go_back() {
 
 #[test]
 fn acks_past_a_lost_read_response_ask_for_the_read_alone_once() {
-    let sim = Sim::new(2, MTU, 1 << 16, clean());
+    let sim = Sim::new(2, MTU, 1 << 16, Schedule::clean());
     let read = SendOp::Read {
         remote_addr: sim.nodes[1].mem.addr() as u64,
         rkey: sim.nodes[1].key,
@@ -145,7 +133,7 @@ fn acks_past_a_lost_read_response_ask_for_the_read_alone_once() {
 #[test]
 fn requests_acknowledged_by_a_failing_read_response_complete_before_it() {
     const MEM: usize = 1 << 16;
-    let sim = Sim::new(3, MTU, MEM, clean());
+    let sim = Sim::new(3, MTU, MEM, Schedule::clean());
     assert_eq!(post(&sim, 1, write(&sim), 16), 1);
     let read = SendOp::Read {
         remote_addr: sim.nodes[1].mem.addr() as u64,
