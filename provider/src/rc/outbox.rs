@@ -74,9 +74,9 @@ impl Outbox {
         self.revealed_early = false;
     }
 
-    /// Adds `wc` to `cq`, visible once the packets queued so far (the
-    /// acknowledgement of the message it completes among them) have been
-    /// sent: an application that answers a received message as soon as it
+    /// Adds `wc` to `cq`, visible once this outbox's packets (among them
+    /// the acknowledgement of the message it completes, queued next) have
+    /// been sent: an application that answers a received message as soon as it
     /// sees it cannot send its answer ahead of the acknowledgement (a peer
     /// waiting for both may count on that order: perftest's event mode
     /// reads a send completion after any event on its shared channel).
