@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::LabError;
 use super::dev_exec::PUSH_DIR;
-use super::guest::{GUEST_V4, Guest, GuestOutput};
+use super::guest::{GUEST_V4, GUEST_V6, Guest, GuestOutput};
 use super::matrix::{Case, Direction, Kind};
 use super::table::{Figures, figures};
 
@@ -42,8 +42,8 @@ pub struct Outcome {
     pub capture: String,
     /// Wall time.
     pub elapsed: Duration,
-    /// Attempts (perftest's clock calibration sometimes fails under TCG).
-    pub attempts: u32,
+    /// Why the case ran a second time, if it did (see [`run`]).
+    pub rerun: Option<&'static str>,
 }
 
 impl Outcome {
@@ -56,7 +56,7 @@ impl Outcome {
             ours: Figures::default(),
             capture: capture.to_string(),
             elapsed,
-            attempts: 1,
+            rerun: None,
         }
     }
 }
@@ -68,18 +68,42 @@ fn guest_flake(text: &str) -> bool {
 }
 
 /// Runs `case` (number `index`, which picks its TCP port), once more if
-/// perftest's clock calibration failed.
+/// it failed for a reason of the guest's own: perftest's clock calibration
+/// under TCG, or kernel rxe's requester stopping inside a message (see
+/// [`super::stall`]).
 pub fn run(setup: &Setup, guest: &Guest, case: &Case, index: usize) -> Outcome {
     let start = Instant::now();
-    let mut attempts = 1;
     let mut outcome = attempt(setup, guest, case, index, 0);
-    if outcome.verdict.is_err() && outcome.theirs.flaked {
-        attempts += 1;
+    let rerun = match &outcome.verdict {
+        Ok(()) => None,
+        Err(_) if outcome.theirs.flaked => Some("perftest clock"),
+        Err(why) if why.contains(" timed out") && !why.starts_with("ours") => {
+            let pcap = setup.out.join(format!("{index:03}-0.pcap"));
+            guest_stalled(setup, &pcap).then_some("kernel rxe's sender stalled mid-message")
+        }
+        Err(_) => None,
+    };
+    if rerun.is_some() {
         outcome = attempt(setup, guest, case, index, 1);
     }
-    outcome.attempts = attempts;
+    outcome.rerun = rerun;
     outcome.elapsed = start.elapsed();
     outcome
+}
+
+/// Whether the capture at `pcap` shows the guest's sender stopping inside
+/// a message on its own ([`super::stall::guest_stopped_mid_message`]).
+fn guest_stalled(setup: &Setup, pcap: &Path) -> bool {
+    let Ok(out) = Command::new(setup.tools.join("roce-dump"))
+        .arg(pcap)
+        .output()
+    else {
+        return false;
+    };
+    let dump = String::from_utf8_lossy(&out.stdout);
+    [GUEST_V4, GUEST_V6]
+        .iter()
+        .any(|guest| super::stall::guest_stopped_mid_message(&dump, guest))
 }
 
 fn attempt(setup: &Setup, guest: &Guest, case: &Case, index: usize, retry: u32) -> Outcome {

@@ -14,6 +14,7 @@ pub mod guest;
 pub mod matrix;
 pub mod push;
 pub mod rdma_core;
+pub mod stall;
 pub mod table;
 
 /// Why the lab could not run (a case's own failure is an outcome, not an

@@ -86,11 +86,10 @@ pub fn render(results: &[(Case, Outcome)]) -> String {
             Err(e) => e.clone(),
         };
         let (why, more) = why.split_once('\n').unwrap_or((&why, ""));
-        let retried = if o.attempts > 1 {
-            " (rerun: perftest clock)"
-        } else {
-            ""
-        };
+        let retried = o
+            .rerun
+            .map(|why| format!(" (rerun: {why})"))
+            .unwrap_or_default();
         let _ = writeln!(
             s,
             "{:<3} {:<4} {:<12} {:<width$} {:>16} {:>16} {:>5.1}  {why}{retried}",
