@@ -14,15 +14,32 @@ use provider::{Mtu, SendOp, SendWr, WcStatus, WorkCompletion};
 /// Held by each test: they measure CPU time, so they run one at a time.
 static ALONE: Mutex<()> = Mutex::new(());
 
-/// CPU time of every thread of this process so far, from
+/// CPU time so far of this process's threads whose name `counts`, from
 /// /proc/self/task/*/schedstat (nanoseconds on the CPU, first field).
-fn process_cpu() -> Duration {
+fn threads_cpu(counts: impl Fn(&str) -> bool) -> Duration {
     let nanos: u64 = std::fs::read_dir("/proc/self/task")
         .unwrap()
-        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok())
-        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .filter_map(|task| {
+            let task = task.ok()?.path();
+            let comm = std::fs::read_to_string(task.join("comm")).ok()?;
+            if !counts(comm.trim_end()) {
+                return None;
+            }
+            let stat = std::fs::read_to_string(task.join("schedstat")).ok()?;
+            stat.split_whitespace().next()?.parse::<u64>().ok()
+        })
         .sum();
     Duration::from_nanos(nanos)
+}
+
+/// CPU time of every thread of this process so far.
+fn process_cpu() -> Duration {
+    threads_cpu(|_| true)
+}
+
+/// CPU time of this process's device threads (named `roce-<address>`).
+fn device_threads_cpu() -> Duration {
+    threads_cpu(|comm| comm.starts_with("roce-"))
 }
 
 /// `count` 64-byte WRITEs from `a` to `b`, 64 at a time.
@@ -73,23 +90,6 @@ fn devices_stop_spinning_when_a_stream_ends() {
         used < idle / 10,
         "{used:?} of CPU in {idle:?} with nothing to do"
     );
-}
-
-/// CPU time of this process's device threads (named `roce-<address>`).
-fn device_threads_cpu() -> Duration {
-    let nanos: u64 = std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(|task| {
-            let task = task.ok()?.path();
-            let comm = std::fs::read_to_string(task.join("comm")).ok()?;
-            if !comm.starts_with("roce-") {
-                return None;
-            }
-            let stat = std::fs::read_to_string(task.join("schedstat")).ok()?;
-            stat.split_whitespace().next()?.parse::<u64>().ok()
-        })
-        .sum();
-    Duration::from_nanos(nanos)
 }
 
 #[test]

@@ -48,18 +48,6 @@ struct Entries {
     visible: usize,
 }
 
-impl Entries {
-    /// Moves up to `out.len()` visible completions into `out`.
-    fn take(&mut self, out: &mut [WorkCompletion]) -> usize {
-        let n = out.len().min(self.visible);
-        for (slot, wc) in out.iter_mut().zip(self.queue.drain(..n)) {
-            *slot = wc;
-        }
-        self.visible -= n;
-        n
-    }
-}
-
 impl CompletionSink for CqInner {
     /// Adds completions; a full queue drops the rest and records the
     /// overflow, as verbs reports a CQ overrun.
@@ -81,6 +69,18 @@ impl CompletionSink for CqInner {
 }
 
 impl CqInner {
+    /// Moves up to `out.len()` visible completions of the locked
+    /// `entries` into `out`, keeping the count spinning polls read.
+    fn take_from(&self, entries: &mut Entries, out: &mut [WorkCompletion]) -> usize {
+        let n = out.len().min(entries.visible);
+        for (slot, wc) in out.iter_mut().zip(entries.queue.drain(..n)) {
+            *slot = wc;
+        }
+        entries.visible -= n;
+        self.len.store(entries.visible, Ordering::Release);
+        n
+    }
+
     fn lock_entries(&self) -> MutexGuard<'_, Entries> {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -313,10 +313,7 @@ impl UserCq {
 
     /// Moves up to `out.len()` queued completions into `out`.
     fn take(&self, out: &mut [WorkCompletion]) -> usize {
-        let mut entries = self.inner.lock_entries();
-        let n = entries.take(out);
-        self.inner.len.store(entries.visible, Ordering::Release);
-        n
+        self.inner.take_from(&mut self.inner.lock_entries(), out)
     }
 
     /// See [`CompletionQueue::poll_wait`].
@@ -338,9 +335,7 @@ impl UserCq {
                 .0;
             self.inner.waiters.fetch_sub(1, Ordering::Relaxed);
         }
-        let n = entries.take(out);
-        self.inner.len.store(entries.visible, Ordering::Release);
-        n
+        self.inner.take_from(&mut entries, out)
     }
 
     /// Drives the device's progress in this thread for at most `limit`
@@ -484,6 +479,14 @@ mod tests {
             let mut model: VecDeque<(u64, bool)> = VecDeque::new(); // (id, waiting)
             let mut overflowed = false;
             let mut next = 0u64;
+            // A full queue drops what comes and records the overrun.
+            let add = |model: &mut VecDeque<(u64, bool)>, overflowed: &mut bool, id, waiting| {
+                if model.len() < capacity {
+                    model.push_back((id, waiting));
+                } else {
+                    *overflowed = true;
+                }
+            };
             for _ in 0..200 {
                 match rng.random_range(0..4) {
                     0 => {
@@ -494,20 +497,12 @@ mod tests {
                         let wcs: Vec<WorkCompletion> = ids.iter().map(|&i| wc(i)).collect();
                         sink.push_all(&wcs);
                         for id in ids {
-                            if model.len() < capacity {
-                                model.push_back((id, waiting));
-                            } else {
-                                overflowed = true;
-                            }
+                            add(&mut model, &mut overflowed, id, waiting);
                         }
                     }
                     1 => {
                         sink.push_hidden(wc(next));
-                        if model.len() < capacity {
-                            model.push_back((next, true));
-                        } else {
-                            overflowed = true;
-                        }
+                        add(&mut model, &mut overflowed, next, true);
                         next += 1;
                     }
                     2 => {
