@@ -4,11 +4,14 @@
 //! ratios of neighbouring rounds mean something). Prints every round and
 //! the median ratio.
 //!
-//! - latency: 8-byte RDMA WRITE ping-pong in perftest `write_lat`'s order
-//!   (each side polls its memory for the other's write, then writes back),
-//!   typical (median) half round trip, against a ping-pong of 36-byte
-//!   datagrams between two threads with blocking `send`/`recv`, and one
-//!   whose threads spin on non-blocking receives (as the device's do);
+//! - latency: the exchanges of perftest's `write_lat` (each side polls its
+//!   memory for the other's 8-byte RDMA WRITE, then writes back and waits
+//!   for its own signaled WRITE to complete) and `send_lat` (each side
+//!   waits for the receive completion of the other's 8-byte SEND, then
+//!   sends), typical (median) half round trip, against a ping-pong of
+//!   36-byte datagrams between two threads with blocking `send`/`recv`,
+//!   and one whose threads spin on non-blocking receives (as the device's
+//!   do);
 //! - rate: 64-byte RDMA WRITEs streamed with up to 128 outstanding, in
 //!   messages per second, against bare datagrams of the same size sent in
 //!   GSO runs and received with GRO;
@@ -25,7 +28,7 @@
 use std::net::UdpSocket;
 use std::time::Instant;
 
-use provider::SendWr;
+use provider::{SendOp, SendWr, WcOpcode, WorkCompletion};
 
 mod harness;
 
@@ -43,7 +46,9 @@ fn main() {
         // The device's side alone, for profiling it.
         let (a, b) = pair(false);
         for round in 0..rounds {
-            println!("round {round}: device {:.2} us", device_ping_pong(&a, &b));
+            let write = device_ping_pong(&a, &b, Exchange::Write);
+            let send = device_ping_pong(&a, &b, Exchange::Send);
+            println!("round {round}: device write {write:.2} us, send {send:.2} us");
         }
     }
     if wanted("rate") {
@@ -118,10 +123,13 @@ fn latency(rounds: usize) {
     let (a, b) = pair(false);
     let mut blocking = Vec::new();
     let mut spinning = Vec::new();
+    let mut sends = Vec::new();
     for _ in 0..rounds {
-        let device = device_ping_pong(&a, &b);
+        let device = device_ping_pong(&a, &b, Exchange::Write);
+        let spin = udp_ping_pong(true);
         blocking.push((device, udp_ping_pong(false)));
-        spinning.push((device, udp_ping_pong(true)));
+        spinning.push((device, spin));
+        sends.push((device_ping_pong(&a, &b, Exchange::Send), spin));
     }
     report(
         "8-byte write_lat, typical half round trip (against blocking UDP calls)",
@@ -137,6 +145,22 @@ fn latency(rounds: usize) {
         ("device", "spinning bare UDP"),
         &spinning,
     );
+    report(
+        "8-byte send_lat against the same spinning bare UDP rounds",
+        "us",
+        ("device", "spinning bare UDP"),
+        &sends,
+    );
+}
+
+/// The exchange of a latency tool.
+#[derive(Clone, Copy, PartialEq)]
+enum Exchange {
+    /// `write_lat`: each side polls its memory for the peer's WRITE.
+    Write,
+    /// `send_lat`: each side waits for the receive completion of the
+    /// peer's SEND.
+    Send,
 }
 
 /// The word at `offset` of `end`'s region.
@@ -144,26 +168,46 @@ fn word(end: &End, offset: usize) -> *mut u64 {
     (end.mr.addr() as usize + offset) as *mut u64
 }
 
-/// Writes `value` into `from`'s staging word and RDMA-WRITEs it to word 0
-/// of `to`, unsignaled.
-fn write_word(from: &End, to: &End, value: u64) {
+/// Writes `value` into `from`'s staging word and sends it to `to` as the
+/// tools do: a signaled 8-byte WRITE into word 0 of `to` (or a SEND),
+/// then a wait for its completion.
+fn post_word(from: &End, to: &End, value: u64, exchange: Exchange) {
     // SAFETY: offset 64 of the region is this side's staging word, which
     // only this thread writes.
     unsafe { word(from, 64).write_volatile(value) };
+    let op = match exchange {
+        Exchange::Write => write_op(to, 0),
+        Exchange::Send => SendOp::Send,
+    };
     from.qp
         .post_send(&[SendWr {
             wr_id: value,
-            op: write_op(to, 0),
+            op,
             sg_list: &[from.mr.sge(64, 8)],
-            signaled: false,
+            signaled: true,
             solicited: false,
         }])
         .unwrap();
+    if exchange == Exchange::Write {
+        let mut wc = [WorkCompletion::default()];
+        reap(&from.cq, &mut wc);
+    }
 }
 
-/// Spins until word 0 of `end` holds `value`, receiving for the device
-/// in this thread meanwhile (as `write_lat` does).
-fn wait_word(end: &End, value: u64) {
+/// Waits for the peer's `value`: spins until word 0 of `end` holds it,
+/// receiving for the device in this thread meanwhile (as `write_lat`
+/// does), or waits for completions until the receive of its SEND (as
+/// `send_lat` does) and posts a new receive.
+fn await_word(end: &End, value: u64, exchange: Exchange) {
+    if exchange == Exchange::Send {
+        let mut wc = [WorkCompletion::default()];
+        while {
+            reap(&end.cq, &mut wc);
+            wc[0].opcode != WcOpcode::Recv
+        } {}
+        repost(end, 1, 8);
+        return;
+    }
     // SAFETY: word 0 is in the region; the device writes it, this thread
     // only reads it.
     while unsafe { word(end, 0).read_volatile() } != value {
@@ -175,27 +219,32 @@ fn wait_word(end: &End, value: u64) {
     }
 }
 
-/// perftest `write_lat`'s exchange, `a` first; the median half round trip
-/// in microseconds.
-fn device_ping_pong(a: &End, b: &End) -> f64 {
+/// A latency tool's exchange, `a` first; the median half round trip in
+/// microseconds (the time between `a`'s posts, halved, as perftest
+/// reports it).
+fn device_ping_pong(a: &End, b: &End, exchange: Exchange) -> f64 {
     // SAFETY: both words are in the regions; no transfer is in flight.
     unsafe {
         word(a, 0).write_volatile(0);
         word(b, 0).write_volatile(0);
     }
+    if exchange == Exchange::Send {
+        repost(a, 1, 8);
+        repost(b, 1, 8);
+    }
     let base = 1 << 32;
     std::thread::scope(|s| {
         s.spawn(|| {
             for i in 1..=PING_PONGS as u64 {
-                wait_word(b, base + i);
-                write_word(b, a, base + i);
+                await_word(b, base + i, exchange);
+                post_word(b, a, base + i, exchange);
             }
         });
         let mut times = Vec::with_capacity(PING_PONGS);
         for i in 1..=PING_PONGS as u64 {
             let start = Instant::now();
-            write_word(a, b, base + i);
-            wait_word(a, base + i);
+            post_word(a, b, base + i, exchange);
+            await_word(a, base + i, exchange);
             times.push(start.elapsed().as_secs_f64() * 1e6 / 2.0);
         }
         let worst = times.iter().copied().fold(0.0, f64::max);

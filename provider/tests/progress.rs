@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{End, connect, pattern, send};
-use provider::{Mtu, SendOp, SendWr, WcStatus};
+use provider::{Mtu, RecvWr, SendOp, SendWr, WcStatus};
 
 /// Two ends connected at MTU 1024 with `len` bytes each.
 fn pair(len: usize) -> (End, End) {
@@ -46,6 +46,29 @@ fn a_polling_thread_receives_and_the_acknowledgement_it_held_still_leaves() {
     // B's application receives the WRITE itself, holding the ACK back...
     progress_until(&b, || b.get(0, data.len()) == data);
     // ...then stops calling in: the ACK must leave all the same.
+    assert_eq!(a.wait().status, WcStatus::Success);
+    assert_eq!(a.ctx.stats().tx_packets, 1, "A retransmitted");
+    assert_eq!(b.ctx.stats().tx_packets, 1, "B sent one ACK");
+}
+
+#[test]
+fn a_spinning_completion_wait_holds_its_acknowledgement_and_it_still_leaves() {
+    let (a, b) = pair(4096);
+    b.qp.post_recv(&[RecvWr {
+        wr_id: 7,
+        sg_list: &[b.mr.sge(0, 64)],
+    }])
+    .unwrap();
+    let data = pattern(64, 5);
+    a.put(0, &data);
+    send(&a.qp, 1, SendOp::Send, a.mr.sge(0, 64));
+    // B's application receives the SEND in its own spinning wait, which
+    // holds the ACK back for a post that would carry it...
+    let wc = b.wait();
+    assert_eq!((wc.wr_id, wc.status), (7, WcStatus::Success));
+    assert_eq!(b.get(0, data.len()), data);
+    // ...but posts nothing and stops calling in: the ACK must leave all
+    // the same, before A's retransmission timer.
     assert_eq!(a.wait().status, WcStatus::Success);
     assert_eq!(a.ctx.stats().tx_packets, 1, "A retransmitted");
     assert_eq!(b.ctx.stats().tx_packets, 1, "B sent one ACK");

@@ -377,12 +377,11 @@ impl Shared {
         // Acknowledgements are held back only for a thread that polls
         // this device in a loop (the ping-pong of `write_lat`, which posts
         // its answer next): it, or the progress thread when its claim
-        // ends (see `run`), sends them soon. A completion-queue wait may
-        // go on to wait on another device that needs them.
-        let acks = if claim == Claim::Socket {
-            Acks::HoldBack
-        } else {
-            Acks::Send
+        // ends (see `run`), sends them soon. A single completion-queue
+        // poll may be the last call its thread makes for a while.
+        let acks = match claim {
+            Claim::Socket | Claim::Spin => Acks::HoldBack,
+            Claim::Once => Acks::Send,
         };
         self.receive(&mut rx, acks).unwrap_or(0)
     }
@@ -397,6 +396,11 @@ pub(crate) enum Claim {
     /// No: a single look (a completion-queue poll, which may come from a
     /// thread that then waits on another device).
     Once,
+    /// Already held: a look from inside a spinning completion-queue wait,
+    /// whose [`super::Device::driving_progress`] guard keeps the socket
+    /// and hands it back (so that what this thread held back leaves) when
+    /// the wait ends.
+    Spin,
 }
 
 /// What a receiving thread does with the acknowledgements it produced.
@@ -405,9 +409,10 @@ enum Acks {
     /// Send them with the batch's other answers (the progress thread).
     Send,
     /// When they are the only answers, hold them back (an application
-    /// thread polling in a loop with [`crate::Context::progress`], which
-    /// would otherwise pay a system call on its critical path, after the
-    /// data it waits for has landed): they leave with the
+    /// thread polling in a loop with [`crate::Context::progress`] or
+    /// spinning in a completion-queue wait, which would otherwise pay a
+    /// system call on its critical path, after the data it waits for has
+    /// landed): they leave with the
     /// next packets the device sends (a request the application posts, in
     /// the same system call), at the next receive (a poll that finds
     /// nothing sends them), or when the progress thread next wakes (within

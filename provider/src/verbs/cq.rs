@@ -305,7 +305,7 @@ impl UserCq {
     /// See [`CompletionQueue::poll`].
     fn poll(&self, out: &mut [WorkCompletion]) -> usize {
         let n = self.take(out);
-        if n > 0 || out.is_empty() || self.progress() == 0 {
+        if n > 0 || out.is_empty() || self.progress(Claim::Once) == 0 {
             return n;
         }
         self.take(out)
@@ -346,7 +346,7 @@ impl UserCq {
         let driving = self.dev.as_ref().map(|d| d.driving_progress());
         let start = Instant::now();
         while self.inner.len.load(Ordering::Acquire) == 0 && start.elapsed() < limit {
-            if self.progress() == 0 {
+            if self.progress(Claim::Spin) == 0 {
                 std::thread::yield_now();
             }
         }
@@ -360,8 +360,8 @@ impl UserCq {
     /// One receive for the device in this thread (see
     /// [`Device::progress`]); a spinning wait holds the socket with its
     /// [`Device::driving_progress`] guard instead of claiming it per call.
-    fn progress(&self) -> usize {
-        self.dev.as_ref().map_or(0, |d| d.progress(Claim::Once))
+    fn progress(&self, claim: Claim) -> usize {
+        self.dev.as_ref().map_or(0, |d| d.progress(claim))
     }
 
     /// See [`CompletionQueue::event_fd`].
