@@ -10,8 +10,10 @@
 //!   waits for the receive completion of the other's 8-byte SEND, then
 //!   sends), typical (median) half round trip, against a ping-pong of
 //!   36-byte datagrams between two threads with blocking `send`/`recv`,
-//!   and one whose threads spin on non-blocking receives (as the device's
-//!   do);
+//!   one whose threads spin on non-blocking receives (as the device's
+//!   do), and one of the datagrams the device sends for these exchanges
+//!   through its own socket layer, which shows what the kernel's UDP path
+//!   costs them apart from what the queue pairs add;
 //! - rate: 64-byte RDMA WRITEs streamed with up to 128 outstanding, in
 //!   messages per second, against bare datagrams of the same size sent in
 //!   GSO runs and received with GRO;
@@ -25,9 +27,10 @@
 //! `SMALL_ONLY=latency-device` and `rate-device` run the device's side
 //! alone, to profile it; `SMALL_SIZE` sets the rate's message size).
 
-use std::net::UdpSocket;
+use std::net::{SocketAddr, UdpSocket};
 use std::time::Instant;
 
+use provider::net::{GRO_SLOT_CAPACITY, OutPacket, RecvSlot, RoceSocket, SocketConfig};
 use provider::{SendOp, SendWr, WcOpcode, WorkCompletion};
 
 mod harness;
@@ -124,12 +127,18 @@ fn latency(rounds: usize) {
     let mut blocking = Vec::new();
     let mut spinning = Vec::new();
     let mut sends = Vec::new();
+    let mut transport = Vec::new();
     for _ in 0..rounds {
         let device = device_ping_pong(&a, &b, Exchange::Write);
         let spin = udp_ping_pong(true);
         blocking.push((device, udp_ping_pong(false)));
         spinning.push((device, spin));
-        sends.push((device_ping_pong(&a, &b, Exchange::Send), spin));
+        let send = device_ping_pong(&a, &b, Exchange::Send);
+        sends.push((send, spin));
+        transport.push((
+            (device, transport_ping_pong(Exchange::Write)),
+            (send, transport_ping_pong(Exchange::Send)),
+        ));
     }
     report(
         "8-byte write_lat, typical half round trip (against blocking UDP calls)",
@@ -151,6 +160,87 @@ fn latency(rounds: usize) {
         ("device", "spinning bare UDP"),
         &sends,
     );
+    // What the kernel's UDP path and the socket layer cost these exchanges
+    // by themselves: the rest is the queue pairs' and the verbs' own.
+    let (writes, sends): (Vec<_>, Vec<_>) = transport.into_iter().unzip();
+    let names = ("device", "its datagrams alone");
+    report(
+        "write_lat rounds against a ping-pong of their datagrams through the device's socket layer",
+        "us",
+        names,
+        &writes,
+    );
+    report(
+        "send_lat rounds against a ping-pong of their datagrams through the device's socket layer",
+        "us",
+        names,
+        &sends,
+    );
+}
+
+/// A ping-pong of the datagrams a latency tool's half round trip sends
+/// (the request, 8 bytes of data, and the acknowledgement of the
+/// previous one, in the device's order: after a WRITE in one GSO send,
+/// ahead of a SEND), through the device's socket layer (GSO send, GRO
+/// receive, ICRC sealed and checked) between two threads that spin as the
+/// device's do, without queue pairs; the median half round trip in
+/// microseconds.
+fn transport_ping_pong(exchange: Exchange) -> f64 {
+    // BTH, RETH or nothing, 8 bytes, ICRC; an ACK is BTH, AETH, ICRC.
+    let lens: &[usize] = match exchange {
+        Exchange::Write => &[12 + 16 + 8 + 4, 12 + 4 + 4],
+        Exchange::Send => &[12 + 4 + 4, 12 + 8 + 4],
+    };
+    let config = SocketConfig {
+        gro: true,
+        ..SocketConfig::default()
+    };
+    let open = || RoceSocket::bind_with(SocketAddr::new(LOCALHOST, 0), config.clone()).unwrap();
+    let (here, there) = (open(), open());
+    let send = |from: &RoceSocket, to: SocketAddr| {
+        let mut bufs = [[0u8; 64]; 2];
+        let [first, second] = &mut bufs;
+        let mut packets = [
+            OutPacket::new(to, &mut first[..lens[0]]),
+            OutPacket::new(to, &mut second[..lens[1]]),
+        ];
+        let mut at = 0;
+        while at < packets.len() {
+            at += from.send_batch(&mut packets[at..]).unwrap();
+        }
+    };
+    let receive = |on: &RoceSocket, slots: &mut [RecvSlot]| {
+        let mut got = 0;
+        while got < lens.len() {
+            let n = on.recv_batch(slots, None).unwrap();
+            got += slots[..n]
+                .iter()
+                .map(|s| s.packets().count())
+                .sum::<usize>();
+            if n == 0 {
+                std::thread::yield_now();
+            }
+        }
+    };
+    let slots = || -> Vec<RecvSlot> { (0..4).map(|_| RecvSlot::new(GRO_SLOT_CAPACITY)).collect() };
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut slots = slots();
+            for _ in 0..PING_PONGS {
+                receive(&there, &mut slots);
+                send(&there, here.local_addr());
+            }
+        });
+        let mut slots = slots();
+        let mut times = Vec::with_capacity(PING_PONGS);
+        for _ in 0..PING_PONGS {
+            let start = Instant::now();
+            send(&here, there.local_addr());
+            receive(&here, &mut slots);
+            times.push(start.elapsed().as_secs_f64() * 1e6 / 2.0);
+        }
+        median(&times)
+    })
 }
 
 /// The exchange of a latency tool.
