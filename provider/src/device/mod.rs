@@ -35,6 +35,10 @@ use crate::wire::{Opcode, PacketRepr};
 /// Datagrams received per system call, and packets handed to the socket per
 /// send call.
 const BATCH: usize = 64;
+
+/// Packets a send of a few (a ping-pong's request and acknowledgement)
+/// prepares slots for.
+const FEW: usize = 4;
 /// A receive slot without GRO: the largest RoCE packet (4096-byte MTU plus
 /// headers and ICRC) with room to spare, so an oversized datagram is seen
 /// as truncated rather than silently cut.
@@ -181,17 +185,36 @@ impl Shared {
     /// Sends and empties `first`, then `second`, in the same socket calls
     /// (up to [`BATCH`] packets each).
     fn send_with(&self, first: &mut Outbox, mut second: Option<&mut Outbox>) {
-        if first.is_empty() && second.as_ref().is_none_or(|o| o.is_empty()) {
+        let total = first.len() + second.as_ref().map_or(0, |o| o.len());
+        if total == 0 {
             return;
         }
-        let mut packets = first
+        let packets = first
             .packets_mut()
             .chain(second.iter_mut().flat_map(|o| o.packets_mut()));
-        let mut batch: [OutPacket<'_>; BATCH] =
+        // A ping-pong's request and acknowledgement need no 64 slots made
+        // ready first.
+        if total <= FEW {
+            self.send_packets::<FEW>(packets);
+        } else {
+            self.send_packets::<BATCH>(packets);
+        }
+        first.clear();
+        if let Some(o) = second {
+            o.clear();
+        }
+    }
+
+    /// Sends `packets`, up to `N` per socket call.
+    fn send_packets<'a, const N: usize>(
+        &self,
+        mut packets: impl Iterator<Item = (u16, SocketAddr, &'a mut [u8])>,
+    ) {
+        let mut batch: [OutPacket<'a>; N] =
             std::array::from_fn(|_| OutPacket::new(self.local, &mut []));
         loop {
             let mut n = 0;
-            for (source_port, dest, bytes) in packets.by_ref().take(BATCH) {
+            for (source_port, dest, bytes) in packets.by_ref().take(N) {
                 batch[n] = OutPacket::from_port(source_port, dest, bytes);
                 n += 1;
             }
@@ -222,11 +245,6 @@ impl Shared {
                     .tx_packets
                     .fetch_sub(tried - sent as u64, Relaxed);
             }
-        }
-        drop(packets);
-        first.clear();
-        if let Some(o) = second {
-            o.clear();
         }
     }
 

@@ -49,7 +49,6 @@ impl Drop for Outbox {
 
 impl Outbox {
     /// Number of packets queued.
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.packets.len()
     }
