@@ -453,8 +453,9 @@ pub(crate) enum Claim {
     Once,
     /// Already held: a look from inside a spinning completion-queue wait,
     /// whose [`super::Device::driving_progress`] guard keeps the socket
-    /// and hands it back (so that what this thread held back leaves) when
-    /// the wait ends.
+    /// claimed. When the wait gives up, or [`MANUAL_GRACE`] after it found
+    /// what it waited for (unless its thread calls in again), the progress
+    /// thread takes over and sends what the wait held back.
     Spin,
 }
 
