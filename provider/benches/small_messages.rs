@@ -204,10 +204,7 @@ fn transport_ping_pong(exchange: Exchange) -> f64 {
             OutPacket::new(to, &mut first[..lens[0]]),
             OutPacket::new(to, &mut second[..lens[1]]),
         ];
-        let mut at = 0;
-        while at < packets.len() {
-            at += from.send_batch(&mut packets[at..]).unwrap();
-        }
+        send_all(from, &mut packets);
     };
     let receive = |on: &RoceSocket, slots: &mut [RecvSlot]| {
         let mut got = 0;

@@ -284,15 +284,21 @@ impl BareUdp {
                 .enumerate()
                 .map(|(i, b)| OutPacket::new(self.dest, &mut b[..lens[i % cycle]]))
                 .collect();
-            let mut at = 0;
-            while at < n {
-                at += self.tx.send_batch(&mut batch[at..]).unwrap();
-            }
+            send_all(&self.tx, &mut batch);
             sent += n;
         }
         while (self.received.load(Ordering::Acquire) as usize) < start + packets {
             std::thread::yield_now();
         }
+    }
+}
+
+/// Sends every packet of `batch` from `tx` (the socket may take them over
+/// several calls).
+pub fn send_all(tx: &RoceSocket, batch: &mut [OutPacket<'_>]) {
+    let mut at = 0;
+    while at < batch.len() {
+        at += tx.send_batch(&mut batch[at..]).unwrap();
     }
 }
 

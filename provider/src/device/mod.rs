@@ -39,6 +39,7 @@ const BATCH: usize = 64;
 /// Packets a send of a few (a ping-pong's request and acknowledgement)
 /// prepares slots for.
 const FEW: usize = 4;
+
 /// A receive slot without GRO: the largest RoCE packet (4096-byte MTU plus
 /// headers and ICRC) with room to spare, so an oversized datagram is seen
 /// as truncated rather than silently cut.

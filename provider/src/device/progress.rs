@@ -362,8 +362,13 @@ impl Shared {
         } else {
             self.send(&mut rx.out);
         }
-        let held_before = self.acks_pending.swap(hold, SeqCst);
-        if hold && !held_before && self.manual.long_park.load(SeqCst) {
+        if !hold {
+            // Every poll passes here: no fence for what nobody waits on.
+            self.acks_pending.store(false, Relaxed);
+            return;
+        }
+        let held_before = self.acks_pending.swap(true, SeqCst);
+        if !held_before && self.manual.long_park.load(SeqCst) {
             // The progress thread would look only after MANUAL_GRACE.
             if let Some(thread) = self.progress_thread.get() {
                 thread.unpark();
