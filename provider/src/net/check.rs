@@ -7,9 +7,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::ipv4_id::{ID_OFFSET_IN_CRC_MESSAGE, solve_ipv4_id};
 use super::{IcrcVerdict, Ipv4IdPolicy};
-use crate::wire::icrc::LRH_LEN;
+use crate::wire::icrc::{GROUP, IcrcGroup, LRH_LEN};
 use crate::wire::ip_udp::{ipv4, ipv4_header, ipv6_header, udp, udp_header};
-use crate::wire::{BthRepr, ICRC_LEN, IpHeader, icrc};
+use crate::wire::{BthRepr, ICRC_LEN, IpHeader};
 
 /// Largest UDP payload in an IPv4 datagram (65535 - 20 - 8).
 pub const MAX_PAYLOAD_V4: usize = 65_507;
@@ -61,19 +61,45 @@ pub fn payload_icrc(
     payload: &[u8],
 ) -> io::Result<u32> {
     check_packet(src, dst, payload.len())?;
-    let roce = &payload[..payload.len() - ICRC_LEN];
-    let udp_len = udp::LEN + payload.len();
+    let mut group = IcrcGroup::<1>::new();
+    gather(
+        &mut group,
+        src,
+        dst,
+        ip_id,
+        &payload[..payload.len() - ICRC_LEN],
+    )?;
+    let mut crc = 0;
+    group.hash(|_, c| crc = c);
+    Ok(crc)
+}
+
+/// Gathers into `group` the ICRC message of a packet from `src` to `dst`
+/// whose UDP payload is `roce` and the ICRC (families and length checked by
+/// [`check_packet`]).
+fn gather<'a, const N: usize>(
+    group: &mut IcrcGroup<'a, N>,
+    src: &SocketAddr,
+    dst: &SocketAddr,
+    ip_id: u16,
+    roce: &'a [u8],
+) -> io::Result<()> {
+    let udp_len = udp::LEN + roce.len() + ICRC_LEN;
     let udp = udp_header(src.port(), dst.port(), udp_len);
-    let crc = match (src.ip(), dst.ip()) {
+    let gathered = match (src.ip(), dst.ip()) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
-            icrc(IpHeader::V4(&ipv4_header(s, d, ip_id, udp_len)), &udp, roce)
+            group.push(IpHeader::V4(&ipv4_header(s, d, ip_id, udp_len)), &udp, roce)
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
-            icrc(IpHeader::V6(&ipv6_header(&s, &d, udp_len)), &udp, roce)
+            group.push(IpHeader::V6(&ipv6_header(&s, &d, udp_len)), &udp, roce)
         }
-        _ => unreachable!("families checked above"),
+        _ => {
+            return Err(invalid(
+                "destination address family differs from the socket's",
+            ));
+        }
     };
-    crc.map_err(|_| invalid("packet shorter than a BTH"))
+    gathered.map_err(|_| invalid("packet shorter than a BTH"))
 }
 
 /// Writes the ICRC into the last 4 bytes of `payload` (little-endian, as
@@ -88,6 +114,48 @@ pub fn seal(src: &SocketAddr, dst: &SocketAddr, ip_id: u16, payload: &mut [u8]) 
     Ok(())
 }
 
+/// [`seal`]s the segments of one GSO send from `src`, given as
+/// `(destination, payload)`: the k-th with IPv4 ID k, as the kernel numbers
+/// them. Gathers [`GROUP`] messages before hashing any (see
+/// [`IcrcGroup`]).
+///
+/// # Errors
+/// As [`payload_icrc`]; the segments before the failing one are sealed.
+pub(crate) fn seal_segments<'p>(
+    src: &SocketAddr,
+    segments: impl IntoIterator<Item = (&'p SocketAddr, &'p mut [u8])>,
+) -> io::Result<()> {
+    let mut segments = segments.into_iter().enumerate();
+    loop {
+        let mut group = IcrcGroup::<GROUP>::new();
+        let mut trailers: [&mut [u8]; GROUP] = Default::default();
+        let mut failed = None;
+        for trailer in &mut trailers {
+            let Some((id, (dest, payload))) = segments.next() else {
+                break;
+            };
+            if let Err(e) = check_packet(src, dest, payload.len()) {
+                failed = Some(e);
+                break;
+            }
+            let (roce, icrc) = payload.split_at_mut(payload.len() - ICRC_LEN);
+            if let Err(e) = gather(&mut group, src, dest, id as u16, roce) {
+                failed = Some(e);
+                break;
+            }
+            *trailer = icrc;
+        }
+        let gathered = group.len();
+        group.hash(|k, crc| trailers[k].copy_from_slice(&crc.to_le_bytes()));
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if gathered < GROUP {
+            return Ok(());
+        }
+    }
+}
+
 /// Judges the ICRC of a received UDP payload that came from `src` to `dst`
 /// (the destination address from the IP header, the local port).
 ///
@@ -99,14 +167,62 @@ pub fn verify(
     payload: &[u8],
     policy: Ipv4IdPolicy,
 ) -> IcrcVerdict {
-    if payload.len() < MIN_PAYLOAD {
-        return IcrcVerdict::TooShort;
+    let mut verdict = [IcrcVerdict::Unverifiable];
+    verify_group(src, dst, &[payload], policy, &mut verdict);
+    verdict[0]
+}
+
+/// [`verify`] of up to `N` payloads from `src` to `dst`, into `verdicts`
+/// in the same order. Gathers their messages before hashing any (see
+/// [`IcrcGroup`]).
+///
+/// # Panics
+/// If there are more than `N` payloads.
+pub(crate) fn verify_group<const N: usize>(
+    src: &SocketAddr,
+    dst: &SocketAddr,
+    payloads: &[&[u8]],
+    policy: Ipv4IdPolicy,
+    verdicts: &mut [IcrcVerdict; N],
+) {
+    let mut group = IcrcGroup::<N>::new();
+    // Which payload each gathered message is.
+    let mut gathered = [0; N];
+    for (i, payload) in payloads.iter().enumerate() {
+        verdicts[i] = if payload.len() < MIN_PAYLOAD {
+            IcrcVerdict::TooShort
+        } else if check_packet(src, dst, payload.len()).is_err()
+            || gather(
+                &mut group,
+                src,
+                dst,
+                0,
+                &payload[..payload.len() - ICRC_LEN],
+            )
+            .is_err()
+        {
+            // Mixed families or an impossible length: not a datagram a
+            // kernel could have delivered to this socket.
+            IcrcVerdict::Unverifiable
+        } else {
+            gathered[group.len() - 1] = i;
+            continue;
+        };
     }
-    let Ok(expected) = payload_icrc(src, dst, 0, payload) else {
-        // Mixed families or an impossible length: not a datagram a kernel
-        // could have delivered to this socket.
-        return IcrcVerdict::Unverifiable;
-    };
+    group.hash(|k, expected| {
+        let i = gathered[k];
+        verdicts[i] = judge_icrc(src, payloads[i], expected, policy);
+    });
+}
+
+/// The verdict on `payload` (from `src`, at least [`MIN_PAYLOAD`] bytes)
+/// whose contents give `expected` with IPv4 ID 0.
+fn judge_icrc(
+    src: &SocketAddr,
+    payload: &[u8],
+    expected: u32,
+    policy: Ipv4IdPolicy,
+) -> IcrcVerdict {
     let t = &payload[payload.len() - ICRC_LEN..];
     let found = u32::from_le_bytes([t[0], t[1], t[2], t[3]]);
     if found == expected {

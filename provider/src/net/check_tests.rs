@@ -3,9 +3,11 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+use super::check::{seal_segments, verify_group};
 use super::testutil::send_only;
-use super::{IcrcVerdict, Ipv4IdPolicy, payload_icrc, verify};
+use super::{IcrcVerdict, Ipv4IdPolicy, payload_icrc, seal, verify};
 use crate::wire::golden;
+use crate::wire::icrc::GROUP;
 use crate::wire::{IpHeader, icrc_of_udp_payload};
 
 fn ipv4_id(ip: &IpHeader<'_>) -> Option<u16> {
@@ -203,5 +205,100 @@ fn garbage_is_judged_without_panicking() {
         let junk: Vec<u8> = (0..len).map(|_| next(&mut x) as u8).collect();
         let _ = verify(&src, &dst, &junk, Ipv4IdPolicy::Solve);
         let _ = verify(&v6, &v6, &junk, Ipv4IdPolicy::Solve);
+    }
+}
+
+/// Payload lengths around the ICRC group's one-piece bound (a rest of 128
+/// bytes after the BTH) and a GSO run's largest segments.
+const GROUP_TEST_LENS: [usize; 8] = [0, 1, 60, 112, 113, 116, 1024, 4096];
+
+#[test]
+fn a_gso_run_is_sealed_as_its_segments_would_be_one_by_one() {
+    let v4 = |a, port| SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, a)), port);
+    let v6 = |a: &str, port| SocketAddr::new(a.parse().unwrap(), port);
+    for (src, dst) in [
+        (v4(1, 0xc000), v4(2, 4791)),
+        (v6("fd00::1", 0xc001), v6("fd00::2", 4791)),
+    ] {
+        for count in [1, 7, 8, 9, 20] {
+            let mut run: Vec<Vec<u8>> = (0..count)
+                .map(|k| send_only(k as u32, GROUP_TEST_LENS[k % GROUP_TEST_LENS.len()]))
+                .collect();
+            let mut one_by_one = run.clone();
+            let dests = vec![dst; count];
+            seal_segments(&src, dests.iter().zip(run.iter_mut().map(|p| &mut p[..]))).unwrap();
+            for (id, p) in one_by_one.iter_mut().enumerate() {
+                seal(&src, &dst, id as u16, p).unwrap();
+            }
+            assert_eq!(run, one_by_one, "{src} x{count}");
+        }
+    }
+}
+
+#[test]
+fn sealing_a_run_stops_at_a_packet_that_cannot_travel() {
+    let src = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0xc000);
+    let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 4791);
+    let v6 = SocketAddr::new("::1".parse().unwrap(), 4791);
+    for bad in [0, 3, 8, 11] {
+        let mut run: Vec<Vec<u8>> = (0..12).map(|k| send_only(k, 40)).collect();
+        let mut dests = vec![v4; 12];
+        dests[bad] = v6;
+        let before = run.clone();
+        let sealed = seal_segments(&src, dests.iter().zip(run.iter_mut().map(|p| &mut p[..])));
+        assert!(sealed.is_err(), "bad packet {bad}");
+        for (k, (p, old)) in run.iter().zip(&before).enumerate() {
+            if k < bad {
+                let v = verify(&src, &v4, p, Ipv4IdPolicy::Solve);
+                assert!(v.is_good(), "packet {k} before the bad {bad}: {v:?}");
+            } else {
+                assert_eq!(p, old, "packet {k} from the bad {bad} on is untouched");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_group_judges_each_payload_as_it_would_be_judged_alone() {
+    let src = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 0xc000);
+    let dst = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 4791);
+    let mut x = 11u64;
+    let mut payloads: Vec<Vec<u8>> = Vec::new();
+    for (k, len) in GROUP_TEST_LENS.into_iter().enumerate() {
+        let mut p = send_only(k as u32, len);
+        // IDs 0 and others; every third packet corrupted.
+        seal(&src, &dst, (k as u16) * 1000, &mut p).unwrap();
+        if k % 3 == 2 {
+            let bit = covered_bit(&mut x, p.len());
+            p[bit / 8] ^= 1 << (bit % 8);
+        }
+        payloads.push(p);
+    }
+    payloads.insert(2, vec![0xab; 15]); // too short
+    payloads.insert(5, Vec::new());
+    for policy in [Ipv4IdPolicy::Solve, Ipv4IdPolicy::UpTo(0)] {
+        for group in payloads.chunks(GROUP) {
+            let slices: Vec<&[u8]> = group.iter().map(|p| &p[..]).collect();
+            let mut verdicts = [IcrcVerdict::Unverifiable; GROUP];
+            verify_group(&src, &dst, &slices, policy, &mut verdicts);
+            let alone: Vec<IcrcVerdict> = slices
+                .iter()
+                .map(|p| verify(&src, &dst, p, policy))
+                .collect();
+            assert_eq!(verdicts[..slices.len()], alone[..], "{policy:?}");
+        }
+    }
+    // A family the socket cannot have received from: each one unverifiable.
+    let v6 = SocketAddr::new("::1".parse().unwrap(), 4791);
+    let slices: Vec<&[u8]> = payloads.iter().take(GROUP).map(|p| &p[..]).collect();
+    let mut verdicts = [IcrcVerdict::Good; GROUP];
+    verify_group(&src, &v6, &slices, Ipv4IdPolicy::Solve, &mut verdicts);
+    for (p, v) in slices.iter().zip(verdicts) {
+        let want = if p.len() < 16 {
+            IcrcVerdict::TooShort
+        } else {
+            IcrcVerdict::Unverifiable
+        };
+        assert_eq!(v, want);
     }
 }

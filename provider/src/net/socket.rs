@@ -17,6 +17,7 @@ use super::packet::{IcrcVerdict, Ipv4IdPolicy, OutPacket, RecvSlot};
 use super::source_ports::{SourcePorts, make_send_only};
 use super::sys::{self, CmsgBuf, RECV_CMSG_SPACE, RawAddr, SEND_CMSG_SPACE};
 use super::{GRO_SLOT_CAPACITY, NetError, SocketConfig, Transport};
+use crate::wire::icrc::GROUP;
 
 /// Messages per sendmmsg call (larger batches are sent in several calls).
 const SEND_MSGS: usize = 64;
@@ -379,10 +380,8 @@ impl RoceSocket {
             let plans = &plans[..nmsgs];
             if seal {
                 for m in plans {
-                    for (j, p) in packets[m.first..m.first + m.count].iter_mut().enumerate() {
-                        // The kernel numbers GSO segments' IPv4 IDs 0, 1, 2...
-                        check::seal(&sender.local, &p.dest, j as u16, p.buf)?;
-                    }
+                    let run = packets[m.first..m.first + m.count].iter_mut();
+                    check::seal_segments(&sender.local, run.map(|p| (&p.dest, &mut *p.buf)))?;
                 }
             }
             match self.transmit(sender.fd, packets, plans) {
@@ -682,7 +681,7 @@ impl RoceSocket {
 }
 
 /// Fills a slot's verdicts: one per packet (GRO segments) in the buffer.
-fn judge(slot: &mut RecvSlot, local_port: u16, policy: Ipv4IdPolicy) {
+pub(super) fn judge(slot: &mut RecvSlot, local_port: u16, policy: Ipv4IdPolicy) {
     let Some(dst_ip) = slot.dst else {
         slot.verdicts.push((0, slot.len, IcrcVerdict::Unverifiable));
         return;
@@ -694,14 +693,35 @@ fn judge(slot: &mut RecvSlot, local_port: u16, policy: Ipv4IdPolicy) {
     };
     let mut at = 0;
     loop {
-        let end = (at + step).min(slot.wire_len);
-        if end > slot.len {
+        // Up to GROUP segments, judged together; an empty datagram is one
+        // (too short) segment.
+        let mut ranges = [(0, 0); GROUP];
+        let mut payloads: [&[u8]; GROUP] = [&[]; GROUP];
+        let mut n = 0;
+        let mut truncated = false;
+        loop {
+            let end = (at + step).min(slot.wire_len);
+            if end > slot.len {
+                truncated = true;
+                break;
+            }
+            ranges[n] = (at, end);
+            payloads[n] = &slot.buf[at..end];
+            n += 1;
+            at = end;
+            if n == GROUP || at >= slot.wire_len {
+                break;
+            }
+        }
+        let mut verdicts = [IcrcVerdict::Unverifiable; GROUP];
+        check::verify_group(&slot.src, &dst, &payloads[..n], policy, &mut verdicts);
+        for ((at, end), v) in ranges.into_iter().zip(verdicts).take(n) {
+            slot.verdicts.push((at, end, v));
+        }
+        if truncated {
             slot.verdicts.push((at, slot.len, IcrcVerdict::Truncated));
             return;
         }
-        let v = check::verify(&slot.src, &dst, &slot.buf[at..end], policy);
-        slot.verdicts.push((at, end, v));
-        at = end;
         if at >= slot.wire_len {
             return;
         }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::qp::Peer;
 use super::{CompletionSink, WorkCompletion};
-use crate::wire::{ICRC_LEN, PacketRepr, WireError};
+use crate::wire::{AethRepr, BthRepr, ICRC_LEN, PacketRepr};
 
 /// One queued packet: where it goes, from which UDP source port, and where
 /// its bytes are in the arena.
@@ -154,14 +154,15 @@ impl Outbox {
             .rposition(|q| q.dest == peer.addr && q.dest_qp == headers.bth.dest_qp);
         if let Some(i) = previous
             && self.packets[i].coalescable
-            && headers
-                .header_len()
-                .is_ok_and(|len| self.packets[i].bytes.len() == len + ICRC_LEN)
+            && let Some(aeth) = headers.aeth
         {
-            let bytes = self.packets[i].bytes.clone();
-            // The replaced packet has the same length and the headers are
-            // valid, so they fit exactly and emit_headers cannot fail.
-            let _ = headers.emit_headers(&mut self.arena[bytes]);
+            // Both are plain ACKs: a BTH and an AETH (checked when the
+            // first was appended; a stream's receiver replaces one per
+            // packet, so this one is written without checking again).
+            debug_assert_eq!(headers.header_len(), Ok(BthRepr::LEN + AethRepr::LEN));
+            let bytes = &mut self.arena[self.packets[i].bytes.clone()];
+            headers.bth.emit(&mut bytes[..BthRepr::LEN]);
+            aeth.emit(&mut bytes[BthRepr::LEN..]);
             return;
         }
         self.push_headers(peer, headers);
@@ -175,22 +176,23 @@ impl Outbox {
     /// `None` (appending nothing) for headers that contradict their opcode.
     fn append(&mut self, headers: &PacketRepr<'_>, payload_len: usize) -> Option<usize> {
         let opcode = headers.bth.opcode;
-        let valid = headers.header_len().and_then(|len| {
-            // header_len checked that the opcode is known.
-            if payload_len == 0 || opcode.layout().is_some_and(|l| l.payload) {
-                Ok(len)
-            } else {
-                Err(WireError::UnexpectedPayload(opcode, payload_len))
-            }
-        });
-        debug_assert!(valid.is_ok(), "engine built invalid headers: {valid:?}");
-        let header_len = valid.ok()?;
+        let layout = opcode.layout().filter(|l| payload_len == 0 || l.payload);
+        debug_assert!(
+            layout.is_some(),
+            "engine built {opcode:?} with {payload_len} bytes"
+        );
+        let header_len = BthRepr::LEN + layout?.ext_len();
         let start = self.arena.len();
         let pad = usize::from(headers.bth.pad);
         let len = header_len + payload_len + pad + ICRC_LEN;
         self.arena.resize(start + len, 0);
-        // The headers are valid and the arena was grown by their length.
-        let _ = headers.emit_headers(&mut self.arena[start..]);
+        // emit_headers checks the headers against the opcode (once per
+        // packet: this is every packet's path).
+        if let Err(e) = headers.emit_headers(&mut self.arena[start..]) {
+            debug_assert!(false, "engine built invalid headers: {e:?}");
+            self.arena.truncate(start);
+            return None;
+        }
         Some(start + header_len)
     }
 
@@ -257,6 +259,12 @@ mod tests {
         out.push_ack(&peer(0), &ack(5, 2, 2));
         out.push_ack(&peer(0), &ack(5, 3, 3));
         assert_eq!(psns(&mut out), [(5, 3), (6, 9)]);
+        // The replacement is the latest ACK whole: MSN and every BTH field.
+        let mut alone = Outbox::default();
+        alone.push_ack(&peer(0), &ack(5, 3, 3));
+        let (_, _, want) = alone.packets_mut().next().unwrap();
+        let (_, _, got) = out.packets_mut().next().unwrap();
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -29,52 +29,132 @@ pub(crate) const LRH_LEN: usize = 8;
 /// # Errors
 /// [`WireError::Truncated`] if `roce` is shorter than a BTH.
 pub fn icrc(ip: IpHeader<'_>, udp_header: &[u8; 8], roce: &[u8]) -> Result<u32, WireError> {
-    check_len("BTH", roce, BthRepr::LEN)?;
-    // The masked headers go to the CRC in one piece (small pieces each pay
-    // the CRC's per-call setup): 8 bytes of LRH, IP, UDP, BTH; a short
-    // packet's remaining bytes join them, which may reach the length from
-    // which the CRC folds with carry-less multiplies (a 64-byte WRITE:
-    // 48 + 80 bytes).
-    let mut message = [0u8; LRH_LEN + ipv6::LEN + udp::LEN + BthRepr::LEN + FOLD_FROM];
-    message[..LRH_LEN].fill(0xff);
-    let ip_len = match ip {
-        IpHeader::V4(h) => {
-            let mut m = *h;
-            mask_ipv4(&mut m);
-            message[LRH_LEN..LRH_LEN + ipv4::LEN].copy_from_slice(&m);
-            ipv4::LEN
-        }
-        IpHeader::V6(h) => {
-            let mut m = *h;
-            mask_ipv6(&mut m);
-            message[LRH_LEN..LRH_LEN + ipv6::LEN].copy_from_slice(&m);
-            ipv6::LEN
-        }
-    };
-    let at = LRH_LEN + ip_len;
-    let mut u = *udp_header;
-    mask_udp(&mut u);
-    message[at..at + udp::LEN].copy_from_slice(&u);
-    let at = at + udp::LEN;
-    let bth = &mut message[at..at + BthRepr::LEN];
-    bth.copy_from_slice(&roce[..BthRepr::LEN]);
-    bth[4] = 0xff; // FECN, BECN, reserved
-    let head = at + BthRepr::LEN;
-    let rest = &roce[BthRepr::LEN..];
-    let mut crc = crc32fast::Hasher::new();
-    if rest.len() < FOLD_FROM {
-        message[head..head + rest.len()].copy_from_slice(rest);
-        crc.update(&message[..head + rest.len()]);
-    } else {
-        crc.update(&message[..head]);
-        crc.update(rest);
-    }
-    Ok(crc.finalize())
+    let mut group = IcrcGroup::<1>::new();
+    group.push(ip, udp_header, roce)?;
+    let mut crc = 0;
+    group.hash(|_, c| crc = c);
+    Ok(crc)
 }
 
 /// The shortest input `crc32fast` folds with PCLMULQDQ instead of its
 /// table-driven loop (several times slower per byte).
 const FOLD_FROM: usize = 128;
+
+/// Room for the masked headers (the IPv6 ones the longest) and a short
+/// packet's remaining bytes.
+const HEAD_MAX: usize = LRH_LEN + ipv6::LEN + udp::LEN + BthRepr::LEN + FOLD_FROM;
+
+/// How many packets the batch callers of [`IcrcGroup`] gather before they
+/// hash them: enough for the first message's stores to have drained.
+pub(crate) const GROUP: usize = 8;
+
+/// The ICRCs of up to `N` packets, gathered first and hashed after.
+///
+/// The masked headers go to the CRC in one piece with the packet's start
+/// (small pieces each pay the CRC's per-call setup), so each message is
+/// copied together from pieces; a CRC's 16-byte loads right after those
+/// small stores cannot take their bytes from the store buffer and wait for
+/// the stores to drain. Gathering a group before hashing any lets them
+/// drain meanwhile: hashing a 64-byte WRITE's 128-byte message took 25 ns
+/// right after gathering it, 12 ns after gathering eight, and sealing a
+/// GSO run of such packets 23 instead of 27 ns a packet (this machine, in
+/// a loop).
+pub(crate) struct IcrcGroup<'a, const N: usize> {
+    /// Each message's masked headers, then (a short packet) its remaining
+    /// bytes: a 64-byte WRITE's 48 + 80 bytes reach [`FOLD_FROM`].
+    heads: [[u8; HEAD_MAX]; N],
+    head_lens: [usize; N],
+    /// A long packet's bytes after the BTH, hashed in place.
+    tails: [&'a [u8]; N],
+    len: usize,
+}
+
+impl<'a, const N: usize> IcrcGroup<'a, N> {
+    /// An empty group.
+    pub(crate) fn new() -> Self {
+        Self {
+            heads: [[0; HEAD_MAX]; N],
+            head_lens: [0; N],
+            tails: [&[]; N],
+            len: 0,
+        }
+    }
+
+    /// How many messages are gathered.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether `N` messages are gathered.
+    pub(crate) fn is_full(&self) -> bool {
+        self.len == N
+    }
+
+    /// Gathers the ICRC message of a packet (`roce` as for [`icrc`]).
+    ///
+    /// # Errors
+    /// [`WireError::Truncated`] if `roce` is shorter than a BTH.
+    ///
+    /// # Panics
+    /// If the group is full.
+    pub(crate) fn push(
+        &mut self,
+        ip: IpHeader<'_>,
+        udp_header: &[u8; 8],
+        roce: &'a [u8],
+    ) -> Result<(), WireError> {
+        check_len("BTH", roce, BthRepr::LEN)?;
+        assert!(!self.is_full(), "ICRC group full");
+        let message = &mut self.heads[self.len];
+        message[..LRH_LEN].fill(0xff);
+        let ip_len = match ip {
+            IpHeader::V4(h) => {
+                let mut m = *h;
+                mask_ipv4(&mut m);
+                message[LRH_LEN..LRH_LEN + ipv4::LEN].copy_from_slice(&m);
+                ipv4::LEN
+            }
+            IpHeader::V6(h) => {
+                let mut m = *h;
+                mask_ipv6(&mut m);
+                message[LRH_LEN..LRH_LEN + ipv6::LEN].copy_from_slice(&m);
+                ipv6::LEN
+            }
+        };
+        let at = LRH_LEN + ip_len;
+        let mut u = *udp_header;
+        mask_udp(&mut u);
+        message[at..at + udp::LEN].copy_from_slice(&u);
+        let at = at + udp::LEN;
+        let bth = &mut message[at..at + BthRepr::LEN];
+        bth.copy_from_slice(&roce[..BthRepr::LEN]);
+        bth[4] = 0xff; // FECN, BECN, reserved
+        let head = at + BthRepr::LEN;
+        let rest = &roce[BthRepr::LEN..];
+        if rest.len() < FOLD_FROM {
+            message[head..head + rest.len()].copy_from_slice(rest);
+            self.head_lens[self.len] = head + rest.len();
+            self.tails[self.len] = &[];
+        } else {
+            self.head_lens[self.len] = head;
+            self.tails[self.len] = rest;
+        }
+        self.len += 1;
+        Ok(())
+    }
+
+    /// Hashes the gathered messages, calling `out(index, icrc)` for each
+    /// in the order pushed, and empties the group.
+    pub(crate) fn hash(&mut self, mut out: impl FnMut(usize, u32)) {
+        for k in 0..self.len {
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(&self.heads[k][..self.head_lens[k]]);
+            crc.update(self.tails[k]);
+            out(k, crc.finalize());
+        }
+        self.len = 0;
+    }
+}
 
 /// The ICRC a UDP payload carries and the one its contents give, as
 /// `(found, expected)`.
