@@ -54,7 +54,7 @@ impl<'a> BatchLookups<'a> {
 }
 
 impl Regions for BatchLookups<'_> {
-    fn lookup_mr(&self, key: u32) -> Option<Arc<dyn Region>> {
+    fn lookup_mr(&self, key: u32) -> Option<&dyn Region> {
         self.regions.lookup_mr(key)
     }
 }

@@ -29,7 +29,7 @@ use crate::net::{
     IcrcVerdict, Ipv4IdPolicy, Lossy, LossySocket, LossyStats, OutPacket, RoceSocket, SocketConfig,
     Transport,
 };
-use crate::rc::{Outbox, QpCore, Region, Regions, RxDrop};
+use crate::rc::{Outbox, QpCore, Region, RegionTable, RxDrop};
 use crate::wire::{Opcode, PacketRepr};
 
 /// Datagrams received per system call, and packets handed to the socket per
@@ -167,8 +167,8 @@ struct Shared {
     progress_thread: std::sync::OnceLock<std::thread::Thread>,
 }
 
-impl Regions for Shared {
-    fn lookup_mr(&self, key: u32) -> Option<Arc<dyn Region>> {
+impl RegionTable for Shared {
+    fn find_mr(&self, key: u32) -> Option<Arc<dyn Region>> {
         self.mrs
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -530,7 +530,7 @@ impl Device {
     }
 
     pub(crate) fn lookup_mr(&self, key: u32) -> Option<Arc<dyn Region>> {
-        self.shared.lookup_mr(key)
+        self.shared.find_mr(key)
     }
 
     pub(crate) fn add_qp(&self, qp: Arc<QpCore>) {
@@ -549,8 +549,8 @@ impl Device {
             .remove(&qpn);
     }
 
-    /// The regions, for the engine.
-    pub(crate) fn regions(&self) -> &dyn Regions {
+    /// The table of regions, for the engine's lookups.
+    pub(crate) fn regions(&self) -> &dyn RegionTable {
         &*self.shared
     }
 

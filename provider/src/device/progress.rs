@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use super::{BATCH, BatchLookups, SLOT_BYTES, Shared};
 use crate::net::{GRO_SLOT_CAPACITY, RecvSlot};
-use crate::rc::{Outbox, QpCore};
+use crate::rc::{CachedRegions, Outbox, QpCore};
 
 /// How long after an application thread's last `progress` call the
 /// progress thread still leaves the socket to it.
@@ -299,7 +299,8 @@ impl Shared {
         for qp in qps.drain(..) {
             match qp.deadline() {
                 Some(t) if t <= now => {
-                    self.in_send_order(&qp, |out| qp.on_timer(self, now, out));
+                    let regions = CachedRegions::new(self);
+                    self.in_send_order(&qp, |out| qp.on_timer(&regions, now, out));
                 }
                 Some(t) => wait = wait.min(t - now),
                 None => {}
@@ -342,7 +343,8 @@ impl Shared {
     /// the other); replies started by this batch join from the next.
     fn continue_replies(&self, rx: &mut Rx) {
         let out = &mut rx.out;
-        rx.replying.retain(|qp| qp.continue_reply(self, out));
+        let regions = CachedRegions::new(self);
+        rx.replying.retain(|qp| qp.continue_reply(&regions, out));
         for qp in rx.started.drain(..) {
             if !rx.replying.iter().any(|q| Arc::ptr_eq(q, &qp)) {
                 rx.replying.push(qp);

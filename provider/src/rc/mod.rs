@@ -38,5 +38,5 @@ pub(crate) use outbox::Outbox;
 pub(crate) use psn::PSN_MASK;
 pub(crate) use qp::{DEFAULT_PKEY, Peer, QpCore, RxDrop};
 pub use region::AccessFlags;
-pub(crate) use region::{AtomicOp, CachedRegions, Region, RegionError, Regions};
+pub(crate) use region::{AtomicOp, CachedRegions, Region, RegionError, RegionTable, Regions};
 pub use work_request::{RecvWr, SendOp, SendWr, Sge};

@@ -105,7 +105,7 @@ impl QpCore {
         for _ in 0..READ_REPLY_BUDGET {
             let seg = reply.remaining.min(peer.mtu as u32);
             let last = seg == reply.remaining;
-            let packet = read_response(&peer, &reply, last, mr.as_deref(), seg as usize, out);
+            let packet = read_response(&peer, &reply, last, mr, seg as usize, out);
             if let Err(e) = packet {
                 st.resp.read_reply = None;
                 let Refusal::Nak(code) = Refusal::from(e) else {

@@ -461,12 +461,12 @@ impl QpCore {
 
     /// check_rkey: the region `reth` names, checked for `need` over its
     /// whole range.
-    pub(super) fn check_rkey(
+    pub(super) fn check_rkey<'r>(
         &self,
-        regions: &dyn Regions,
+        regions: &'r dyn Regions,
         reth: RethRepr,
         need: AccessFlags,
-    ) -> Result<std::sync::Arc<dyn Region>, Refusal> {
+    ) -> Result<&'r dyn Region, Refusal> {
         let mr = regions.lookup_mr(reth.rkey).ok_or(ACCESS)?;
         mr.check(self.pd, reth.va, u64::from(reth.len), need)?;
         Ok(mr)

@@ -155,8 +155,8 @@ struct InFlight {
 pub(crate) struct SimRegions(HashMap<u32, Arc<dyn Region>>);
 
 impl Regions for SimRegions {
-    fn lookup_mr(&self, key: u32) -> Option<Arc<dyn Region>> {
-        self.0.get(&key).cloned()
+    fn lookup_mr(&self, key: u32) -> Option<&dyn Region> {
+        self.0.get(&key).map(|mr| &**mr)
     }
 }
 
