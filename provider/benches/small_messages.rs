@@ -9,9 +9,10 @@
 //!   for its own signaled WRITE to complete) and `send_lat` (each side
 //!   waits for the receive completion of the other's 8-byte SEND, then
 //!   sends), typical (median) half round trip, against a ping-pong of
-//!   36-byte datagrams between two threads with blocking `send`/`recv`,
-//!   one whose threads spin on non-blocking receives (as the device's
-//!   do), and one of the datagrams the device sends for these exchanges
+//!   36-byte datagrams between two single-threaded processes with blocking
+//!   `send`/`recv` (the reference), one between two threads that
+//!   spin on non-blocking receives (as the device's threads do), and one
+//!   of the datagrams the device sends for these exchanges
 //!   through its own socket layer, which shows what the kernel's UDP path
 //!   costs them apart from what the queue pairs add;
 //! - rate: 64-byte RDMA WRITEs streamed with up to 128 outstanding, in
@@ -39,6 +40,9 @@ use harness::*;
 
 fn main() {
     // Cargo passes `--bench`; there are no options.
+    if std::env::var_os(ECHO_PROCESS).is_some() {
+        return echo_process();
+    }
     let rounds = env_number("SMALL_ROUNDS", 5);
     let only = std::env::var("SMALL_ONLY").unwrap_or_default();
     let wanted = |goal: &str| only.is_empty() || only == goal;
@@ -130,8 +134,8 @@ fn latency(rounds: usize) {
     let mut transport = Vec::new();
     for _ in 0..rounds {
         let device = device_ping_pong(&a, &b, Exchange::Write);
-        let spin = udp_ping_pong(true);
-        blocking.push((device, udp_ping_pong(false)));
+        let spin = spinning_ping_pong();
+        blocking.push((device, process_ping_pong()));
         spinning.push((device, spin));
         let send = device_ping_pong(&a, &b, Exchange::Send);
         sends.push((send, spin));
@@ -141,7 +145,7 @@ fn latency(rounds: usize) {
         ));
     }
     report(
-        "8-byte write_lat, typical half round trip (against blocking UDP calls)",
+        "8-byte write_lat, typical half round trip (against blocking UDP calls between two processes)",
         "us",
         ("device", "bare UDP"),
         &blocking,
@@ -176,6 +180,53 @@ fn latency(rounds: usize) {
         names,
         &sends,
     );
+}
+
+/// Set in the environment of the bench binary run as the other process
+/// of [`process_ping_pong`].
+const ECHO_PROCESS: &str = "SMALL_ECHO_PROCESS";
+
+/// The other process of [`process_ping_pong`]: prints the port of a
+/// blocking UDP socket on loopback, then sends back [`PING_PONGS`]
+/// datagrams to where they came from.
+fn echo_process() {
+    let socket = UdpSocket::bind((LOCALHOST, 0)).unwrap();
+    println!("{}", socket.local_addr().unwrap().port());
+    let mut buf = [0u8; 64];
+    for _ in 0..PING_PONGS {
+        let (n, from) = socket.recv_from(&mut buf).unwrap();
+        socket.send_to(&buf[..n], from).unwrap();
+    }
+}
+
+/// The reference exactly: a ping-pong of 36-byte datagrams with
+/// blocking calls between two single-threaded processes (this binary run
+/// again as the other); the median half round trip in microseconds.
+fn process_ping_pong() -> f64 {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut echo = Command::new(std::env::current_exe().unwrap())
+        .env(ECHO_PROCESS, "1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut port = String::new();
+    BufReader::new(echo.stdout.take().unwrap())
+        .read_line(&mut port)
+        .unwrap();
+    let here = UdpSocket::bind((LOCALHOST, 0)).unwrap();
+    here.connect((LOCALHOST, port.trim().parse::<u16>().unwrap()))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let mut times = Vec::with_capacity(PING_PONGS);
+    for _ in 0..PING_PONGS {
+        let start = Instant::now();
+        here.send(&[7u8; 36]).unwrap();
+        here.recv(&mut buf).unwrap();
+        times.push(start.elapsed().as_secs_f64() * 1e6 / 2.0);
+    }
+    assert!(echo.wait().unwrap().success());
+    median(&times)
 }
 
 /// A ping-pong of the datagrams a latency tool's half round trip sends
@@ -342,17 +393,17 @@ fn device_ping_pong(a: &End, b: &End, exchange: Exchange) -> f64 {
     })
 }
 
-/// A ping-pong of 36-byte datagrams between two threads; the median half
-/// round trip in microseconds. Blocking `send`/`recv`, or with `spin`,
-/// non-blocking receives retried until a datagram is there (yielding the
-/// CPU between tries, as the device's waits do).
-fn udp_ping_pong(spin: bool) -> f64 {
+/// A ping-pong of 36-byte datagrams between two threads whose receives do
+/// not block but are retried until a datagram is there (yielding the CPU
+/// between tries, as the device's waits do); the median half round trip in
+/// microseconds.
+fn spinning_ping_pong() -> f64 {
     let here = UdpSocket::bind((LOCALHOST, 0)).unwrap();
     let there = UdpSocket::bind((LOCALHOST, 0)).unwrap();
     here.connect(there.local_addr().unwrap()).unwrap();
     there.connect(here.local_addr().unwrap()).unwrap();
-    here.set_nonblocking(spin).unwrap();
-    there.set_nonblocking(spin).unwrap();
+    here.set_nonblocking(true).unwrap();
+    there.set_nonblocking(true).unwrap();
     let recv = |socket: &UdpSocket, buf: &mut [u8]| loop {
         match socket.recv(buf) {
             Ok(n) => return n,
