@@ -123,12 +123,29 @@ pub fn seal(src: &SocketAddr, dst: &SocketAddr, ip_id: u16, payload: &mut [u8]) 
 /// As [`payload_icrc`]; the segments before the failing one are sealed.
 pub(crate) fn seal_segments<'p>(
     src: &SocketAddr,
-    segments: impl IntoIterator<Item = (&'p SocketAddr, &'p mut [u8])>,
+    segments: impl ExactSizeIterator<Item = (&'p SocketAddr, &'p mut [u8])>,
 ) -> io::Result<()> {
-    let mut segments = segments.into_iter().enumerate();
+    // A latency tool's sends are one or two packets: no room for eight
+    // messages to clear for them.
+    if segments.len() <= SMALL_GROUP {
+        seal_in_groups::<SMALL_GROUP>(src, segments)
+    } else {
+        seal_in_groups::<GROUP>(src, segments)
+    }
+}
+
+/// The smaller group, for one or two packets.
+pub(crate) const SMALL_GROUP: usize = 2;
+
+/// [`seal_segments`] gathering `N` messages at a time.
+fn seal_in_groups<'p, const N: usize>(
+    src: &SocketAddr,
+    segments: impl Iterator<Item = (&'p SocketAddr, &'p mut [u8])>,
+) -> io::Result<()> {
+    let mut segments = segments.enumerate();
     loop {
-        let mut group = IcrcGroup::<GROUP>::new();
-        let mut trailers: [&mut [u8]; GROUP] = Default::default();
+        let mut group = IcrcGroup::<N>::new();
+        let mut trailers: [&mut [u8]; N] = std::array::from_fn(|_| Default::default());
         let mut failed = None;
         for trailer in &mut trailers {
             let Some((id, (dest, payload))) = segments.next() else {
@@ -150,7 +167,7 @@ pub(crate) fn seal_segments<'p>(
         if let Some(e) = failed {
             return Err(e);
         }
-        if gathered < GROUP {
+        if gathered < N {
             return Ok(());
         }
     }

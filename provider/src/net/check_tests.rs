@@ -220,7 +220,7 @@ fn a_gso_run_is_sealed_as_its_segments_would_be_one_by_one() {
         (v4(1, 0xc000), v4(2, 4791)),
         (v6("fd00::1", 0xc001), v6("fd00::2", 4791)),
     ] {
-        for count in [1, 7, 8, 9, 20] {
+        for count in [1, 2, 3, 7, 8, 9, 20] {
             let mut run: Vec<Vec<u8>> = (0..count)
                 .map(|k| send_only(k as u32, GROUP_TEST_LENS[k % GROUP_TEST_LENS.len()]))
                 .collect();

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use libc::{c_int, c_uint};
 
-use super::check::{self, check_packet};
+use super::check::{self, SMALL_GROUP, check_packet};
 use super::packet::{IcrcVerdict, Ipv4IdPolicy, OutPacket, RecvSlot};
 use super::source_ports::{SourcePorts, make_send_only};
 use super::sys::{self, CmsgBuf, RECV_CMSG_SPACE, RawAddr, SEND_CMSG_SPACE};
@@ -691,12 +691,26 @@ pub(super) fn judge(slot: &mut RecvSlot, local_port: u16, policy: Ipv4IdPolicy) 
         Some(seg) if seg < slot.wire_len => seg,
         _ => slot.wire_len.max(1),
     };
+    if slot.wire_len.div_ceil(step) <= SMALL_GROUP {
+        judge_in_groups::<SMALL_GROUP>(slot, &dst, step, policy);
+    } else {
+        judge_in_groups::<GROUP>(slot, &dst, step, policy);
+    }
+}
+
+/// [`judge`] of the `step`-byte segments of `slot`, `N` at a time.
+fn judge_in_groups<const N: usize>(
+    slot: &mut RecvSlot,
+    dst: &SocketAddr,
+    step: usize,
+    policy: Ipv4IdPolicy,
+) {
     let mut at = 0;
     loop {
-        // Up to GROUP segments, judged together; an empty datagram is one
-        // (too short) segment.
-        let mut ranges = [(0, 0); GROUP];
-        let mut payloads: [&[u8]; GROUP] = [&[]; GROUP];
+        // Up to N segments, judged together; an empty datagram is one (too
+        // short) segment.
+        let mut ranges = [(0, 0); N];
+        let mut payloads: [&[u8]; N] = [&[]; N];
         let mut n = 0;
         let mut truncated = false;
         loop {
@@ -709,12 +723,12 @@ pub(super) fn judge(slot: &mut RecvSlot, local_port: u16, policy: Ipv4IdPolicy) 
             payloads[n] = &slot.buf[at..end];
             n += 1;
             at = end;
-            if n == GROUP || at >= slot.wire_len {
+            if n == N || at >= slot.wire_len {
                 break;
             }
         }
-        let mut verdicts = [IcrcVerdict::Unverifiable; GROUP];
-        check::verify_group(&slot.src, &dst, &payloads[..n], policy, &mut verdicts);
+        let mut verdicts = [IcrcVerdict::Unverifiable; N];
+        check::verify_group(&slot.src, dst, &payloads[..n], policy, &mut verdicts);
         for ((at, end), v) in ranges.into_iter().zip(verdicts).take(n) {
             slot.verdicts.push((at, end, v));
         }

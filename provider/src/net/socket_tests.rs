@@ -427,45 +427,43 @@ fn the_socket_is_send_and_sync_and_serves_threads_concurrently() {
 }
 
 #[test]
-fn a_gro_buffer_cut_after_many_segments_is_judged_segment_by_segment() {
-    // Judged in groups: the cut falls in the second group, after packets
-    // of both sorts (ID 0 and solved IDs) and a corrupted one.
+fn a_gro_buffer_cut_after_some_segments_is_judged_segment_by_segment() {
+    // Judged in groups (two segments: a small group): the cut falls after
+    // packets of both sorts (ID 0 and solved IDs) and a corrupted one.
     let src = SocketAddr::new(ip("10.0.0.1"), 0xc000);
     let dst = SocketAddr::new(ip("10.0.0.2"), 4791);
-    let mut slot = RecvSlot::new(4096);
     let segment = 100;
-    let mut at = 0;
-    for k in 0..20 {
-        let mut p = send_only(k, segment - 16);
-        check::seal(&src, &dst, k as u16, &mut p).unwrap();
-        if k == 5 {
-            p[20] ^= 1;
+    for (count, whole) in [(2, 1), (3, 2), (20, 13)] {
+        let mut slot = RecvSlot::new(4096);
+        for k in 0..count {
+            let mut p = send_only(k as u32, segment - 16);
+            check::seal(&src, &dst, k as u16, &mut p).unwrap();
+            if k == 5 {
+                p[20] ^= 1;
+            }
+            slot.buf[k * segment..(k + 1) * segment].copy_from_slice(&p);
         }
-        let room = slot.buf.len() - at;
-        let n = p.len().min(room);
-        slot.buf[at..at + n].copy_from_slice(&p[..n]);
-        at += n;
-    }
-    let cut = 13 * segment + 40;
-    slot.src = src;
-    slot.dst = Some(dst.ip());
-    slot.segment = Some(segment);
-    slot.wire_len = 20 * segment;
-    slot.len = cut;
-    slot.truncated = true;
-    super::socket::judge(&mut slot, dst.port(), Ipv4IdPolicy::Solve);
-    let verdicts = slot.verdicts.clone();
-    assert_eq!(verdicts.len(), 14);
-    for (k, &(a, b, v)) in verdicts.iter().enumerate() {
-        if k == 13 {
-            assert_eq!((a, b, v), (13 * segment, cut, IcrcVerdict::Truncated));
-            continue;
-        }
-        assert_eq!((a, b), (k * segment, (k + 1) * segment), "segment {k}");
-        match k {
-            0 => assert_eq!(v, IcrcVerdict::Good),
-            5 => assert!(matches!(v, IcrcVerdict::Bad { .. })),
-            _ => assert_eq!(v, IcrcVerdict::GoodWithIpId(k as u16), "segment {k}"),
+        let cut = whole * segment + 40;
+        slot.src = src;
+        slot.dst = Some(dst.ip());
+        slot.segment = Some(segment);
+        slot.wire_len = count * segment;
+        slot.len = cut;
+        slot.truncated = true;
+        super::socket::judge(&mut slot, dst.port(), Ipv4IdPolicy::Solve);
+        let verdicts = slot.verdicts.clone();
+        assert_eq!(verdicts.len(), whole + 1, "{count} segments");
+        for (k, &(a, b, v)) in verdicts.iter().enumerate() {
+            if k == whole {
+                assert_eq!((a, b, v), (whole * segment, cut, IcrcVerdict::Truncated));
+                continue;
+            }
+            assert_eq!((a, b), (k * segment, (k + 1) * segment), "segment {k}");
+            match k {
+                0 => assert_eq!(v, IcrcVerdict::Good),
+                5 => assert!(matches!(v, IcrcVerdict::Bad { .. })),
+                _ => assert_eq!(v, IcrcVerdict::GoodWithIpId(k as u16), "segment {k}"),
+            }
         }
     }
 }
