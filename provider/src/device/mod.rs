@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use rustc_hash::FxHashMap;
 
+mod hold_watch;
 mod keys;
 mod lookups;
 mod odp_events;
@@ -157,9 +158,9 @@ struct Shared {
     /// Whether READ replies are in progress (mirrors the receive side's
     /// list, which only the receive lock's holder reads).
     replies_pending: AtomicBool,
-    /// Whether the receive side holds acknowledgements back (see
-    /// [`progress`]).
-    acks_pending: AtomicBool,
+    /// Whether the receive side holds acknowledgements back, against the
+    /// progress thread's long sleeps (see [`hold_watch`]).
+    hold_watch: hold_watch::HoldWatch,
     /// Application threads driving progress.
     manual: progress::Manual,
     /// The progress thread, to wake when application threads stop
@@ -425,7 +426,7 @@ impl Device {
             rx: Mutex::new(progress::Rx::new(options.socket.gro)),
             opened: Instant::now(),
             replies_pending: AtomicBool::new(false),
-            acks_pending: AtomicBool::new(false),
+            hold_watch: hold_watch::HoldWatch::default(),
             manual: progress::Manual::default(),
             progress_thread: std::sync::OnceLock::new(),
         });

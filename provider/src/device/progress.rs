@@ -38,7 +38,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, MutexGuard, PoisonError, TryLockError, Weak};
 use std::time::{Duration, Instant};
 
@@ -123,9 +123,6 @@ pub(crate) struct Manual {
     /// When an application thread last called `progress`, in nanoseconds
     /// since the device opened, plus one (0: never).
     last_call: AtomicU64,
-    /// The progress thread sleeps longer than [`MANUAL_GRACE`]: a thread
-    /// that starts holding acknowledgements back wakes it.
-    long_park: AtomicBool,
     /// Times application threads held acknowledgements back: while they
     /// do, the progress thread looks every [`MANUAL_GRACE`].
     holds: AtomicU64,
@@ -272,17 +269,13 @@ impl Shared {
     /// receive; held acknowledgements must leave within [`MANUAL_GRACE`],
     /// so a longer park is announced, and cut short if they are held.
     fn park_while_driven(&self, mut timeout: Duration) {
-        if timeout > MANUAL_GRACE {
-            // Paired with `answer`: either it sees the announcement and
-            // wakes this thread, or this sees what it holds.
-            self.manual.long_park.store(true, SeqCst);
-            if self.acks_pending.load(SeqCst) {
-                self.manual.long_park.store(false, Relaxed);
-                timeout = MANUAL_GRACE;
-            }
+        // Either `answer` sees the announcement and wakes this thread, or
+        // this sees what it holds (see `hold_watch`).
+        if timeout > MANUAL_GRACE && !self.hold_watch.announce_long_park() {
+            timeout = MANUAL_GRACE;
         }
         std::thread::park_timeout(timeout);
-        self.manual.long_park.store(false, Relaxed);
+        self.hold_watch.park_ended();
     }
 
     /// Runs every queue pair's due timer; returns how long until the next.
@@ -366,11 +359,10 @@ impl Shared {
         }
         if !hold {
             // Every poll passes here: no fence for what nobody waits on.
-            self.acks_pending.store(false, Relaxed);
+            self.hold_watch.clear();
             return;
         }
-        let held_before = self.acks_pending.swap(true, SeqCst);
-        if !held_before && self.manual.long_park.load(SeqCst) {
+        if self.hold_watch.hold() {
             // The progress thread would look only after MANUAL_GRACE.
             if let Some(thread) = self.progress_thread.get() {
                 thread.unpark();
@@ -381,11 +373,11 @@ impl Shared {
     /// The receive side, if it holds acknowledgements back and no other
     /// thread has it: the caller sends them ([`Rx::acks`]).
     pub(super) fn deferred_acks(&self) -> Option<MutexGuard<'_, Rx>> {
-        if !self.acks_pending.load(Relaxed) {
+        if !self.hold_watch.held() {
             return None;
         }
         let rx = self.rx.try_lock().ok()?;
-        self.acks_pending.store(false, Relaxed);
+        self.hold_watch.clear();
         Some(rx)
     }
 
@@ -395,7 +387,7 @@ impl Shared {
     pub(super) fn send_held_back(&self) {
         let mut rx = self.lock_rx();
         self.send(rx.acks());
-        self.acks_pending.store(false, Relaxed);
+        self.hold_watch.clear();
     }
 
     /// Sends the acknowledgements held back, unless another thread holds
