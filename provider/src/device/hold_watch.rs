@@ -81,17 +81,32 @@ mod model {
 
     use super::HoldWatch;
 
+    /// Runs `holders` threads doing `hold` while the progress thread
+    /// announces a long sleep; returns whether it may sleep long, and what
+    /// each holder returned.
+    fn against_a_long_park<T: Send + 'static>(
+        holders: usize,
+        hold: fn(&HoldWatch) -> T,
+    ) -> (bool, Vec<T>) {
+        let watch = Arc::new(HoldWatch::default());
+        let threads: Vec<_> = (0..holders)
+            .map(|_| {
+                let watch = Arc::clone(&watch);
+                thread::spawn(move || hold(&watch))
+            })
+            .collect();
+        let sleeps_long = watch.announce_long_park();
+        (
+            sleeps_long,
+            threads.into_iter().map(|t| t.join().unwrap()).collect(),
+        )
+    }
+
     #[test]
     fn a_hold_is_seen_by_the_sleeper_or_wakes_it() {
         loom::model(|| {
-            let watch = Arc::new(HoldWatch::default());
-            let holder = {
-                let watch = Arc::clone(&watch);
-                thread::spawn(move || watch.hold())
-            };
-            let sleeps_long = watch.announce_long_park();
-            let wakes = holder.join().unwrap();
-            assert!(!sleeps_long || wakes, "a long sleep nobody wakes");
+            let (sleeps_long, wakes) = against_a_long_park(1, HoldWatch::hold);
+            assert!(!sleeps_long || wakes[0], "a long sleep nobody wakes");
         });
     }
 
@@ -100,40 +115,25 @@ mod model {
         // The second hold asks nothing when it finds the first: the first
         // must then have been seen, or have woken the sleeper.
         loom::model(|| {
-            let watch = Arc::new(HoldWatch::default());
-            let holders: Vec<_> = (0..2)
-                .map(|_| {
-                    let watch = Arc::clone(&watch);
-                    thread::spawn(move || watch.hold())
-                })
-                .collect();
-            let sleeps_long = watch.announce_long_park();
-            let woken = holders.into_iter().any(|h| h.join().unwrap());
-            assert!(!sleeps_long || woken, "a long sleep nobody wakes");
+            let (sleeps_long, wakes) = against_a_long_park(2, HoldWatch::hold);
+            assert!(
+                !sleeps_long || wakes.contains(&true),
+                "a long sleep nobody wakes"
+            );
         });
     }
 
     #[test]
     fn a_hold_after_a_send_is_seen_or_wakes_the_sleeper() {
-        // Held, sent, held again, while the progress thread announces a
-        // long sleep: if it sleeps long while something is held, a hold
-        // woke it.
+        // Held, sent, held again: the second hold is never sent, so a long
+        // sleep must see it or be woken by it, whatever the first did.
         loom::model(|| {
-            let watch = Arc::new(HoldWatch::default());
-            let holder = {
-                let watch = Arc::clone(&watch);
-                thread::spawn(move || {
-                    let first = watch.hold();
-                    watch.clear();
-                    let second = watch.hold();
-                    (first, second)
-                })
-            };
-            let sleeps_long = watch.announce_long_park();
-            let (_, second) = holder.join().unwrap();
-            // The second hold is never sent: a long sleep must see it or
-            // be woken by it, whatever the first did.
-            assert!(!sleeps_long || second, "a long sleep past a hold");
+            let (sleeps_long, wakes) = against_a_long_park(1, |watch| {
+                watch.hold();
+                watch.clear();
+                watch.hold()
+            });
+            assert!(!sleeps_long || wakes[0], "a long sleep past a hold");
         });
     }
 }
