@@ -117,7 +117,7 @@ pub fn seal(src: &SocketAddr, dst: &SocketAddr, ip_id: u16, payload: &mut [u8]) 
 /// [`seal`]s the segments of one GSO send from `src`, given as
 /// `(destination, payload)`: the k-th with IPv4 ID k, as the kernel numbers
 /// them. Gathers [`GROUP`] messages before hashing any (see
-/// [`IcrcGroup`]).
+/// [`IcrcGroup`]), or [`SMALL_GROUP`] for a send that small.
 ///
 /// # Errors
 /// As [`payload_icrc`]; the segments before the failing one are sealed.
@@ -125,8 +125,8 @@ pub(crate) fn seal_segments<'p>(
     src: &SocketAddr,
     segments: impl ExactSizeIterator<Item = (&'p SocketAddr, &'p mut [u8])>,
 ) -> io::Result<()> {
-    // A latency tool's sends are one or two packets: no room for eight
-    // messages to clear for them.
+    // A latency tool's sends are one or two packets: clearing room for
+    // eight messages would cost them more than the drained stores save.
     if segments.len() <= SMALL_GROUP {
         seal_in_groups::<SMALL_GROUP>(src, segments)
     } else {
