@@ -94,10 +94,11 @@ const CACHED_REGIONS: usize = 4;
 /// [`Regions`] for a batch of work whose pieces name the same keys (one
 /// received batch, one post call): each region is looked up in the table
 /// once, and lent from then on. A table lookup costs a read lock and a
-/// reference count, and each reference count taken and dropped is an
-/// atomic instruction that waits for the thread's earlier stores to
-/// drain, which dominates a small packet's handling. Keep one only for
-/// that batch: it holds references, which a deregistration waits for.
+/// reference count taken and dropped: atomic instructions, each of which
+/// waits for the thread's earlier stores to drain. Keep one only for that
+/// batch: it holds references, which a deregistration waits for. The list
+/// grows by one entry per region found (unknown keys take none), so a
+/// batch holds at most as many as it names.
 pub(crate) struct CachedRegions<'a> {
     table: &'a dyn RegionTable,
     found: Found,
