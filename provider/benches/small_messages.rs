@@ -126,6 +126,18 @@ fn report(goal: &str, unit: &str, names: (&str, &str), rounds: &[(f64, f64)]) {
 
 const PING_PONGS: usize = 20_000;
 
+/// Times [`PING_PONGS`] round trips (`round_trip(i)`, `i` from 1), each
+/// halved, in microseconds.
+fn half_round_trips(mut round_trip: impl FnMut(u64)) -> Vec<f64> {
+    (1..=PING_PONGS as u64)
+        .map(|i| {
+            let start = Instant::now();
+            round_trip(i);
+            start.elapsed().as_secs_f64() * 1e6 / 2.0
+        })
+        .collect()
+}
+
 fn latency(rounds: usize) {
     let (a, b) = pair(false);
     let mut blocking = Vec::new();
@@ -218,13 +230,10 @@ fn process_ping_pong() -> f64 {
     here.connect((LOCALHOST, port.trim().parse::<u16>().unwrap()))
         .unwrap();
     let mut buf = [0u8; 64];
-    let mut times = Vec::with_capacity(PING_PONGS);
-    for _ in 0..PING_PONGS {
-        let start = Instant::now();
+    let times = half_round_trips(|_| {
         here.send(&[7u8; 36]).unwrap();
         here.recv(&mut buf).unwrap();
-        times.push(start.elapsed().as_secs_f64() * 1e6 / 2.0);
-    }
+    });
     assert!(echo.wait().unwrap().success());
     median(&times)
 }
@@ -280,13 +289,10 @@ fn transport_ping_pong(exchange: Exchange) -> f64 {
             }
         });
         let mut slots = slots();
-        let mut times = Vec::with_capacity(PING_PONGS);
-        for _ in 0..PING_PONGS {
-            let start = Instant::now();
+        let times = half_round_trips(|_| {
             send(&here, there.local_addr());
             receive(&here, &mut slots);
-            times.push(start.elapsed().as_secs_f64() * 1e6 / 2.0);
-        }
+        });
         median(&times)
     })
 }
@@ -378,13 +384,10 @@ fn device_ping_pong(a: &End, b: &End, exchange: Exchange) -> f64 {
                 post_word(b, a, base + i, exchange);
             }
         });
-        let mut times = Vec::with_capacity(PING_PONGS);
-        for i in 1..=PING_PONGS as u64 {
-            let start = Instant::now();
+        let times = half_round_trips(|i| {
             post_word(a, b, base + i, exchange);
             await_word(a, base + i, exchange);
-            times.push(start.elapsed().as_secs_f64() * 1e6 / 2.0);
-        }
+        });
         let worst = times.iter().copied().fold(0.0, f64::max);
         if worst > 1000.0 {
             println!("  (device: slowest half round trip {worst:.0} us)");
@@ -420,13 +423,10 @@ fn spinning_ping_pong() -> f64 {
             }
         });
         let mut buf = [0u8; 64];
-        let mut times = Vec::with_capacity(PING_PONGS);
-        for _ in 0..PING_PONGS {
-            let start = Instant::now();
+        let times = half_round_trips(|_| {
             here.send(&[7u8; 36]).unwrap();
             recv(&here, &mut buf);
-            times.push(start.elapsed().as_secs_f64() * 1e6 / 2.0);
-        }
+        });
         median(&times)
     })
 }
