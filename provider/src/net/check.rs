@@ -143,8 +143,9 @@ fn seal_in_groups<'p, const N: usize>(
     segments: impl Iterator<Item = (&'p SocketAddr, &'p mut [u8])>,
 ) -> io::Result<()> {
     let mut segments = segments.enumerate();
+    // Emptied by each hash: its room is cleared once per send.
+    let mut group = IcrcGroup::<N>::new();
     loop {
-        let mut group = IcrcGroup::<N>::new();
         let mut trailers: [&mut [u8]; N] = std::array::from_fn(|_| Default::default());
         let mut failed = None;
         for trailer in &mut trailers {
@@ -185,38 +186,32 @@ pub fn verify(
     policy: Ipv4IdPolicy,
 ) -> IcrcVerdict {
     let mut verdict = [IcrcVerdict::Unverifiable];
-    verify_group(src, dst, &[payload], policy, &mut verdict);
+    let mut group = IcrcGroup::<1>::new();
+    verify_group(&mut group, src, dst, &[payload], policy, &mut verdict);
     verdict[0]
 }
 
 /// [`verify`] of up to `N` payloads from `src` to `dst`, into `verdicts`
-/// in the same order. Gathers their messages before hashing any (see
-/// [`IcrcGroup`]).
+/// in the same order. Gathers their messages in `group` (empty, and left
+/// so) before hashing any (see [`IcrcGroup`]).
 ///
 /// # Panics
 /// If there are more than `N` payloads.
-pub(crate) fn verify_group<const N: usize>(
+pub(crate) fn verify_group<'a, const N: usize>(
+    group: &mut IcrcGroup<'a, N>,
     src: &SocketAddr,
     dst: &SocketAddr,
-    payloads: &[&[u8]],
+    payloads: &[&'a [u8]],
     policy: Ipv4IdPolicy,
     verdicts: &mut [IcrcVerdict; N],
 ) {
-    let mut group = IcrcGroup::<N>::new();
     // Which payload each gathered message is.
     let mut gathered = [0; N];
     for (i, payload) in payloads.iter().enumerate() {
         verdicts[i] = if payload.len() < MIN_PAYLOAD {
             IcrcVerdict::TooShort
         } else if check_packet(src, dst, payload.len()).is_err()
-            || gather(
-                &mut group,
-                src,
-                dst,
-                0,
-                &payload[..payload.len() - ICRC_LEN],
-            )
-            .is_err()
+            || gather(group, src, dst, 0, &payload[..payload.len() - ICRC_LEN]).is_err()
         {
             // Mixed families or an impossible length: not a datagram a
             // kernel could have delivered to this socket.

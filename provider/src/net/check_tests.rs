@@ -7,7 +7,7 @@ use super::check::{seal_segments, verify_group};
 use super::testutil::send_only;
 use super::{IcrcVerdict, Ipv4IdPolicy, payload_icrc, seal, verify};
 use crate::wire::golden;
-use crate::wire::icrc::GROUP;
+use crate::wire::icrc::{GROUP, IcrcGroup};
 use crate::wire::{IpHeader, icrc_of_udp_payload};
 
 fn ipv4_id(ip: &IpHeader<'_>) -> Option<u16> {
@@ -276,11 +276,13 @@ fn a_group_judges_each_payload_as_it_would_be_judged_alone() {
     }
     payloads.insert(2, vec![0xab; 15]); // too short
     payloads.insert(5, Vec::new());
+    // One group for every chunk: each judgement leaves it empty.
+    let mut group = IcrcGroup::<GROUP>::new();
     for policy in [Ipv4IdPolicy::Solve, Ipv4IdPolicy::UpTo(0)] {
-        for group in payloads.chunks(GROUP) {
-            let slices: Vec<&[u8]> = group.iter().map(|p| &p[..]).collect();
+        for chunk in payloads.chunks(GROUP) {
+            let slices: Vec<&[u8]> = chunk.iter().map(|p| &p[..]).collect();
             let mut verdicts = [IcrcVerdict::Unverifiable; GROUP];
-            verify_group(&src, &dst, &slices, policy, &mut verdicts);
+            verify_group(&mut group, &src, &dst, &slices, policy, &mut verdicts);
             let alone: Vec<IcrcVerdict> = slices
                 .iter()
                 .map(|p| verify(&src, &dst, p, policy))
@@ -292,7 +294,14 @@ fn a_group_judges_each_payload_as_it_would_be_judged_alone() {
     let v6 = SocketAddr::new("::1".parse().unwrap(), 4791);
     let slices: Vec<&[u8]> = payloads.iter().take(GROUP).map(|p| &p[..]).collect();
     let mut verdicts = [IcrcVerdict::Good; GROUP];
-    verify_group(&src, &v6, &slices, Ipv4IdPolicy::Solve, &mut verdicts);
+    verify_group(
+        &mut group,
+        &src,
+        &v6,
+        &slices,
+        Ipv4IdPolicy::Solve,
+        &mut verdicts,
+    );
     for (p, v) in slices.iter().zip(verdicts) {
         let want = if p.len() < 16 {
             IcrcVerdict::TooShort

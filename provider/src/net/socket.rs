@@ -17,7 +17,7 @@ use super::packet::{IcrcVerdict, Ipv4IdPolicy, OutPacket, RecvSlot};
 use super::source_ports::{SourcePorts, make_send_only};
 use super::sys::{self, CmsgBuf, RECV_CMSG_SPACE, RawAddr, SEND_CMSG_SPACE};
 use super::{GRO_SLOT_CAPACITY, NetError, SocketConfig, Transport};
-use crate::wire::icrc::GROUP;
+use crate::wire::icrc::{GROUP, IcrcGroup};
 
 /// Messages per sendmmsg call (larger batches are sent in several calls).
 const SEND_MSGS: usize = 64;
@@ -706,6 +706,8 @@ fn judge_in_groups<const N: usize>(
     policy: Ipv4IdPolicy,
 ) {
     let mut at = 0;
+    // Emptied by each judgement: its room is cleared once per datagram.
+    let mut group = IcrcGroup::<N>::new();
     loop {
         // Up to N segments, judged together; an empty datagram is one (too
         // short) segment.
@@ -728,7 +730,14 @@ fn judge_in_groups<const N: usize>(
             }
         }
         let mut verdicts = [IcrcVerdict::Unverifiable; N];
-        check::verify_group(&slot.src, dst, &payloads[..n], policy, &mut verdicts);
+        check::verify_group(
+            &mut group,
+            &slot.src,
+            dst,
+            &payloads[..n],
+            policy,
+            &mut verdicts,
+        );
         for ((at, end), v) in ranges.into_iter().zip(verdicts).take(n) {
             slot.verdicts.push((at, end, v));
         }
