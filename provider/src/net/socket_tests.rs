@@ -467,3 +467,39 @@ fn a_gro_buffer_cut_after_some_segments_is_judged_segment_by_segment() {
         }
     }
 }
+
+#[test]
+fn a_full_gro_buffer_of_the_smallest_packets_is_judged_whole() {
+    // An on-path peer's largest burst: 64 KiB of 16-byte packets (a BTH
+    // and an ICRC), 4096 segments in one datagram, judged a group at a
+    // time; one corrupted segment in the middle of a group.
+    let src = SocketAddr::new(ip("10.0.0.1"), 0xc000);
+    let dst = SocketAddr::new(ip("10.0.0.2"), 4791);
+    let segment = 16;
+    let count = GRO_SLOT_CAPACITY / segment;
+    let mut slot = RecvSlot::new(GRO_SLOT_CAPACITY);
+    for k in 0..count {
+        let mut p = send_only(k as u32, 0);
+        assert_eq!(p.len(), segment);
+        check::seal(&src, &dst, k as u16, &mut p).unwrap();
+        if k == 2051 {
+            p[3] ^= 1;
+        }
+        slot.buf[k * segment..(k + 1) * segment].copy_from_slice(&p);
+    }
+    slot.src = src;
+    slot.dst = Some(dst.ip());
+    slot.segment = Some(segment);
+    slot.wire_len = GRO_SLOT_CAPACITY;
+    slot.len = GRO_SLOT_CAPACITY;
+    super::socket::judge(&mut slot, dst.port(), Ipv4IdPolicy::Solve);
+    assert_eq!(slot.verdicts.len(), count);
+    for (k, &(a, b, v)) in slot.verdicts.iter().enumerate() {
+        assert_eq!((a, b), (k * segment, (k + 1) * segment), "segment {k}");
+        match k {
+            0 => assert_eq!(v, IcrcVerdict::Good),
+            2051 => assert!(matches!(v, IcrcVerdict::Bad { .. }), "{v:?}"),
+            _ => assert_eq!(v, IcrcVerdict::GoodWithIpId(k as u16), "segment {k}"),
+        }
+    }
+}
