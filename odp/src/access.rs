@@ -42,6 +42,9 @@ impl Umem {
     /// driver lock, and never while faulting: a fault may sleep in
     /// `read_begin` on an invalidation whose system call is waiting for the
     /// monitor, which waits for the gate.
+    // Inlined: its result, read back from the stack right after it was
+    // written, stalled every device access.
+    #[inline(always)]
     fn lock_present(
         &self,
         first: usize,

@@ -172,3 +172,34 @@ fn a_large_received_batch_is_answered_as_it_is_handled_not_only_at_its_end() {
     );
     assert_eq!(a.ctx.stats().tx_packets, messages, "A retransmitted");
 }
+
+#[test]
+fn a_gso_sends_later_segments_count_as_solved_ipv4_ids_once_their_batch_is_handled() {
+    let (a, b) = pair(4096);
+    // Eight equal WRITEs posted together leave in one GSO send: the kernel
+    // numbers its segments' IPv4 IDs 0 to 7, so every segment but the first
+    // matches its ICRC only with a solved ID. The batch counts them and
+    // adds them to the device's counters when it is done, before its
+    // acknowledgement leaves.
+    let messages: u64 = 8;
+    let sges: Vec<_> = (0..messages).map(|k| [a.mr.sge(k * 64, 64)]).collect();
+    let wrs: Vec<SendWr<'_>> = sges
+        .iter()
+        .enumerate()
+        .map(|(k, sge)| SendWr {
+            wr_id: k as u64,
+            op: SendOp::Write {
+                remote_addr: b.mr.addr() + (k * 64) as u64,
+                rkey: b.mr.rkey(),
+            },
+            sg_list: sge,
+            signaled: k + 1 == messages as usize,
+            solicited: false,
+        })
+        .collect();
+    a.qp.post_send(&wrs).unwrap();
+    assert_eq!(a.wait().status, WcStatus::Success);
+    let stats = b.ctx.stats();
+    assert_eq!(stats.rx_packets, messages);
+    assert_eq!(stats.rx_icrc_solved_ip_id, messages - 1);
+}

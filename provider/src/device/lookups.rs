@@ -22,6 +22,9 @@ pub(super) struct BatchLookups<'a> {
     regions: CachedRegions<'a>,
     /// Packets accepted, added to the device's counter at the end.
     accepted: u64,
+    /// ICRCs that matched with a solved IPv4 ID (every segment of a GSO
+    /// send but the first), likewise.
+    solved_ip_ids: u64,
 }
 
 impl<'a> BatchLookups<'a> {
@@ -31,6 +34,7 @@ impl<'a> BatchLookups<'a> {
             qp: None,
             regions: CachedRegions::new(shared),
             accepted: 0,
+            solved_ip_ids: 0,
         }
     }
 
@@ -51,6 +55,11 @@ impl<'a> BatchLookups<'a> {
     pub(super) fn accepted(&mut self) {
         self.accepted += 1;
     }
+
+    /// Counts an ICRC that matched with a solved IPv4 ID.
+    pub(super) fn solved_ip_id(&mut self) {
+        self.solved_ip_ids += 1;
+    }
 }
 
 impl Regions for BatchLookups<'_> {
@@ -61,11 +70,14 @@ impl Regions for BatchLookups<'_> {
 
 impl Drop for BatchLookups<'_> {
     fn drop(&mut self) {
-        if self.accepted > 0 {
-            self.shared
-                .counters
-                .rx_packets
-                .fetch_add(self.accepted, Relaxed);
+        let counters = &self.shared.counters;
+        for (counter, n) in [
+            (&counters.rx_packets, self.accepted),
+            (&counters.rx_icrc_solved_ip_id, self.solved_ip_ids),
+        ] {
+            if n > 0 {
+                counter.fetch_add(n, Relaxed);
+            }
         }
     }
 }

@@ -191,15 +191,12 @@ impl Shared {
         if total == 0 {
             return;
         }
-        let packets = first
-            .packets_mut()
-            .chain(second.iter_mut().flat_map(|o| o.packets_mut()));
         // A ping-pong's request and acknowledgement need no 64 slots made
         // ready first.
         if total <= FEW {
-            self.send_packets::<FEW>(packets);
+            self.send_packets::<FEW>(first, second.as_deref_mut());
         } else {
-            self.send_packets::<BATCH>(packets);
+            self.send_packets::<BATCH>(first, second.as_deref_mut());
         }
         first.clear();
         if let Some(o) = second {
@@ -207,46 +204,58 @@ impl Shared {
         }
     }
 
-    /// Sends `packets`, up to `N` per socket call.
-    fn send_packets<'a, const N: usize>(
-        &self,
-        mut packets: impl Iterator<Item = (u16, SocketAddr, &'a mut [u8])>,
-    ) {
-        let mut batch: [OutPacket<'a>; N] =
+    /// Sends the packets of `first`, then `second`, up to `N` per socket
+    /// call.
+    fn send_packets<const N: usize>(&self, first: &mut Outbox, second: Option<&mut Outbox>) {
+        // Filled field by field from each outbox's iterator in turn:
+        // through one chained iterator (not inlined) each packet came back
+        // through memory and was read wider than it was written, which
+        // stalled every packet.
+        let mut batch: [OutPacket<'_>; N] =
             std::array::from_fn(|_| OutPacket::new(self.local, &mut []));
-        loop {
-            let mut n = 0;
-            for (source_port, dest, bytes) in packets.by_ref().take(N) {
-                batch[n] = OutPacket::from_port(source_port, dest, bytes);
+        let mut n = 0;
+        for out in std::iter::once(first).chain(second) {
+            for (source_port, dest, bytes) in out.packets_mut() {
+                let slot = &mut batch[n];
+                slot.source_port = source_port;
+                slot.dest = dest;
+                slot.buf = bytes;
                 n += 1;
+                if n == N {
+                    self.transmit(&mut batch);
+                    n = 0;
+                }
             }
-            if n == 0 {
-                break;
-            }
-            let mut at = 0;
-            while at < n {
-                // Counted before the system call: on loopback the peer may
-                // receive, answer and complete before it returns, and a
-                // reader of the peer's completion must see this packet
-                // counted. What the call did not send is taken back.
-                let tried = (n - at) as u64;
-                self.counters.tx_packets.fetch_add(tried, Relaxed);
-                // A short count means the next packet failed; sending from
-                // it again returns its error, and it is skipped (a lost
-                // packet, which retransmission recovers).
-                let sent = match self.transport.send_batch(&mut batch[at..n]) {
-                    Ok(sent) if sent > 0 => sent,
-                    Ok(_) | Err(_) => {
-                        self.counters.tx_errors.fetch_add(1, Relaxed);
-                        at += 1;
-                        0
-                    }
-                };
-                at += sent;
-                self.counters
-                    .tx_packets
-                    .fetch_sub(tried - sent as u64, Relaxed);
-            }
+        }
+        self.transmit(&mut batch[..n]);
+    }
+
+    /// Hands `batch` to the socket, as many calls as it takes.
+    fn transmit(&self, batch: &mut [OutPacket<'_>]) {
+        let n = batch.len();
+        let mut at = 0;
+        while at < n {
+            // Counted before the system call: on loopback the peer may
+            // receive, answer and complete before it returns, and a
+            // reader of the peer's completion must see this packet
+            // counted. What the call did not send is taken back.
+            let tried = (n - at) as u64;
+            self.counters.tx_packets.fetch_add(tried, Relaxed);
+            // A short count means the next packet failed; sending from
+            // it again returns its error, and it is skipped (a lost
+            // packet, which retransmission recovers).
+            let sent = match self.transport.send_batch(&mut batch[at..n]) {
+                Ok(sent) if sent > 0 => sent,
+                Ok(_) | Err(_) => {
+                    self.counters.tx_errors.fetch_add(1, Relaxed);
+                    at += 1;
+                    0
+                }
+            };
+            at += sent;
+            self.counters
+                .tx_packets
+                .fetch_sub(tried - sent as u64, Relaxed);
         }
     }
 
@@ -319,16 +328,14 @@ impl Shared {
     pub(super) fn dispatch(
         &self,
         lookups: &mut BatchLookups<'_>,
-        (src, dst): (SocketAddr, IpAddr),
+        (src, dst): &(SocketAddr, IpAddr),
         datagram: &[u8],
         verdict: IcrcVerdict,
         (out, ordered): (&mut Outbox, &mut Outbox),
     ) -> Option<Arc<QpCore>> {
         match verdict {
             IcrcVerdict::Good => {}
-            IcrcVerdict::GoodWithIpId(_) => {
-                self.counters.rx_icrc_solved_ip_id.fetch_add(1, Relaxed);
-            }
+            IcrcVerdict::GoodWithIpId(_) => lookups.solved_ip_id(),
             IcrcVerdict::Bad { .. } | IcrcVerdict::Unverifiable => {
                 self.counters.rx_bad_icrc.fetch_add(1, Relaxed);
                 return None;
@@ -352,7 +359,7 @@ impl Shared {
         let mut replying = None;
         let received = if pkt.bth.opcode.is_request() {
             // Responses to requests (ACKs coalesce) go out with the batch.
-            let received = qp.receive(lookups_now, src, dst, &pkt, out);
+            let received = qp.receive(lookups_now, src, *dst, &pkt, out);
             if pkt.bth.opcode == Opcode::RC_RDMA_READ_REQUEST && qp.replying() {
                 replying = Some(Arc::clone(qp));
             }
@@ -361,7 +368,7 @@ impl Shared {
             // An acknowledgement may open the window: the requester packets
             // it releases go out at once, in order with the poster's.
             self.in_send_order_with(qp, ordered, |out| {
-                qp.receive(lookups_now, src, dst, &pkt, out)
+                qp.receive(lookups_now, src, *dst, &pkt, out)
             })
         };
         let counter = match received {

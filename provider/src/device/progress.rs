@@ -316,7 +316,7 @@ impl Shared {
             let addrs = (slot.src(), slot.dst().unwrap_or(self.local.ip()));
             for (bytes, verdict) in slot.packets() {
                 let outs = (&mut rx.out, &mut rx.ordered);
-                let replying = self.dispatch(&mut lookups, addrs, bytes, verdict, outs);
+                let replying = self.dispatch(&mut lookups, &addrs, bytes, verdict, outs);
                 rx.started.extend(replying);
                 handled += 1;
                 if handled % ANSWER_EVERY == 0 && !rx.out.is_empty() {
@@ -408,7 +408,7 @@ impl Shared {
         let outs = (&mut rx.out, &mut rx.ordered);
         let addrs = (src, self.local.ip());
         let mut lookups = BatchLookups::new(self);
-        let replying = self.dispatch(&mut lookups, addrs, datagram, verdict, outs);
+        let replying = self.dispatch(&mut lookups, &addrs, datagram, verdict, outs);
         drop(lookups);
         rx.started.extend(replying);
         self.continue_replies(rx);

@@ -8,8 +8,10 @@ use std::net::{IpAddr, SocketAddr};
 use super::ipv4_id::{ID_OFFSET_IN_CRC_MESSAGE, solve_ipv4_id};
 use super::{IcrcVerdict, Ipv4IdPolicy};
 use crate::wire::icrc::{GROUP, IcrcGroup, LRH_LEN};
-use crate::wire::ip_udp::{ipv4, ipv4_header, ipv6_header, udp, udp_header};
-use crate::wire::{BthRepr, ICRC_LEN, IpHeader};
+use crate::wire::ip_udp::{
+    ipv4, ipv6, udp, write_masked_ipv4, write_masked_ipv6, write_masked_udp,
+};
+use crate::wire::{BthRepr, ICRC_LEN};
 
 /// Largest UDP payload in an IPv4 datagram (65535 - 20 - 8).
 pub const MAX_PAYLOAD_V4: usize = 65_507;
@@ -85,14 +87,25 @@ fn gather<'a, const N: usize>(
     roce: &'a [u8],
 ) -> io::Result<()> {
     let udp_len = udp::LEN + roce.len() + ICRC_LEN;
-    let udp = udp_header(src.port(), dst.port(), udp_len);
+    let ports = (src.port(), dst.port());
+    // Written in place: see `write_masked_udp`.
+    let write_udp = |room: &mut [u8]| {
+        let h = room.first_chunk_mut::<{ udp::LEN }>().unwrap();
+        write_masked_udp(h, ports.0, ports.1, udp_len);
+    };
     let gathered = match (src.ip(), dst.ip()) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            group.push(IpHeader::V4(&ipv4_header(s, d, ip_id, udp_len)), &udp, roce)
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            group.push(IpHeader::V6(&ipv6_header(&s, &d, udp_len)), &udp, roce)
-        }
+        (IpAddr::V4(s), IpAddr::V4(d)) => group.push_with(roce, |room| {
+            let (ip, rest) = room.split_first_chunk_mut::<{ ipv4::LEN }>().unwrap();
+            write_masked_ipv4(ip, s, d, ip_id, udp_len);
+            write_udp(rest);
+            ipv4::LEN + udp::LEN
+        }),
+        (IpAddr::V6(s), IpAddr::V6(d)) => group.push_with(roce, |room| {
+            let (ip, rest) = room.split_first_chunk_mut::<{ ipv6::LEN }>().unwrap();
+            write_masked_ipv6(ip, &s, &d, udp_len);
+            write_udp(rest);
+            ipv6::LEN + udp::LEN
+        }),
         _ => {
             return Err(invalid(
                 "destination address family differs from the socket's",

@@ -210,9 +210,11 @@ impl QpCore {
         let mut st = self.lock();
         let request = pkt.bth.opcode.is_request();
         check_state(st.kind, request)?;
-        let peer = st.peer.ok_or(RxDrop::NotReady)?;
-        check_addr(&peer, src, dst)?;
-        check_keys(&peer, pkt.bth.pkey)?;
+        // Borrowed, not copied: a copy's narrow stores read back wide
+        // stalled every packet.
+        let peer = st.peer.as_ref().ok_or(RxDrop::NotReady)?;
+        check_addr(peer, src, dst)?;
+        check_keys(peer, pkt.bth.pkey)?;
         if request {
             self.respond(&mut st, regions, pkt, out);
         } else {

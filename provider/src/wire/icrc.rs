@@ -40,9 +40,11 @@ pub fn icrc(ip: IpHeader<'_>, udp_header: &[u8; 8], roce: &[u8]) -> Result<u32, 
 /// table-driven loop (several times slower per byte).
 const FOLD_FROM: usize = 128;
 
-/// Room for the masked headers (the IPv6 ones the longest) and a short
-/// packet's remaining bytes.
-const HEAD_MAX: usize = LRH_LEN + ipv6::LEN + udp::LEN + BthRepr::LEN + FOLD_FROM;
+/// Room for the longest IP and UDP headers.
+const IP_UDP_MAX: usize = ipv6::LEN + udp::LEN;
+
+/// Room for the masked headers and a short packet's remaining bytes.
+const HEAD_MAX: usize = LRH_LEN + IP_UDP_MAX + BthRepr::LEN + FOLD_FROM;
 
 /// How many packets the batch callers of [`IcrcGroup`] gather before they
 /// hash them: enough for the first message's stores to have drained.
@@ -103,29 +105,41 @@ impl<'a, const N: usize> IcrcGroup<'a, N> {
         udp_header: &[u8; 8],
         roce: &'a [u8],
     ) -> Result<(), WireError> {
+        self.push_with(roce, |room| {
+            let (ip_len, rest) = match ip {
+                IpHeader::V4(h) => {
+                    let (m, rest) = room.split_first_chunk_mut::<{ ipv4::LEN }>().unwrap();
+                    *m = *h;
+                    mask_ipv4(m);
+                    (ipv4::LEN, rest)
+                }
+                IpHeader::V6(h) => {
+                    let (m, rest) = room.split_first_chunk_mut::<{ ipv6::LEN }>().unwrap();
+                    *m = *h;
+                    mask_ipv6(m);
+                    (ipv6::LEN, rest)
+                }
+            };
+            let u = rest.first_chunk_mut::<{ udp::LEN }>().unwrap();
+            *u = *udp_header;
+            mask_udp(u);
+            ip_len + udp::LEN
+        })
+    }
+
+    /// [`Self::push`] of a packet whose IP and UDP headers, masked,
+    /// `write_masked_headers` writes at the start of the room it is given
+    /// (room for an IPv6 and a UDP header), returning their length.
+    pub(crate) fn push_with(
+        &mut self,
+        roce: &'a [u8],
+        write_masked_headers: impl FnOnce(&mut [u8]) -> usize,
+    ) -> Result<(), WireError> {
         check_len("BTH", roce, BthRepr::LEN)?;
         assert!(!self.is_full(), "ICRC group full");
         let message = &mut self.heads[self.len];
         message[..LRH_LEN].fill(0xff);
-        let ip_len = match ip {
-            IpHeader::V4(h) => {
-                let mut m = *h;
-                mask_ipv4(&mut m);
-                message[LRH_LEN..LRH_LEN + ipv4::LEN].copy_from_slice(&m);
-                ipv4::LEN
-            }
-            IpHeader::V6(h) => {
-                let mut m = *h;
-                mask_ipv6(&mut m);
-                message[LRH_LEN..LRH_LEN + ipv6::LEN].copy_from_slice(&m);
-                ipv6::LEN
-            }
-        };
-        let at = LRH_LEN + ip_len;
-        let mut u = *udp_header;
-        mask_udp(&mut u);
-        message[at..at + udp::LEN].copy_from_slice(&u);
-        let at = at + udp::LEN;
+        let at = LRH_LEN + write_masked_headers(&mut message[LRH_LEN..LRH_LEN + IP_UDP_MAX]);
         let bth = &mut message[at..at + BthRepr::LEN];
         bth.copy_from_slice(&roce[..BthRepr::LEN]);
         bth[4] = 0xff; // FECN, BECN, reserved

@@ -54,6 +54,7 @@ impl<'a> PacketRepr<'a> {
     /// [`WireError::Truncated`], [`WireError::UnknownOpcode`],
     /// [`WireError::BadVersion`], [`WireError::BadPad`],
     /// [`WireError::UnexpectedPayload`]. Never panics, whatever the input.
+    #[inline]
     pub fn parse(buf: &'a [u8]) -> Result<Self, WireError> {
         let p = Packet::new_checked(buf)?;
         // A checked packet holds every header of its layout, exactly sized,
