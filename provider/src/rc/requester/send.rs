@@ -63,9 +63,9 @@ impl QpCore {
             if len > u64::from(u32::MAX) || (atomic && len != 8) {
                 return Err(EngineError::InvalidArgument("SGE list length"));
             }
-            st.req.sq.push_back(SendWqe {
+            let wqe = st.req.sq.push_back_mut(SendWqe {
                 wr_id: wr.wr_id,
-                op: wr.op,
+                op: SendOp::Send,
                 sges: Sges::from_slice(wr.sg_list),
                 signaled: wr.signaled,
                 len: len as u32,
@@ -77,6 +77,10 @@ impl QpCore {
                 reread_from: None,
                 done: None,
             });
+            // Copied straight from the request: through the new entry's
+            // stack copy it was read back across two stores, which stalled
+            // every post.
+            wqe.op = wr.op;
         }
         if st.kind == QpState::Error {
             self.fail(&mut st, None);
