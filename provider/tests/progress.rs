@@ -26,6 +26,27 @@ fn write(from: &End, to: &End, len: usize) {
     send(&from.qp, 1, op, from.mr.sge(0, len as u32));
 }
 
+/// Posts `messages` 64-byte WRITEs from `a` to consecutive places of `b`
+/// in one call, only the last one signaled.
+fn post_small_writes(a: &End, b: &End, messages: u64) {
+    let sges: Vec<_> = (0..messages).map(|k| [a.mr.sge(k * 64, 64)]).collect();
+    let wrs: Vec<SendWr<'_>> = sges
+        .iter()
+        .enumerate()
+        .map(|(k, sge)| SendWr {
+            wr_id: k as u64,
+            op: SendOp::Write {
+                remote_addr: b.mr.addr() + (k * 64) as u64,
+                rkey: b.mr.rkey(),
+            },
+            sg_list: sge,
+            signaled: k + 1 == messages as usize,
+            solicited: false,
+        })
+        .collect();
+    a.qp.post_send(&wrs).unwrap();
+}
+
 /// Calls `end`'s `progress` until `done` holds (at most 10 s).
 fn progress_until(end: &End, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -144,22 +165,7 @@ fn a_large_received_batch_is_answered_as_it_is_handled_not_only_at_its_end() {
     // by B's next call instead of one by one by B's progress thread.
     b.ctx.progress();
     let messages: u64 = 128; // rxe's window of unacknowledged packets
-    let sges: Vec<_> = (0..messages).map(|k| [a.mr.sge(k * 64, 64)]).collect();
-    let wrs: Vec<SendWr<'_>> = sges
-        .iter()
-        .enumerate()
-        .map(|(k, sge)| SendWr {
-            wr_id: k as u64,
-            op: SendOp::Write {
-                remote_addr: b.mr.addr() + (k * 64) as u64,
-                rkey: b.mr.rkey(),
-            },
-            sg_list: sge,
-            signaled: k + 1 == messages as usize,
-            solicited: false,
-        })
-        .collect();
-    a.qp.post_send(&wrs).unwrap();
+    post_small_writes(&a, &b, messages);
     progress_until(&b, || b.ctx.stats().rx_packets == messages);
     assert_eq!(a.wait().status, WcStatus::Success);
     // Every packet asked for an acknowledgement; however the socket split
@@ -182,22 +188,7 @@ fn a_gso_sends_later_segments_count_as_solved_ipv4_ids_once_their_batch_is_handl
     // adds them to the device's counters when it is done, before its
     // acknowledgement leaves.
     let messages: u64 = 8;
-    let sges: Vec<_> = (0..messages).map(|k| [a.mr.sge(k * 64, 64)]).collect();
-    let wrs: Vec<SendWr<'_>> = sges
-        .iter()
-        .enumerate()
-        .map(|(k, sge)| SendWr {
-            wr_id: k as u64,
-            op: SendOp::Write {
-                remote_addr: b.mr.addr() + (k * 64) as u64,
-                rkey: b.mr.rkey(),
-            },
-            sg_list: sge,
-            signaled: k + 1 == messages as usize,
-            solicited: false,
-        })
-        .collect();
-    a.qp.post_send(&wrs).unwrap();
+    post_small_writes(&a, &b, messages);
     assert_eq!(a.wait().status, WcStatus::Success);
     let stats = b.ctx.stats();
     assert_eq!(stats.rx_packets, messages);
