@@ -2,7 +2,9 @@
 //! as alternating rounds of the device and its bare-UDP counterpart in one
 //! run (this machine's speed drifts by 2-3x from hour to hour, so only
 //! ratios of neighbouring rounds mean something). Prints every round and
-//! the median ratio.
+//! the median ratio; the latency rounds also print the tail of the
+//! device's and the spinning pair's half round trips (99th and 99.9th
+//! percentiles, as perftest reports them, and the slowest).
 //!
 //! - latency: the exchanges of perftest's `write_lat` (each side polls its
 //!   memory for the other's 8-byte RDMA WRITE, then writes back and waits
@@ -398,12 +400,28 @@ fn device_ping_pong(a: &End, b: &End, exchange: Exchange) -> f64 {
             post_word(a, b, base + i, exchange);
             await_word(a, base + i, exchange);
         });
-        let worst = times.iter().copied().fold(0.0, f64::max);
-        if worst > 1000.0 {
-            println!("  (device: slowest half round trip {worst:.0} us)");
-        }
-        median(&times)
+        let name = match exchange {
+            Exchange::Write => "device write_lat",
+            Exchange::Send => "device send_lat",
+        };
+        typical_after_tail(name, &times)
     })
+}
+
+/// The median of `times` (half round trips in microseconds), after
+/// printing their tail as perftest reports it (99th and 99.9th
+/// percentiles) and the slowest, under `name`.
+fn typical_after_tail(name: &str, times: &[f64]) -> f64 {
+    let mut sorted = times.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let at = |fraction: f64| sorted[((sorted.len() - 1) as f64 * fraction) as usize];
+    println!(
+        "  ({name}: 99 % {:.1} us, 99.9 % {:.1} us, slowest {:.0} us)",
+        at(0.99),
+        at(0.999),
+        at(1.0)
+    );
+    median(times)
 }
 
 /// A ping-pong of 36-byte datagrams between two threads whose receives do
@@ -437,7 +455,7 @@ fn spinning_ping_pong() -> f64 {
             here.send(&[7u8; 36]).unwrap();
             recv(&here, &mut buf);
         });
-        median(&times)
+        typical_after_tail("spinning bare pair", &times)
     })
 }
 
