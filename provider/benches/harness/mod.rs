@@ -23,6 +23,10 @@ pub const MIN_BYTES: usize = 1 << 20;
 pub const TX_DEPTH: usize = 128;
 /// Registered bytes per side.
 pub const REGION: usize = 8 << 20;
+/// perftest's cycle buffer (`ib_write_bw` and this project's `write_bw`
+/// place messages of up to a page within one page on both ends): the
+/// message-rate stream measures the device rather than the memory system.
+pub const CYCLE_BUFFER: usize = 4096;
 pub const MTU: usize = 4096;
 
 pub fn messages(size: usize) -> usize {
@@ -100,11 +104,13 @@ pub fn reap(cq: &CompletionQueue, wc: &mut [WorkCompletion]) -> usize {
 /// Posts `count` messages of `size` bytes from `a`, at most [`TX_DEPTH`]
 /// outstanding, and waits for all of them. With `receiver`, `b`'s receive
 /// completions are drained and its receives reposted as they are used.
+/// Messages go to consecutive places in the whole [`REGION`] on both ends.
 pub fn stream(a: &End, b: &End, op: fn(&End, usize) -> SendOp, size: usize, receiver: bool) {
-    stream_count(a, b, op, size, messages(size), receiver);
+    stream_count(a, b, op, size, messages(size), receiver, REGION);
 }
 
-/// [`stream`] of `count` messages.
+/// [`stream`] of `count` messages, placed in turn within the first `span`
+/// bytes of each end's region.
 pub fn stream_count(
     a: &End,
     b: &End,
@@ -112,8 +118,9 @@ pub fn stream_count(
     size: usize,
     count: usize,
     receiver: bool,
+    span: usize,
 ) {
-    let slots = REGION / size;
+    let slots = (span.min(REGION) / size).max(1);
     let mut wc = vec![WorkCompletion::default(); 64];
     let mut rwc = vec![WorkCompletion::default(); 256];
     let (mut posted, mut done, mut received) = (0, 0, 0);
