@@ -192,3 +192,113 @@ fn bad_keys_ranges_lengths_and_psns_are_naked() {
         assert_eq!(probe, [0; 64], "{what}");
     }
 }
+
+/// Makes every `send_to` on `sock` leave as segments of `size` bytes (one
+/// GSO send: a receiver with GRO gets them as one datagram).
+fn segment_sends(sock: &std::net::UdpSocket, size: usize) {
+    use std::os::fd::AsRawFd;
+    let size = size as libc::c_int;
+    // SAFETY: a valid socket, and an option value of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_SEGMENT,
+            (&raw const size).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
+}
+
+/// An on-path peer (it knows the queue pair, its PSNs and the rkey) packs
+/// good requests, a corrupted one, one to another queue pair and one with
+/// a foreign P_Key into one GSO send, which reaches the device as one GRO
+/// datagram. The device handles the requests of a queue pair that follow
+/// one another under one hold of its lock: each segment must still be
+/// judged on its own.
+#[test]
+fn each_segment_of_one_gro_datagram_is_judged_on_its_own() {
+    use provider::net::{RecvSlot, RoceSocket, SocketConfig};
+    const PAYLOAD: usize = 8;
+    let sock = socket(LOCALHOST);
+    let me = sock.local_addr().unwrap();
+    let t = Target::new(me, 1 << 16, Mtu::Mtu1024);
+    let dev = t.ctx.local_addr();
+    let qpn = t.qp.qp_num();
+    // (destination QP, PSN, P_Key, payload byte; None: ICRC corrupted).
+    let segments: [(u32, u32, u16, Option<u8>); 8] = [
+        (qpn, 100, 0xffff, Some(1)),
+        (qpn, 101, 0xffff, Some(2)),
+        (qpn, 102, 0xffff, None),
+        (qpn, 102, 0xffff, Some(3)),
+        (0xabcd, 103, 0xffff, Some(9)),
+        (qpn, 103, 0x1234, Some(9)),
+        (qpn, 103, 0xffff, Some(4)),
+        (qpn, 104, 0xffff, Some(5)),
+    ];
+    let build = |dest: std::net::SocketAddr| -> Vec<u8> {
+        let mut all = Vec::new();
+        let mut place = 0;
+        for &(qp, psn, pkey, byte) in &segments {
+            let payload = [byte.unwrap_or(7); PAYLOAD];
+            let mut h = PacketRepr::new(
+                provider::wire::BthRepr {
+                    pkey,
+                    ..bth(Opcode::RC_RDMA_WRITE_ONLY, qp, psn, PAYLOAD)
+                },
+                &payload,
+            );
+            h.reth = Some(RethRepr {
+                va: t.mr.addr() + place,
+                rkey: t.mr.rkey(),
+                len: PAYLOAD as u32,
+            });
+            let mut sealed = seal(me, dest, packet(h));
+            if byte.is_none() {
+                sealed[20] ^= 1;
+            }
+            if byte.is_some_and(|b| b != 9) {
+                place += PAYLOAD as u64;
+            }
+            all.extend_from_slice(&sealed);
+        }
+        all
+    };
+    let segment = build(dev).len() / segments.len();
+    segment_sends(&sock, segment);
+
+    // The premise: such a send reaches a GRO socket as one datagram.
+    let config = SocketConfig {
+        gro: true,
+        ..SocketConfig::default()
+    };
+    let probe = RoceSocket::bind_with(std::net::SocketAddr::new(LOCALHOST, 0), config).unwrap();
+    sock.send_to(&build(probe.local_addr()), probe.local_addr())
+        .unwrap();
+    let mut slots = [RecvSlot::new(65_536)];
+    let n = probe
+        .recv_batch(&mut slots, Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!((n, slots[0].packet_count()), (1, segments.len()));
+
+    let before = t.ctx.stats();
+    sock.send_to(&build(dev), dev).unwrap();
+    let acks = responses(&sock);
+    let s = t.ctx.stats();
+    assert_eq!(s.rx_packets - before.rx_packets, 5, "{s:?}");
+    assert_eq!(s.rx_bad_icrc - before.rx_bad_icrc, 1, "{s:?}");
+    assert_eq!(s.rx_unknown_qp - before.rx_unknown_qp, 1, "{s:?}");
+    assert_eq!(s.rx_bad_pkey - before.rx_bad_pkey, 1, "{s:?}");
+    let mut landed = [0u8; 5 * PAYLOAD];
+    // SAFETY: reading the target's own mapping, which the device wrote
+    // before it acknowledged.
+    unsafe {
+        std::ptr::copy_nonoverlapping(t.mr.addr() as *const u8, landed.as_mut_ptr(), landed.len())
+    };
+    let expected: Vec<u8> = (1..=5).flat_map(|b| [b; PAYLOAD]).collect();
+    assert_eq!(landed.as_slice(), expected, "{acks:?}");
+    let last = acks.last().expect("an acknowledgement");
+    assert!(matches!(last.decode(), Syndrome::Ack { .. }), "{acks:?}");
+    assert_eq!(t.qp.state(), QpState::Rts);
+}

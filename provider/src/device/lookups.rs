@@ -51,14 +51,14 @@ impl<'a> BatchLookups<'a> {
         self.qp.as_ref()
     }
 
-    /// Counts a packet a queue pair accepted.
-    pub(super) fn accepted(&mut self) {
-        self.accepted += 1;
+    /// Counts `n` packets queue pairs accepted.
+    pub(super) fn accepted(&mut self, n: u64) {
+        self.accepted += n;
     }
 
-    /// Counts an ICRC that matched with a solved IPv4 ID.
-    pub(super) fn solved_ip_id(&mut self) {
-        self.solved_ip_ids += 1;
+    /// Counts `n` ICRCs that matched with a solved IPv4 ID.
+    pub(super) fn solved_ip_ids(&mut self, n: u64) {
+        self.solved_ip_ids += n;
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use rustc_hash::FxHashMap;
 
+mod dispatch;
 mod hold_watch;
 mod keys;
 mod lookups;
@@ -27,11 +28,9 @@ use keys::KeyTable;
 use lookups::BatchLookups;
 
 use crate::net::{
-    IcrcVerdict, Ipv4IdPolicy, Lossy, LossySocket, LossyStats, OutPacket, RoceSocket, SocketConfig,
-    Transport,
+    Ipv4IdPolicy, Lossy, LossySocket, LossyStats, OutPacket, RoceSocket, SocketConfig, Transport,
 };
-use crate::rc::{Outbox, QpCore, Region, RegionTable, RxDrop};
-use crate::wire::{Opcode, PacketRepr};
+use crate::rc::{Outbox, QpCore, Region, RegionTable};
 
 /// Datagrams received per system call, and packets handed to the socket per
 /// send call.
@@ -317,71 +316,6 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
             .get(&qpn)
             .cloned()
-    }
-
-    /// Hands one received packet, sent from `src` to the local address
-    /// `dst`, to its queue pair. Responses to requests go into `out` (sent
-    /// with the batch); requester packets that responses release go out
-    /// through `ordered` at once, in send order. Returns the queue pair if
-    /// the packet was a READ request whose reply goes on (see
-    /// [`QpCore::continue_reply`]).
-    pub(super) fn dispatch(
-        &self,
-        lookups: &mut BatchLookups<'_>,
-        (src, dst): &(SocketAddr, IpAddr),
-        datagram: &[u8],
-        verdict: IcrcVerdict,
-        (out, ordered): (&mut Outbox, &mut Outbox),
-    ) -> Option<Arc<QpCore>> {
-        match verdict {
-            IcrcVerdict::Good => {}
-            IcrcVerdict::GoodWithIpId(_) => lookups.solved_ip_id(),
-            IcrcVerdict::Bad { .. } | IcrcVerdict::Unverifiable => {
-                self.counters.rx_bad_icrc.fetch_add(1, Relaxed);
-                return None;
-            }
-            IcrcVerdict::TooShort | IcrcVerdict::Truncated => {
-                self.counters.rx_malformed.fetch_add(1, Relaxed);
-                return None;
-            }
-        }
-        let Ok(pkt) = PacketRepr::parse(datagram) else {
-            self.counters.rx_malformed.fetch_add(1, Relaxed);
-            return None;
-        };
-        if lookups.qp(pkt.bth.dest_qp).is_none() {
-            self.counters.rx_unknown_qp.fetch_add(1, Relaxed);
-            return None;
-        }
-        let src = src.ip();
-        let lookups_now: &BatchLookups<'_> = lookups;
-        let qp = lookups_now.current_qp()?;
-        let mut replying = None;
-        let received = if pkt.bth.opcode.is_request() {
-            // Responses to requests (ACKs coalesce) go out with the batch.
-            let received = qp.receive(lookups_now, src, *dst, &pkt, out);
-            if pkt.bth.opcode == Opcode::RC_RDMA_READ_REQUEST && qp.replying() {
-                replying = Some(Arc::clone(qp));
-            }
-            received
-        } else {
-            // An acknowledgement may open the window: the requester packets
-            // it releases go out at once, in order with the poster's.
-            self.in_send_order_with(qp, ordered, |out| {
-                qp.receive(lookups_now, src, *dst, &pkt, out)
-            })
-        };
-        let counter = match received {
-            Ok(()) => {
-                lookups.accepted();
-                return replying;
-            }
-            Err(RxDrop::NotReady) => &self.counters.rx_qp_not_ready,
-            Err(RxDrop::WrongAddress) => &self.counters.rx_wrong_address,
-            Err(RxDrop::BadPkey) => &self.counters.rx_bad_pkey,
-        };
-        counter.fetch_add(1, Relaxed);
-        replying
     }
 }
 

@@ -314,11 +314,14 @@ impl Shared {
         let mut lookups = BatchLookups::new(self);
         for slot in &rx.slots[..n] {
             let addrs = (slot.src(), slot.dst().unwrap_or(self.local.ip()));
-            for (bytes, verdict) in slot.packets() {
+            let mut packets = slot.packets().peekable();
+            while let Some(first) = packets.next() {
                 let outs = (&mut rx.out, &mut rx.ordered);
-                let replying = self.dispatch(&mut lookups, &addrs, bytes, verdict, outs);
-                rx.started.extend(replying);
-                handled += 1;
+                // A run of requests ends where the answers leave.
+                let room = ANSWER_EVERY - handled % ANSWER_EVERY;
+                let done = self.dispatch(&mut lookups, &addrs, first, &mut packets, room, outs);
+                rx.started.extend(done.replying);
+                handled += done.packets;
                 if handled % ANSWER_EVERY == 0 && !rx.out.is_empty() {
                     self.send(&mut rx.out);
                 }
@@ -408,9 +411,17 @@ impl Shared {
         let outs = (&mut rx.out, &mut rx.ordered);
         let addrs = (src, self.local.ip());
         let mut lookups = BatchLookups::new(self);
-        let replying = self.dispatch(&mut lookups, &addrs, datagram, verdict, outs);
+        let mut none = std::iter::empty().peekable();
+        let done = self.dispatch(
+            &mut lookups,
+            &addrs,
+            (datagram, verdict),
+            &mut none,
+            1,
+            outs,
+        );
         drop(lookups);
-        rx.started.extend(replying);
+        rx.started.extend(done.replying);
         self.continue_replies(rx);
         self.answer(rx, Acks::Send);
     }

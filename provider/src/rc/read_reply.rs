@@ -47,12 +47,6 @@ impl ReadReply {
 }
 
 impl QpCore {
-    /// Whether a READ reply is in progress (to be continued with
-    /// [`Self::continue_reply`]).
-    pub(crate) fn replying(&self) -> bool {
-        self.lock().resp.replying()
-    }
-
     /// Continues the READ reply in progress, if any (called by the device
     /// between receive batches); returns whether one is still in progress.
     pub(crate) fn continue_reply(&self, regions: &dyn Regions, out: &mut Outbox) -> bool {
