@@ -8,6 +8,7 @@ pub mod exchange;
 pub mod flags;
 pub mod gid;
 pub mod lat;
+pub mod peak;
 pub mod report;
 pub mod session;
 pub mod side;

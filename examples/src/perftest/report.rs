@@ -89,9 +89,9 @@ pub struct BwReport {
 /// Computes a bandwidth result from when each message was posted and
 /// completed (nanoseconds from any origin). With `peak_every`, completions
 /// were reaped every that many messages (perftest's `-Q`), which bounds the
-/// windows the peak is taken over, as in perftest; without it the peak is
-/// not computed and reported as 0 (perftest's duration mode), since the
-/// search is quadratic in the number of messages.
+/// windows the peak is taken over, as in perftest (see [`super::peak`]);
+/// without it the peak is not computed and reported as 0 (perftest's
+/// duration mode).
 ///
 /// # Panics
 /// If the two slices differ in length or are empty.
@@ -105,22 +105,7 @@ pub fn bw(
     assert!(!posted.is_empty() && posted.len() == completed.len());
     let n = posted.len();
     let peak = peak_every.map_or(0.0, |cq_mod| {
-        let cq_mod = cq_mod.max(1);
-        // Nanoseconds per message over the whole run, then the best window.
-        let mut best = completed[0].saturating_sub(posted[0]) as f64;
-        for (i, &start) in posted.iter().enumerate() {
-            let per_message =
-                |j: usize| completed[j].saturating_sub(start) as f64 / (j - i + 1) as f64;
-            let mut j = (i + 1).div_ceil(cq_mod) * cq_mod - 1;
-            while j < n {
-                best = best.min(per_message(j));
-                j += cq_mod;
-            }
-            // The last completion is always reaped, whatever cq_mod says.
-            if !n.is_multiple_of(cq_mod) {
-                best = best.min(per_message(n - 1));
-            }
-        }
+        let best = super::peak::best_ns_per_message(posted, completed, cq_mod);
         size as f64 / (best.max(1.0) / 1e9) / units.factor()
     });
     let total = completed[n - 1].saturating_sub(posted[0]).max(1) as f64 / 1e9;
