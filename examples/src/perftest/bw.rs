@@ -11,8 +11,12 @@ use super::exchange::{KeyMessage, Tool};
 use super::side::{RX_DEPTH, Side};
 use super::{AtomicType, ToolError, check_completion, interrupted};
 
-/// Work requests posted with one call at most.
-const POST_LIST: usize = 32;
+/// Work requests posted with one call at most: half of perftest's
+/// default window (128), so that one list is in flight while the next is
+/// posted, and as many packets as one GSO send of the device carries. With
+/// 32, 64-byte WRITEs ran at 0.8x (twice the system calls); with the whole
+/// window, at 0.6x (the two ends take turns).
+const POST_LIST: usize = 64;
 /// No completion for this long means the peer is gone.
 const STALL: Duration = Duration::from_secs(10);
 
