@@ -4,7 +4,7 @@
 //! counted and dropped), then its queue pair handles it. Requests that
 //! follow one another to the same queue pair within a datagram (a
 //! stream's WRITEs, the segments of one GRO datagram) are handled under
-//! one hold of its lock ([`QpCore::request_run`]), up to the next point where the
+//! one hold of its lock ([`QpCore::receive_run`]), up to the next point where the
 //! batch's answers leave: per packet, the lock's two atomic instructions
 //! were the largest part of handling a small request.
 
@@ -69,7 +69,7 @@ impl Shared {
         // An acknowledgement may open the window: the requester packets it
         // releases go out at once, in order with the poster's.
         let received = self.in_send_order_with(qp, ordered, |out| {
-            qp.receive(lookups_now, src, *dst, &pkt, out)
+            qp.receive_run().receive(lookups_now, src, *dst, &pkt, out)
         });
         match received {
             Ok(()) => lookups.accepted(1),
@@ -123,7 +123,7 @@ impl Shared {
                 replying: None,
             };
         };
-        let mut run = qp.request_run();
+        let mut run = qp.receive_run();
         let (mut packets, mut accepted, mut solved_ip_ids) = (0, 0, 0);
         let mut read_request = false;
         let mut next = Some(first);

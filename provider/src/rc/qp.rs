@@ -196,52 +196,13 @@ impl QpCore {
         Ok(())
     }
 
-    /// Handles one received packet addressed to this queue pair, sent from
-    /// `src` to `dst`. Packets that fail the checks of rxe's `rxe_recv.c`
-    /// (state, addresses, P_Key) are dropped silently, with the reason.
-    pub(crate) fn receive(
-        &self,
-        regions: &dyn Regions,
-        src: IpAddr,
-        dst: IpAddr,
-        pkt: &PacketRepr<'_>,
-        out: &mut Outbox,
-    ) -> Result<(), RxDrop> {
-        self.receive_locked(&mut self.lock(), regions, src, dst, pkt, out)
-    }
-
-    /// The queue pair's lock, held across [`RequestRun::receive`] of
-    /// several received requests in a row.
-    pub(crate) fn request_run(&self) -> RequestRun<'_> {
-        RequestRun {
+    /// The queue pair's lock, held across [`ReceiveRun::receive`] of one
+    /// received packet or several in a row.
+    pub(crate) fn receive_run(&self) -> ReceiveRun<'_> {
+        ReceiveRun {
             qp: self,
             st: self.lock(),
         }
-    }
-
-    fn receive_locked(
-        &self,
-        st: &mut QpLocked,
-        regions: &dyn Regions,
-        src: IpAddr,
-        dst: IpAddr,
-        pkt: &PacketRepr<'_>,
-        out: &mut Outbox,
-    ) -> Result<(), RxDrop> {
-        let request = pkt.bth.opcode.is_request();
-        check_state(st.kind, request)?;
-        // Borrowed, not copied: a copy's narrow stores read back wide
-        // stalled every packet.
-        let peer = st.peer.as_ref().ok_or(RxDrop::NotReady)?;
-        check_addr(peer, src, dst)?;
-        check_keys(peer, pkt.bth.pkey)?;
-        if request {
-            self.respond(st, regions, pkt, out);
-        } else {
-            self.run_completer(st, regions, pkt);
-            self.run_requester(st, regions, out);
-        }
-        Ok(())
     }
 
     /// The next time [`Self::on_timer`] has work, if any.
@@ -278,20 +239,22 @@ impl QpCore {
     }
 }
 
-/// Received requests of one queue pair handled in a row under one hold of
+/// Received packets of one queue pair handled in a row under one hold of
 /// its lock: a lock taken and released per packet is two atomic
 /// instructions, each waiting for the thread's earlier stores to drain,
 /// which a small packet's handling otherwise hardly has. The run takes
 /// the locks one packet's handling takes, in the same order; it keeps the
 /// queue pair's other users (a poster, a timer) waiting until it is
 /// dropped, so it ends before its holder sends anything.
-pub(crate) struct RequestRun<'a> {
+pub(crate) struct ReceiveRun<'a> {
     qp: &'a QpCore,
     st: MutexGuard<'a, QpLocked>,
 }
 
-impl RequestRun<'_> {
-    /// [`QpCore::receive`] of a request, under the run's hold.
+impl ReceiveRun<'_> {
+    /// Handles one received packet addressed to the queue pair, sent from
+    /// `src` to `dst`. Packets that fail the checks of rxe's `rxe_recv.c`
+    /// (state, addresses, P_Key) are dropped silently, with the reason.
     pub(crate) fn receive(
         &mut self,
         regions: &dyn Regions,
@@ -300,9 +263,21 @@ impl RequestRun<'_> {
         pkt: &PacketRepr<'_>,
         out: &mut Outbox,
     ) -> Result<(), RxDrop> {
-        debug_assert!(pkt.bth.opcode.is_request());
-        self.qp
-            .receive_locked(&mut self.st, regions, src, dst, pkt, out)
+        let (qp, st) = (self.qp, &mut *self.st);
+        let request = pkt.bth.opcode.is_request();
+        check_state(st.kind, request)?;
+        // Borrowed, not copied: a copy's narrow stores read back wide
+        // stalled every packet.
+        let peer = st.peer.as_ref().ok_or(RxDrop::NotReady)?;
+        check_addr(peer, src, dst)?;
+        check_keys(peer, pkt.bth.pkey)?;
+        if request {
+            qp.respond(st, regions, pkt, out);
+        } else {
+            qp.run_completer(st, regions, pkt);
+            qp.run_requester(st, regions, out);
+        }
+        Ok(())
     }
 
     /// Whether a READ reply is in progress (to be continued with

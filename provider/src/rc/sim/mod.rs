@@ -429,6 +429,7 @@ impl Sim {
         // Drops for state are part of the protocol (e.g. after an error).
         let _ = node
             .qp
+            .receive_run()
             .receive(&node.regions, src.ip(), dst.ip(), &parsed, &mut out);
         self.transmit(to, &mut out);
     }

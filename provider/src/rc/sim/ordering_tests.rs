@@ -47,7 +47,8 @@ fn deliver(sim: &Sim, wr_ids: &[u64], op: SendOp) -> Outbox {
     let mut answers = Outbox::default();
     for (_, _, bytes) in sent.packets_mut() {
         let pkt = PacketRepr::parse(bytes).unwrap();
-        b.qp.receive(&b.regions, a.addr.ip(), b.addr.ip(), &pkt, &mut answers)
+        b.qp.receive_run()
+            .receive(&b.regions, a.addr.ip(), b.addr.ip(), &pkt, &mut answers)
             .unwrap();
     }
     answers

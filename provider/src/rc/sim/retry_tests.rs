@@ -50,6 +50,7 @@ fn answer(sim: &Sim, opcode: Opcode, psn: u32, aeth: Option<Syndrome>, payload: 
     let (from, to) = (&sim.nodes[1], &sim.nodes[0]);
     let mut out = Outbox::default();
     to.qp
+        .receive_run()
         .receive(&to.regions, from.addr.ip(), to.addr.ip(), &parsed, &mut out)
         .unwrap();
     out.len()

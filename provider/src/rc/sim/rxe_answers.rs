@@ -314,14 +314,15 @@ fn replay(conn: &Connection) -> Replayed {
     let mut out = Outbox::default();
     for r in &conn.requests {
         let r = memory.translate(r);
-        qp.receive(
-            &memory.regions,
-            conn.requester,
-            conn.responder,
-            &r,
-            &mut out,
-        )
-        .expect("the request reaches the queue pair");
+        qp.receive_run()
+            .receive(
+                &memory.regions,
+                conn.requester,
+                conn.responder,
+                &r,
+                &mut out,
+            )
+            .expect("the request reaches the queue pair");
         while qp.continue_reply(&memory.regions, &mut out) {}
         answers.extend(out.packets_mut().map(|(_, _, bytes)| bytes.to_vec()));
         out.clear();
