@@ -276,3 +276,18 @@ pub fn receiver(side: &Side, length: Length, qps: u64) -> Result<Timings, ToolEr
     }
     Ok(t)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_for_more_messages_than_memory_holds_are_a_clear_error() {
+        let mut t = Timings::default();
+        let err = t.prepare(usize::MAX / 4).unwrap_err();
+        assert!(err.to_string().contains("fewer iterations"), "{err}");
+        t.prepare(1000).unwrap();
+        assert!(t.posted.capacity() >= 1000 && t.posted.is_empty());
+        assert!(t.completed.capacity() >= 1000 && t.completed.is_empty());
+    }
+}
