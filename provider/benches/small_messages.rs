@@ -160,15 +160,18 @@ fn half_round_trips(mut round_trip: impl FnMut(u64)) -> Vec<f64> {
 fn latency(rounds: usize) {
     let (a, b) = pair(false);
     let mut blocking = Vec::new();
+    let mut sends_blocking = Vec::new();
     let mut spinning = Vec::new();
     let mut sends = Vec::new();
     let mut transport = Vec::new();
     for _ in 0..rounds {
         let device = device_ping_pong(&a, &b, Exchange::Write);
         let spin = spinning_ping_pong();
-        blocking.push((device, process_ping_pong()));
+        let processes = process_ping_pong();
+        blocking.push((device, processes));
         spinning.push((device, spin));
         let send = device_ping_pong(&a, &b, Exchange::Send);
+        sends_blocking.push((send, processes));
         sends.push((send, spin));
         transport.push((
             (device, transport_ping_pong(Exchange::Write)),
@@ -180,6 +183,12 @@ fn latency(rounds: usize) {
         "us",
         ("device", "bare UDP"),
         &blocking,
+    );
+    report(
+        "8-byte send_lat against the same blocking rounds",
+        "us",
+        ("device", "bare UDP"),
+        &sends_blocking,
     );
     // The device's threads spin (as write_lat's do); a bare pair that
     // spins too needs no scheduler wake-up either.
