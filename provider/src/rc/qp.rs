@@ -240,12 +240,11 @@ impl QpCore {
 }
 
 /// Received packets of one queue pair handled in a row under one hold of
-/// its lock: a lock taken and released per packet is two atomic
-/// instructions, each waiting for the thread's earlier stores to drain,
-/// which a small packet's handling otherwise hardly has. The run takes
-/// the locks one packet's handling takes, in the same order; it keeps the
-/// queue pair's other users (a poster, a timer) waiting until it is
-/// dropped, so it ends before its holder sends anything.
+/// its lock, instead of two atomic instructions per packet (each waits for
+/// the thread's earlier stores to drain). The run takes the locks one
+/// packet's handling takes, in the same order; it keeps the queue pair's
+/// other users (a poster, a timer) waiting until it is dropped, so it ends
+/// before its holder sends anything. A single packet is a run of one.
 pub(crate) struct ReceiveRun<'a> {
     qp: &'a QpCore,
     st: MutexGuard<'a, QpLocked>,
