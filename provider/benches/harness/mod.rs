@@ -120,9 +120,11 @@ pub fn stream_count(
     receiver: bool,
     span: usize,
 ) {
-    let slots = (span.min(REGION) / size).max(1);
-    // Built once, as perftest builds its work requests: the loop only
-    // picks them.
+    // No more places than messages: the stream builds each place's
+    // request once (as perftest builds its work requests, the loop only
+    // picks them), so a short stream over a wide span does not build
+    // places it never uses.
+    let slots = (span.min(REGION) / size).clamp(1, count.max(1));
     let sges: Vec<[Sge; 1]> = (0..slots)
         .map(|slot| [a.mr.sge((slot * size) as u64, size as u32)])
         .collect();
