@@ -47,7 +47,13 @@ impl End {
     /// A device on 127.0.0.1 with [`REGION`] bytes registered, pinned or
     /// on demand, and a queue pair sized for [`TX_DEPTH`] streams.
     pub fn new(odp: bool) -> End {
-        let ctx = Context::open_with_port(LOCALHOST, 0).expect("device");
+        End::on(&Context::open_with_port(LOCALHOST, 0).expect("device"), odp)
+    }
+
+    /// Like [`End::new`], on an open device (which several ends may
+    /// share: their queue pairs then use the same sockets and threads).
+    pub fn on(ctx: &Context, odp: bool) -> End {
+        let ctx = ctx.clone();
         let pd = ctx.alloc_pd().unwrap();
         let cq = ctx.create_cq(8192).unwrap();
         let qp = pd
@@ -84,8 +90,17 @@ impl End {
     }
 }
 
+/// Two ends, each on a device of its own, connected.
 pub fn pair(odp: bool) -> (End, End) {
-    let (a, b) = (End::new(odp), End::new(odp));
+    connect(End::new(odp), End::new(odp))
+}
+
+/// Two ends on the devices `a` and `b`, connected.
+pub fn pair_on(a: &Context, b: &Context, odp: bool) -> (End, End) {
+    connect(End::on(a, odp), End::on(b, odp))
+}
+
+fn connect(a: End, b: End) -> (End, End) {
     a.qp.connect(&b.qp.endpoint(Mtu::Mtu4096)).unwrap();
     b.qp.connect(&a.qp.endpoint(Mtu::Mtu4096)).unwrap();
     (a, b)
