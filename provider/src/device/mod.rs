@@ -514,10 +514,18 @@ impl Device {
     /// While application threads call this, the progress thread leaves
     /// receiving to them (see [`progress`]).
     pub(crate) fn progress(&self, claim: progress::Claim) -> usize {
+        let claim = progress::resolve(&self.shared, claim);
         if claim == progress::Claim::Socket {
             progress::claimed_by_this_thread(&self.shared);
         }
         self.shared.progress(claim)
+    }
+
+    /// Ends the calling thread's claim on the socket (see
+    /// [`progress::Claim::Poll`]): it armed a completion queue and is about
+    /// to wait.
+    pub(crate) fn end_claim(&self) {
+        progress::end_claim(&self.shared);
     }
 
     /// Marks the calling thread as driving progress until the guard drops

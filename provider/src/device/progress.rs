@@ -14,9 +14,12 @@
 //! outboxes and the READ replies in progress, so packets are handled in the
 //! order the socket gave them, and replies interleave with them in order,
 //! whoever receives. While application threads drive progress (one spins
-//! in a completion-queue wait, or one called `Context::progress` in the
-//! last [`MANUAL_GRACE`]; a single completion-queue poll does not count,
-//! as its thread may go on to wait on another device), the progress thread neither waits on the socket,
+//! in a completion-queue wait, or in the last [`MANUAL_GRACE`] one called
+//! `Context::progress` or polled an empty completion queue of the device
+//! for the second time in a row, as perftest's loops do; a single empty
+//! poll does not count, as its thread may go on to wait or to poll another
+//! device, and arming a completion queue ends its thread's claim), the
+//! progress thread neither waits on the socket,
 //! whose every datagram would wake it, nor takes the receive lock (a
 //! holder preempted by spinning threads would stall them for a scheduler
 //! tick): it only runs timers. The last spinning thread to leave wakes it,
@@ -169,6 +172,50 @@ pub(super) fn claimed_by_this_thread(shared: &Arc<Shared>) {
         }
         *claimed = Arc::downgrade(shared);
     });
+}
+
+thread_local! {
+    /// The device this thread last polled a completion queue of and found
+    /// nothing (its address, for identity only), and when (see
+    /// [`Shared::since_open`]).
+    static LAST_EMPTY_POLL: std::cell::Cell<(usize, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// What a receive with `claim` from this thread claims: [`Claim::Poll`]
+/// resolved (see there), anything else as it is.
+pub(super) fn resolve(shared: &Arc<Shared>, claim: Claim) -> Claim {
+    if claim != Claim::Poll {
+        return claim;
+    }
+    let device = Arc::as_ptr(shared) as usize;
+    let now = shared.since_open();
+    let (previous, at) = LAST_EMPTY_POLL.replace((device, now));
+    if previous == device && now.saturating_sub(at) < MANUAL_GRACE.as_nanos() as u64 {
+        Claim::Socket
+    } else {
+        Claim::Once
+    }
+}
+
+/// This thread is about to wait (it armed a completion queue): a claim it
+/// holds on `shared` ends, and the progress thread receives again at once
+/// instead of when it next looks.
+pub(super) fn end_claim(shared: &Arc<Shared>) {
+    LAST_EMPTY_POLL.set((0, 0));
+    let held = CLAIMED.with_borrow_mut(|claimed| {
+        let held = claimed.as_ptr() == Arc::as_ptr(shared);
+        if held {
+            *claimed = Weak::new();
+        }
+        held
+    });
+    if held
+        && shared.manual.last_call.swap(0, Relaxed) != 0
+        && !shared.driven()
+        && let Some(thread) = shared.progress_thread.get()
+    {
+        thread.unpark();
+    }
 }
 
 impl Driving<'_> {
@@ -446,7 +493,7 @@ impl Shared {
         // poll may be the last call its thread makes for a while.
         let acks = match claim {
             Claim::Socket | Claim::Spin => Acks::HoldBack,
-            Claim::Once => Acks::Send,
+            Claim::Once | Claim::Poll => Acks::Send,
         };
         self.receive(&mut rx, acks).unwrap_or(0)
     }
@@ -458,9 +505,15 @@ impl Shared {
 pub(crate) enum Claim {
     /// Yes: the caller polls in a loop ([`crate::Context::progress`]).
     Socket,
-    /// No: a single look (a completion-queue poll, which may come from a
-    /// thread that then waits on another device).
+    /// No: a single look.
     Once,
+    /// A completion-queue poll that found nothing: [`Self::Socket`] if the
+    /// same thread's previous empty poll of this device came within
+    /// [`MANUAL_GRACE`] (a polling loop, as perftest's), else
+    /// [`Self::Once`] (its thread may go on to wait, or to poll another
+    /// device). Arming a completion queue ([`end_claim`]) ends the claim:
+    /// its thread is about to sleep.
+    Poll,
     /// Already held: a look from inside a spinning completion-queue wait,
     /// whose [`super::Device::driving_progress`] guard keeps the socket
     /// claimed. When the wait gives up, or [`MANUAL_GRACE`] after it found
@@ -493,6 +546,7 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::super::{Device, DeviceOptions};
+    use super::Claim;
 
     fn device() -> std::sync::Arc<Device> {
         let options = DeviceOptions {
@@ -510,6 +564,46 @@ mod tests {
         // earlier claim must not keep the progress thread off the socket.
         drop(dev.driving_progress());
         assert!(!dev.shared.driven());
+    }
+
+    /// Polls `dev`'s completion queues twice in a row, finding nothing,
+    /// until both polls fall within [`super::MANUAL_GRACE`] (a preempted
+    /// test thread may miss it); returns whether the socket was claimed.
+    fn poll_twice(dev: &Device) -> bool {
+        (0..100).any(|_| {
+            dev.progress(Claim::Poll);
+            dev.progress(Claim::Poll);
+            dev.shared.driven()
+        })
+    }
+
+    #[test]
+    fn a_loop_of_empty_polls_claims_the_socket_and_a_single_one_does_not() {
+        let dev = device();
+        dev.progress(Claim::Poll);
+        assert!(!dev.shared.driven(), "one poll may be its thread's last");
+        assert!(poll_twice(&dev), "a polling loop receives for the device");
+    }
+
+    #[test]
+    fn arming_a_completion_queue_ends_the_claim_at_once() {
+        let dev = device();
+        assert!(poll_twice(&dev));
+        dev.end_claim();
+        assert!(!dev.shared.driven(), "the thread is about to sleep");
+        // Its first poll after waking looks once again.
+        dev.progress(Claim::Poll);
+        assert!(!dev.shared.driven());
+    }
+
+    #[test]
+    fn polls_that_alternate_between_devices_claim_neither() {
+        let (a, b) = (device(), device());
+        for _ in 0..4 {
+            a.progress(Claim::Poll);
+            b.progress(Claim::Poll);
+        }
+        assert!(!a.shared.driven() && !b.shared.driven());
     }
 
     #[test]

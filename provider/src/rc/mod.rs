@@ -24,6 +24,8 @@ mod qp;
 mod read_reply;
 mod region;
 mod requester;
+#[cfg(test)]
+pub(crate) use requester::{HOLD_BACK_MAX, HOLD_BACK_UNACKED};
 mod responder;
 mod sge;
 #[cfg(test)]

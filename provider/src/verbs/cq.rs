@@ -196,7 +196,10 @@ impl CompletionQueue {
 
     /// Moves up to `out.len()` completions into `out`; returns how many.
     /// Finding none, the userspace device receives in the calling thread
-    /// (see [`crate::Context::progress`]) and looks again.
+    /// (see [`crate::Context::progress`]) and looks again. A thread that
+    /// finds none twice in a row (a polling loop) becomes the device's
+    /// receiver, as with `Context::progress`, until it stops polling or
+    /// arms a completion queue with [`Self::request_notify`].
     pub fn poll(&self, out: &mut [WorkCompletion]) -> usize {
         match &self.imp {
             CqImpl::User(u) => u.poll(out),
@@ -244,7 +247,9 @@ impl CompletionQueue {
     /// notify on the next completion added). On a verbs device a failed
     /// `ibv_req_notify_cq` leaves the queue unarmed (a later
     /// [`Self::poll_wait`] still wakes: it re-arms and sleeps in bounded
-    /// steps).
+    /// steps). On the userspace device, a polling loop of the calling
+    /// thread stops receiving for the device here (see [`Self::poll`]): it
+    /// is about to wait, and the device's thread receives at once.
     pub fn request_notify(&self) {
         match &self.imp {
             CqImpl::User(u) => u.request_notify(),
@@ -309,7 +314,7 @@ impl UserCq {
     /// See [`CompletionQueue::poll`].
     fn poll(&self, out: &mut [WorkCompletion]) -> usize {
         let n = self.take(out);
-        if n > 0 || out.is_empty() || self.progress(Claim::Once) == 0 {
+        if n > 0 || out.is_empty() || self.progress(Claim::Poll) == 0 {
             return n;
         }
         self.take(out)
@@ -377,6 +382,9 @@ impl UserCq {
     /// See [`CompletionQueue::request_notify`].
     fn request_notify(&self) {
         self.inner.notify_next.store(true, Ordering::Release);
+        if let Some(dev) = &self.dev {
+            dev.end_claim();
+        }
     }
 }
 

@@ -4,7 +4,10 @@
 //! `update_state`, until the window, the outstanding-READ limit or the
 //! send queue stops it.
 
-use super::{MAX_PKTS_PER_ACK, MAX_UNACKED_PSNS, Requester, SendWqe, read_segment_end};
+use super::{
+    HOLD_BACK_MAX, HOLD_BACK_UNACKED, MAX_PKTS_PER_ACK, MAX_UNACKED_PSNS, Requester, SendWqe,
+    read_segment_end,
+};
 use crate::rc::psn::{psn_add, psn_diff};
 use crate::rc::qp::{Peer, QpCore, QpLocked, QpState, bad_state, bth, headers};
 use crate::rc::sge::{self, SgeError, Sges};
@@ -84,6 +87,9 @@ impl QpCore {
         }
         if st.kind == QpState::Error {
             self.fail(&mut st, None);
+            return Ok(());
+        }
+        if wrs.len() == 1 && st.req.may_hold_back() {
             return Ok(());
         }
         self.run_requester(&mut st, regions, out);
@@ -182,6 +188,21 @@ impl Requester {
             self.next_psn = received;
         }
         ReqStep::CheckLimits
+    }
+
+    /// Whether a request posted alone may wait in the send queue for the
+    /// requester's next run instead of leaving now (doorbell batching for
+    /// programs that post one work request at a time, as perftest does):
+    /// while [`HOLD_BACK_UNACKED`] PSNs or more are unacknowledged, a
+    /// response to them is due (their last packet asks for one) and runs
+    /// the requester, or the retransmit timer does if that is lost; and
+    /// only while at most [`HOLD_BACK_MAX`] requests would wait, so a burst
+    /// leaves in sends of one more than that. A ping-pong never waits, nor
+    /// does a post of several requests (its program batched them).
+    fn may_hold_back(&self) -> bool {
+        psn_diff(self.next_psn, self.oldest_unacked) >= HOLD_BACK_UNACKED
+            && self.timer.is_some()
+            && self.sq.len() - self.cursor <= HOLD_BACK_MAX
     }
 
     /// The window of unacknowledged PSNs, then check_init_depth: a READ or

@@ -11,6 +11,7 @@
 
 mod workload;
 
+mod hold_back_tests;
 mod loss;
 mod ordering_tests;
 mod retry_tests;
@@ -254,6 +255,18 @@ pub(crate) struct Sim {
 impl Sim {
     /// Two connected nodes with `mem_len` bytes of memory each, at `mtu`.
     pub(crate) fn new(seed: u64, mtu: usize, mem_len: usize, schedule: Schedule) -> Sim {
+        Self::with_timeout(seed, mtu, mem_len, schedule, 10)
+    }
+
+    /// [`Self::new`] with the queue pairs' retransmit `timeout` (verbs'
+    /// exponent; 0 for none).
+    pub(crate) fn with_timeout(
+        seed: u64,
+        mtu: usize,
+        mem_len: usize,
+        schedule: Schedule,
+        timeout: u8,
+    ) -> Sim {
         let clock = ManualClock::new();
         let shared = Clock::Manual(Arc::clone(&clock));
         let nodes = [
@@ -274,7 +287,7 @@ impl Sim {
             };
             a.qp.to_init().unwrap();
             a.qp.to_rtr(peer, psns[other], 1).unwrap();
-            a.qp.to_rts(psns[me], 10, 7, 7, 16).unwrap();
+            a.qp.to_rts(psns[me], timeout, 7, 7, 16).unwrap();
         }
         let start = clock.now();
         Sim {
