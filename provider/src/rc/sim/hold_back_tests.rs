@@ -6,9 +6,8 @@
 
 use super::{Schedule, Sim};
 use crate::rc::psn::psn_add;
-use crate::rc::qp::{bth, headers};
 use crate::rc::{HOLD_BACK_MAX, HOLD_BACK_UNACKED, Outbox, SendOp, SendWr, Sge, WcStatus};
-use crate::wire::{AethRepr, Opcode, PacketRepr, Syndrome};
+use crate::wire::{Opcode, PacketRepr, Syndrome};
 
 const MTU: usize = 1024;
 /// Bytes per WRITE: one packet each.
@@ -61,19 +60,8 @@ fn fill(sim: &Sim) -> u32 {
 /// Hands node 0 the ACK of `psn` from node 1; returns the PSNs it sent in
 /// reply.
 fn ack(sim: &Sim, psn: u32) -> Vec<u32> {
-    let peer = sim.nodes[1].qp.lock().peer.unwrap();
-    let mut h = headers(bth(&peer, Opcode::RC_ACKNOWLEDGE, psn, 0, false));
-    h.aeth = Some(AethRepr::new(Syndrome::Ack { credits: 31 }, 0));
-    let mut bytes = vec![0u8; h.len().unwrap()];
-    h.emit(&mut bytes).unwrap();
-    let parsed = PacketRepr::parse(&bytes).unwrap();
-    let (from, to) = (&sim.nodes[1], &sim.nodes[0]);
-    let mut out = Outbox::default();
-    to.qp
-        .receive_run()
-        .receive(&to.regions, from.addr.ip(), to.addr.ip(), &parsed, &mut out)
-        .unwrap();
-    psns(&mut out)
+    let ack = Some(Syndrome::Ack { credits: 31 });
+    psns(&mut sim.answer(Opcode::RC_ACKNOWLEDGE, psn, ack, &[]))
 }
 
 fn consecutive(first: u32, count: u32) -> Vec<u32> {

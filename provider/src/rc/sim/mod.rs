@@ -33,7 +33,7 @@ use super::{DEFAULT_PKEY, Outbox, Peer, QpCore, Regions};
 use crate::net::{IcrcVerdict, Ipv4IdPolicy, seal, verify};
 use crate::rc::{AccessFlags, Region, WorkCompletion};
 use crate::verbs::{CompletionQueue, MrInner};
-use crate::wire::{Opcode, PacketRepr};
+use crate::wire::{AethRepr, Opcode, PacketRepr, Syndrome};
 
 pub(crate) use workload::{Workload, run_seed, run_with_faults};
 
@@ -372,6 +372,32 @@ impl Sim {
         if self.data_seen.insert((from, !opcode.is_request(), psn)) {
             self.stats.data_first += 1;
         }
+    }
+
+    /// Hands node 0 an answer from node 1 (`opcode` at `psn`, with `aeth`
+    /// and `payload`) built by hand, through its receive path but not over
+    /// the link; returns what node 0 sent in reply.
+    pub(crate) fn answer(
+        &self,
+        opcode: Opcode,
+        psn: u32,
+        aeth: Option<Syndrome>,
+        payload: &[u8],
+    ) -> Outbox {
+        let peer = self.nodes[1].qp.lock().peer.unwrap();
+        let mut h = super::qp::headers(super::qp::bth(&peer, opcode, psn, payload.len(), false));
+        h.aeth = aeth.map(|s| AethRepr::new(s, 0));
+        h.payload = payload;
+        let mut bytes = vec![0u8; h.len().unwrap()];
+        h.emit(&mut bytes).unwrap();
+        let parsed = PacketRepr::parse(&bytes).unwrap();
+        let (from, to) = (&self.nodes[1], &self.nodes[0]);
+        let mut out = Outbox::default();
+        to.qp
+            .receive_run()
+            .receive(&to.regions, from.addr.ip(), to.addr.ip(), &parsed, &mut out)
+            .unwrap();
+        out
     }
 
     /// Posts on `node` through `post`, then transmits what it produced.

@@ -5,9 +5,8 @@
 use super::{Node, Schedule, Sim};
 use crate::rc::Outbox;
 use crate::rc::psn::psn_add;
-use crate::rc::qp::{bth, headers};
 use crate::rc::{SendOp, SendWr, Sge, WcOpcode, WcStatus};
-use crate::wire::{AethRepr, NakCode, Opcode, PacketRepr, Syndrome};
+use crate::wire::{NakCode, Opcode, Syndrome};
 
 const MTU: usize = 1024;
 
@@ -37,23 +36,10 @@ fn post_at(sim: &Sim, wr_id: u64, op: SendOp, offset: usize, len: usize) -> usiz
     out.len()
 }
 
-/// Hands node 0 an answer from node 1 (`opcode` at `psn`, with `aeth` and
-/// `payload`); returns how many packets node 0 sent in reply.
+/// Hands node 0 an answer from node 1 (see [`Sim::answer`]); returns how
+/// many packets node 0 sent in reply.
 fn answer(sim: &Sim, opcode: Opcode, psn: u32, aeth: Option<Syndrome>, payload: &[u8]) -> usize {
-    let peer = sim.nodes[1].qp.lock().peer.unwrap();
-    let mut h = headers(bth(&peer, opcode, psn, payload.len(), false));
-    h.aeth = aeth.map(|s| AethRepr::new(s, 0));
-    h.payload = payload;
-    let mut bytes = vec![0u8; h.len().unwrap()];
-    h.emit(&mut bytes).unwrap();
-    let parsed = PacketRepr::parse(&bytes).unwrap();
-    let (from, to) = (&sim.nodes[1], &sim.nodes[0]);
-    let mut out = Outbox::default();
-    to.qp
-        .receive_run()
-        .receive(&to.regions, from.addr.ip(), to.addr.ip(), &parsed, &mut out)
-        .unwrap();
-    out.len()
+    sim.answer(opcode, psn, aeth, payload).len()
 }
 
 fn write(sim: &Sim) -> SendOp {
