@@ -194,3 +194,42 @@ fn a_gso_sends_later_segments_count_as_solved_ipv4_ids_once_their_batch_is_handl
     assert_eq!(stats.rx_packets, messages);
     assert_eq!(stats.rx_icrc_solved_ip_id, messages - 1);
 }
+
+#[test]
+fn a_program_that_posts_one_request_at_a_time_and_polls_in_a_loop_sends_each_packet_once() {
+    // perftest's pattern: single posts while up to 128 are outstanding,
+    // completion-queue polls in a loop. Posts made while 16 or more PSNs
+    // are unacknowledged wait for the next response, which sends them:
+    // none may be lost, reordered, or left for the retransmit timer.
+    const SLOTS: u64 = 256;
+    let (a, b) = pair((SLOTS * 64) as usize);
+    let data = pattern((SLOTS * 64) as usize, 7);
+    a.put(0, &data);
+    let messages: u64 = 2000;
+    let (mut posted, mut done) = (0u64, 0u64);
+    let mut wc = [provider::WorkCompletion::default(); 16];
+    let start = Instant::now();
+    while done < messages {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "stalled at {done}"
+        );
+        while posted < messages && posted - done < 128 {
+            let at = (posted % SLOTS) * 64;
+            let op = SendOp::Write {
+                remote_addr: b.mr.addr() + at,
+                rkey: b.mr.rkey(),
+            };
+            send(&a.qp, posted, op, a.mr.sge(at, 64));
+            posted += 1;
+        }
+        let n = a.cq.poll(&mut wc);
+        for c in &wc[..n] {
+            assert_eq!(c.status, WcStatus::Success);
+            assert_eq!(c.wr_id, done, "completions in posting order");
+            done += 1;
+        }
+    }
+    assert_eq!(b.get(0, data.len()), data);
+    assert_eq!(a.ctx.stats().tx_packets, messages, "A retransmitted");
+}
