@@ -471,9 +471,10 @@ impl Context {
     /// hand-over to the device's progress thread and back, and while it is
     /// called (up to 200 µs after each call) the progress thread leaves
     /// receiving to the caller: call it in a loop, or not at all.
-    /// Completion-queue polls that find nothing receive by themselves
-    /// (without keeping the progress thread off the socket). A verbs
-    /// device progresses in its driver: 0.
+    /// Completion-queue polls that find nothing receive by themselves; a
+    /// loop of them keeps the progress thread off the socket the same way
+    /// (see [`crate::CompletionQueue::poll`]). A verbs device progresses
+    /// in its driver: 0.
     pub fn progress(&self) -> usize {
         match &self.imp {
             ContextImpl::User { dev, .. } => dev.progress(crate::device::Claim::Socket),
