@@ -24,6 +24,10 @@ use provider::{
     ProtectionDomain, QueuePair, SendOp, SendWr, WcStatus, WorkCompletion, devices,
 };
 
+mod harness;
+
+use harness::sorted::Sorted;
+
 const ROUNDS: usize = 7;
 const WRITE_CHUNK: usize = 1 << 20;
 const STEADY_SIZE: usize = 64 << 10;
@@ -163,9 +167,8 @@ fn steady(pd: &ProtectionDomain, lb: &Loopback, dst: &MemoryRegion, pod: bool) -
     elapsed
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+fn median(v: Vec<f64>) -> f64 {
+    Sorted::new(v).median()
 }
 
 /// Runs `measure(pin_on_demand)` paired with `measure(pinned)` for

@@ -14,6 +14,7 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
+use harness::sorted::Sorted;
 use harness::*;
 use provider::{Context, SendOp};
 
@@ -32,28 +33,6 @@ fn timed(a: &End, b: &End, op: fn(&End, usize) -> SendOp, size: usize, receiver:
         stream(a, b, op, size, receiver);
     }
     t.elapsed().as_secs_f64()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn quartiles(mut v: Vec<f64>) -> (f64, f64) {
-    v.sort_by(f64::total_cmp);
-    (v[v.len() / 4], v[3 * v.len() / 4])
-}
-
-/// The 95 % confidence interval of the median of `v`: the order statistics
-/// `n/2 -+ 0.98 sqrt(n)` (the normal approximation to the binomial count of
-/// samples below the median; independent of the samples' distribution).
-fn median_interval(mut v: Vec<f64>) -> (f64, f64) {
-    v.sort_by(f64::total_cmp);
-    let n = v.len() as f64;
-    let reach = 0.98 * n.sqrt();
-    let low = ((n / 2.0 - reach).floor().max(0.0)) as usize;
-    let high = ((n / 2.0 + reach).ceil() as usize).min(v.len() - 1);
-    (v[low], v[high])
 }
 
 fn rate(size: usize, secs: f64) -> String {
@@ -98,13 +77,14 @@ fn main() {
                 odp.push(o);
                 ratio.push(o / p);
             }
-            let (q1, q3) = quartiles(ratio.clone());
-            let (low, high) = median_interval(ratio.clone());
+            let ratio = Sorted::new(ratio);
+            let (q1, q3) = ratio.quartiles();
+            let (low, high) = ratio.median_interval();
             println!(
                 "| {name} | {size} | {} | {} | {:.3} | {low:.3} - {high:.3} | {q1:.2} - {q3:.2} |",
-                rate(size, median(pinned)),
-                rate(size, median(odp)),
-                median(ratio),
+                rate(size, Sorted::new(pinned).median()),
+                rate(size, Sorted::new(odp).median()),
+                ratio.median(),
             );
             // Let the devices' threads wind down before the next pairs.
             std::thread::sleep(Duration::from_millis(50));

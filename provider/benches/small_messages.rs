@@ -43,6 +43,7 @@ use provider::{SendOp, SendWr, WcOpcode, WorkCompletion};
 
 mod harness;
 
+use harness::sorted::Sorted;
 use harness::*;
 
 fn main() {
@@ -116,9 +117,7 @@ fn rate_device(rounds: usize, size: usize, span: usize) {
 }
 
 fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    Sorted::new(values.to_vec()).median()
 }
 
 /// Prints one goal's rounds (each a measurement and its reference,
@@ -428,16 +427,14 @@ fn device_ping_pong(a: &End, b: &End, exchange: Exchange) -> f64 {
 /// printing their tail as perftest reports it (99th and 99.9th
 /// percentiles) and the slowest, under `name`.
 fn typical_after_tail(name: &str, times: &[f64]) -> f64 {
-    let mut sorted = times.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let at = |fraction: f64| sorted[((sorted.len() - 1) as f64 * fraction) as usize];
+    let sorted = Sorted::new(times.to_vec());
     println!(
         "  ({name}: 99 % {:.1} us, 99.9 % {:.1} us, slowest {:.0} us)",
-        at(0.99),
-        at(0.999),
-        at(1.0)
+        sorted.at(0.99),
+        sorted.at(0.999),
+        sorted.at(1.0)
     );
-    median(times)
+    sorted.median()
 }
 
 /// A ping-pong of 36-byte datagrams between two threads whose receives do

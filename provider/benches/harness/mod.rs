@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+pub mod sorted;
+
 use odp::{AddressSpace, Mapping};
 use provider::net::{OutPacket, RecvSlot, RoceSocket, SocketConfig};
 use provider::{

@@ -514,10 +514,6 @@ impl Device {
     /// While application threads call this, the progress thread leaves
     /// receiving to them (see [`progress`]).
     pub(crate) fn progress(&self, claim: progress::Claim) -> usize {
-        let claim = progress::resolve(&self.shared, claim);
-        if claim == progress::Claim::Socket {
-            progress::claimed_by_this_thread(&self.shared);
-        }
         self.shared.progress(claim)
     }
 

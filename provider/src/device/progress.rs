@@ -181,20 +181,13 @@ thread_local! {
     static LAST_EMPTY_POLL: std::cell::Cell<(usize, u64)> = const { std::cell::Cell::new((0, 0)) };
 }
 
-/// What a receive with `claim` from this thread claims: [`Claim::Poll`]
-/// resolved (see there), anything else as it is.
-pub(super) fn resolve(shared: &Arc<Shared>, claim: Claim) -> Claim {
-    if claim != Claim::Poll {
-        return claim;
-    }
+/// Whether this thread polls `shared`'s completion queues in a loop: its
+/// previous empty poll was of the same device, within [`MANUAL_GRACE`]
+/// before `now` (see [`Claim::Poll`]). Records this poll for the next.
+fn polls_in_a_loop(shared: &Arc<Shared>, now: u64) -> bool {
     let device = Arc::as_ptr(shared) as usize;
-    let now = shared.since_open();
     let (previous, at) = LAST_EMPTY_POLL.replace((device, now));
-    if previous == device && now.saturating_sub(at) < MANUAL_GRACE.as_nanos() as u64 {
-        Claim::Socket
-    } else {
-        Claim::Once
-    }
+    previous == device && now.saturating_sub(at) < MANUAL_GRACE.as_nanos() as u64
 }
 
 /// This thread is about to wait (it armed a completion queue): a claim it
@@ -474,28 +467,42 @@ impl Shared {
     }
 
     /// Receives in the calling application thread, unless another thread
-    /// is receiving; returns the datagrams handled. With `Claim::Socket`
-    /// the progress thread leaves the socket to application threads for
-    /// the next [`MANUAL_GRACE`].
-    pub(super) fn progress(&self, claim: Claim) -> usize {
-        if claim == Claim::Socket {
-            self.manual.last_call.store(self.since_open(), Relaxed);
-        }
-        let mut rx = match self.rx.try_lock() {
-            Ok(rx) => rx,
-            Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return 0,
-        };
+    /// is receiving; returns the datagrams handled. A claim on the socket
+    /// ([`Claim::Socket`], or [`Claim::Poll`] in a polling loop) keeps the
+    /// progress thread off it for the next [`MANUAL_GRACE`].
+    pub(super) fn progress(self: &Arc<Self>, claim: Claim) -> usize {
         // Acknowledgements are held back only for a thread that polls
         // this device in a loop (the ping-pong of `write_lat`, which posts
         // its answer next): it, or the progress thread when its claim
         // ends (see `run`), sends them soon. A single completion-queue
         // poll may be the last call its thread makes for a while.
         let acks = match claim {
-            Claim::Socket | Claim::Spin => Acks::HoldBack,
-            Claim::Once | Claim::Poll => Acks::Send,
+            Claim::Socket => self.claim_socket(self.since_open()),
+            Claim::Poll => {
+                let now = self.since_open();
+                if polls_in_a_loop(self, now) {
+                    self.claim_socket(now)
+                } else {
+                    Acks::Send
+                }
+            }
+            Claim::Spin => Acks::HoldBack,
+        };
+        let mut rx = match self.rx.try_lock() {
+            Ok(rx) => rx,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return 0,
         };
         self.receive(&mut rx, acks).unwrap_or(0)
+    }
+
+    /// The calling thread receives for this device for the next
+    /// [`MANUAL_GRACE`] after `now`; what it receives is acknowledged
+    /// with [`Acks::HoldBack`].
+    fn claim_socket(self: &Arc<Self>, now: u64) -> Acks {
+        claimed_by_this_thread(self);
+        self.manual.last_call.store(now, Relaxed);
+        Acks::HoldBack
     }
 }
 
@@ -505,13 +512,11 @@ impl Shared {
 pub(crate) enum Claim {
     /// Yes: the caller polls in a loop ([`crate::Context::progress`]).
     Socket,
-    /// No: a single look.
-    Once,
     /// A completion-queue poll that found nothing: [`Self::Socket`] if the
     /// same thread's previous empty poll of this device came within
-    /// [`MANUAL_GRACE`] (a polling loop, as perftest's), else
-    /// [`Self::Once`] (its thread may go on to wait, or to poll another
-    /// device). Arming a completion queue ([`end_claim`]) ends the claim:
+    /// [`MANUAL_GRACE`] (a polling loop, as perftest's), else a single
+    /// look that claims nothing (its thread may go on to wait, or to poll
+    /// another device). Arming a completion queue ([`end_claim`]) ends the claim:
     /// its thread is about to sleep.
     Poll,
     /// Already held: a look from inside a spinning completion-queue wait,
