@@ -197,10 +197,21 @@ fn a_gso_sends_later_segments_count_as_solved_ipv4_ids_once_their_batch_is_handl
 
 #[test]
 fn a_program_that_posts_one_request_at_a_time_and_polls_in_a_loop_sends_each_packet_once() {
-    // perftest's pattern: single posts while up to 128 are outstanding,
-    // completion-queue polls in a loop. Posts made while 16 or more PSNs
-    // are unacknowledged wait for the next response, which sends them:
-    // none may be lost, reordered, or left for the retransmit timer.
+    post_one_at_a_time_and_poll(1);
+}
+
+#[test]
+fn a_program_that_signals_one_request_in_a_hundred_sends_each_packet_once() {
+    post_one_at_a_time_and_poll(100);
+}
+
+/// perftest's pattern: single posts while up to 128 are outstanding,
+/// every `signal_every`th signaled (perftest's `cq_mod`, 100 by default),
+/// completion-queue polls in a loop. Posts made while PSNs are
+/// unacknowledged (16 or more, for a signaled one) wait for the next
+/// response, which sends them: none may be lost, reordered, or left for
+/// the retransmit timer.
+fn post_one_at_a_time_and_poll(signal_every: u64) {
     const SLOTS: u64 = 256;
     let (a, b) = pair((SLOTS * 64) as usize);
     let data = pattern((SLOTS * 64) as usize, 7);
@@ -216,18 +227,28 @@ fn a_program_that_posts_one_request_at_a_time_and_polls_in_a_loop_sends_each_pac
         );
         while posted < messages && posted - done < 128 {
             let at = (posted % SLOTS) * 64;
-            let op = SendOp::Write {
-                remote_addr: b.mr.addr() + at,
-                rkey: b.mr.rkey(),
+            let wr = SendWr {
+                wr_id: posted,
+                op: SendOp::Write {
+                    remote_addr: b.mr.addr() + at,
+                    rkey: b.mr.rkey(),
+                },
+                sg_list: &[a.mr.sge(at, 64)],
+                signaled: (posted + 1) % signal_every == 0,
+                solicited: false,
             };
-            send(&a.qp, posted, op, a.mr.sge(at, 64));
+            a.qp.post_send(&[wr]).unwrap();
             posted += 1;
         }
         let n = a.cq.poll(&mut wc);
         for c in &wc[..n] {
             assert_eq!(c.status, WcStatus::Success);
-            assert_eq!(c.wr_id, done, "completions in posting order");
-            done += 1;
+            assert_eq!(
+                c.wr_id,
+                done + signal_every - 1,
+                "completions in posting order"
+            );
+            done += signal_every;
         }
     }
     assert_eq!(b.get(0, data.len()), data);

@@ -38,9 +38,9 @@ pub(crate) fn read_segment_end(k: u32, npsn: u32) -> u32 {
 }
 /// Packets between acknowledgement requests within one message.
 const MAX_PKTS_PER_ACK: u32 = 64;
-/// Unacknowledged PSNs from which a request posted alone may wait for the
-/// requester's next run (see `Requester::may_hold_back`): a ping-pong has
-/// fewer in flight, so its posts always leave at once.
+/// Unacknowledged PSNs from which a signaled request posted alone may
+/// wait for the requester's next run (see `Requester::may_hold_back`): a
+/// ping-pong has fewer in flight, so its posts always leave at once.
 pub(crate) const HOLD_BACK_UNACKED: i32 = 16;
 /// Requests at most that wait for the requester's next run: the post that
 /// would make one more sends them all.

@@ -89,7 +89,7 @@ impl QpCore {
             self.fail(&mut st, None);
             return Ok(());
         }
-        if wrs.len() == 1 && st.req.may_hold_back() {
+        if wrs.len() == 1 && st.req.may_hold_back(wrs[0].signaled) {
             return Ok(());
         }
         self.run_requester(&mut st, regions, out);
@@ -192,17 +192,29 @@ impl Requester {
 
     /// Whether a request posted alone may wait in the send queue for the
     /// requester's next run instead of leaving now (doorbell batching for
-    /// programs that post one work request at a time, as perftest does):
-    /// while [`HOLD_BACK_UNACKED`] PSNs or more are unacknowledged, a
-    /// response to them is due (their last packet asks for one) and runs
-    /// the requester, or the retransmit timer does if that is lost; and
-    /// only while at most [`HOLD_BACK_MAX`] requests would wait, so a burst
-    /// leaves in sends of one more than that. A ping-pong never waits, nor
-    /// does a post of several requests (its program batched them).
-    fn may_hold_back(&self) -> bool {
-        psn_diff(self.next_psn, self.oldest_unacked) >= HOLD_BACK_UNACKED
-            && self.timer.is_some()
-            && self.sq.len() - self.cursor <= HOLD_BACK_MAX
+    /// programs that post one work request at a time, as perftest does).
+    /// Only while a response to earlier PSNs is due (their last packet
+    /// asks for one) and runs the requester, or the retransmit timer does
+    /// if that is lost; and only while at most [`HOLD_BACK_MAX`] requests
+    /// would wait, so a burst leaves in sends of one more than that. A
+    /// post of several requests never waits (its program batched them),
+    /// and a request waits:
+    /// - if `signaled`, while [`HOLD_BACK_UNACKED`] PSNs or more are
+    ///   unacknowledged: a ping-pong, or a request followed by the one
+    ///   whose completion its program waits for, never waits;
+    /// - if not, while any PSN is: nothing waits for its completion, which
+    ///   only a later signaled request reports, and that one's post sends
+    ///   it (perftest signals one request in a hundred). The peer sees an
+    ///   unsignaled WRITE or SEND at most the turnaround of the response
+    ///   due later than it would have.
+    fn may_hold_back(&self, signaled: bool) -> bool {
+        let unacked = psn_diff(self.next_psn, self.oldest_unacked);
+        let deep = if signaled {
+            unacked >= HOLD_BACK_UNACKED
+        } else {
+            unacked > 0
+        };
+        deep && self.timer.is_some() && self.sq.len() - self.cursor <= HOLD_BACK_MAX
     }
 
     /// The window of unacknowledged PSNs, then check_init_depth: a READ or

@@ -1,6 +1,7 @@
-//! Requests posted one at a time while many PSNs are unacknowledged wait
-//! for the requester's next run (doorbell batching): the programs are the
-//! application itself, posting as perftest does; answers are built by
+//! Requests posted one at a time while a response is due wait for the
+//! requester's next run (doorbell batching): signaled ones while many
+//! PSNs are unacknowledged, unsignaled ones while any is. The programs are
+//! the application itself, posting as perftest does; answers are built by
 //! hand and handed to one end of a [`Sim`], and what the requester sends
 //! is counted.
 
@@ -13,9 +14,18 @@ const MTU: usize = 1024;
 /// Bytes per WRITE: one packet each.
 const LEN: usize = 64;
 
-/// Posts `count` one-packet WRITEs from node 0, as one post; returns the
-/// packets sent and their PSNs.
+/// Posts `count` signaled one-packet WRITEs from node 0, as one post;
+/// returns the PSNs of the packets sent.
 fn post(sim: &Sim, first_wr_id: u64, count: usize) -> Vec<u32> {
+    post_as(sim, first_wr_id, count, true)
+}
+
+/// [`post`] of unsignaled WRITEs.
+fn post_unsignaled(sim: &Sim, first_wr_id: u64, count: usize) -> Vec<u32> {
+    post_as(sim, first_wr_id, count, false)
+}
+
+fn post_as(sim: &Sim, first_wr_id: u64, count: usize, signaled: bool) -> Vec<u32> {
     let n = &sim.nodes[0];
     let sge = [Sge {
         addr: n.mem.addr() as u64,
@@ -30,7 +40,7 @@ fn post(sim: &Sim, first_wr_id: u64, count: usize) -> Vec<u32> {
                 rkey: sim.nodes[1].key,
             },
             sg_list: &sge,
-            signaled: true,
+            signaled,
             solicited: false,
         })
         .collect();
@@ -137,4 +147,59 @@ fn without_a_retransmit_timer_nothing_is_held_back() {
     let sim = Sim::with_timeout(5, MTU, 1 << 16, Schedule::clean(), 0);
     fill(&sim);
     assert_eq!(post(&sim, 100, 1).len(), 1);
+}
+
+#[test]
+fn an_unsignaled_request_waits_while_any_psn_is_unacknowledged() {
+    let sim = Sim::new(6, MTU, 1 << 16, Schedule::clean());
+    let first = post(&sim, 0, 1)[0];
+    assert_eq!(post_unsignaled(&sim, 1, 1), [], "held back");
+    assert_eq!(post_unsignaled(&sim, 2, 1), [], "held back");
+    assert_eq!(ack(&sim, first), consecutive(psn_add(first, 1), 2));
+    assert_eq!(ack(&sim, psn_add(first, 2)), []);
+    let wcs = sim.nodes[0].completions();
+    assert_eq!(wcs.len(), 1, "only the signaled request completes visibly");
+    assert_eq!((wcs[0].wr_id, wcs[0].status), (0, WcStatus::Success));
+}
+
+#[test]
+fn an_unsignaled_request_leaves_at_once_when_everything_is_acknowledged() {
+    let sim = Sim::new(7, MTU, 1 << 16, Schedule::clean());
+    let first = post_unsignaled(&sim, 0, 1);
+    assert_eq!(first.len(), 1, "nothing was unacknowledged");
+    assert_eq!(ack(&sim, first[0]), []);
+    assert_eq!(post_unsignaled(&sim, 1, 1).len(), 1, "nor is anything now");
+}
+
+#[test]
+fn a_signaled_post_sends_the_unsignaled_requests_held_before_it() {
+    // A program that posts unsignaled requests and then the signaled one
+    // whose completion it waits for: the wait never includes a hold.
+    let sim = Sim::new(8, MTU, 1 << 16, Schedule::clean());
+    let first = post(&sim, 0, 1)[0];
+    for i in 1..4 {
+        assert_eq!(post_unsignaled(&sim, i, 1), [], "held back");
+    }
+    assert_eq!(post(&sim, 4, 1), consecutive(psn_add(first, 1), 4));
+    assert_eq!(ack(&sim, psn_add(first, 4)), []);
+    let ids: Vec<u64> = sim.nodes[0]
+        .completions()
+        .iter()
+        .map(|wc| wc.wr_id)
+        .collect();
+    assert_eq!(ids, [0, 4]);
+}
+
+#[test]
+fn held_unsignaled_requests_leave_with_the_go_back_when_every_answer_is_lost() {
+    let mut sim = Sim::new(9, MTU, 1 << 16, Schedule::clean());
+    post(&sim, 0, 1);
+    assert_eq!(post_unsignaled(&sim, 1, 1), []);
+    let before = sim.stats.data_sent;
+    assert!(sim.step(), "the retransmit timer is armed");
+    assert_eq!(
+        sim.stats.data_sent - before,
+        2,
+        "the go-back and the held request"
+    );
 }
