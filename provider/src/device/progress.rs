@@ -516,8 +516,8 @@ pub(crate) enum Claim {
     /// same thread's previous empty poll of this device came within
     /// [`MANUAL_GRACE`] (a polling loop, as perftest's), else a single
     /// look that claims nothing (its thread may go on to wait, or to poll
-    /// another device). Arming a completion queue ([`end_claim`]) ends the claim:
-    /// its thread is about to sleep.
+    /// another device). Arming a completion queue ([`end_claim`]) ends
+    /// the claim: its thread is about to sleep.
     Poll,
     /// Already held: a look from inside a spinning completion-queue wait,
     /// whose [`super::Device::driving_progress`] guard keeps the socket
