@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use odp::AddressSpace;
 
 use super::preload::{Preload, assert_child_passed, run_child};
-use super::{Region, aligned, chunk, drop_and_check, lkey_at, map, map_fixed, region, replace};
+use super::{Region, aligned, chunk, drop_and_check, lkey_at, map, region, replace};
 use crate::pin_on_demand::tests::pinner::MlockPinner;
 
 /// How a test changes the address space: new memory at the same address
@@ -72,12 +72,29 @@ fn remap_and_discard(aspace: &Arc<AddressSpace>, changes: Changes<'_>) {
     assert_eq!(counters.forced_unpins, 0);
 }
 
-/// Plain libc `munmap`, then a new mapping in the hole (the children run
-/// alone, so nothing else maps there in between).
-fn raw_munmap_and_map(addr: usize, len: usize) {
-    // SAFETY: a range of the test's own mapping that nothing uses after.
-    assert_eq!(unsafe { libc::munmap(addr as *mut libc::c_void, len) }, 0);
-    map_fixed(addr, len, 0x5a);
+/// Plain libc `mmap(MAP_FIXED)`: fresh memory (filled with 0x5a) replaces
+/// `[addr, addr + len)` in one call, the kernel unmapping the old pages
+/// first (the monitor reports an unmap, as for `munmap`). Not `munmap` and
+/// then a mapping in the hole: on a busy machine the hole was taken in
+/// between by a guard page and 12 KiB of read-write memory, what a newly
+/// started thread maps for its signal stack (the monitor's thread starts
+/// just before), where the kernel found room first.
+fn raw_map_over(addr: usize, len: usize) {
+    // SAFETY: replaces a range of the test's own mapping that nothing
+    // else uses; MAP_FIXED at the range's own address.
+    let ptr = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    assert_eq!(ptr as usize, addr, "mmap over the chunk");
+    // SAFETY: the mapping just made.
+    unsafe { std::ptr::write_bytes(addr as *mut u8, 0x5a, len) };
 }
 
 fn raw_madvise(addr: usize, len: usize, advice: libc::c_int) {
@@ -129,7 +146,7 @@ fn child_userfaultfd() {
     remap_and_discard(
         &aspace,
         Changes {
-            replace: &raw_munmap_and_map,
+            replace: &raw_map_over,
             discard: &discard,
             reports_late: true,
         },
@@ -157,7 +174,7 @@ fn child_interposition() {
     remap_and_discard(
         &aspace,
         Changes {
-            replace: &raw_munmap_and_map,
+            replace: &raw_map_over,
             discard: &discard,
             reports_late: false,
         },

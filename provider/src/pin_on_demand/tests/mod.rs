@@ -77,28 +77,6 @@ fn lkey_at(region: &Region, va: usize) -> u32 {
     pieces[0].lkey
 }
 
-/// Maps fresh anonymous memory over `[addr, addr + len)`, which must be a
-/// hole, and writes `fill` into it. Only for tests that run alone in a
-/// child process: in the shared test binary another test's `mmap` may
-/// take the hole first (use [`replace`] there).
-fn map_fixed(addr: usize, len: usize, fill: u8) {
-    // SAFETY: the range is a hole this test made (MAP_FIXED_NOREPLACE fails
-    // rather than replace anything).
-    let ptr = unsafe {
-        libc::mmap(
-            addr as *mut libc::c_void,
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-            -1,
-            0,
-        )
-    };
-    assert_eq!(ptr as usize, addr, "mmap over the hole");
-    // SAFETY: the mapping just made.
-    unsafe { std::ptr::write_bytes(addr as *mut u8, fill, len) };
-}
-
 /// Replaces `[addr, addr + len)` with new memory holding `fill`, through
 /// the explicit wrapper of `mremap` (a new mapping moved onto the range):
 /// the old pages go and new ones appear at the same address, with no hole
