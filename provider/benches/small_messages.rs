@@ -24,7 +24,7 @@
 //!   buffer), and a second figure has them go through an 8 MiB ring
 //!   instead (each message a cache line not touched for a while, on both
 //!   ends);
-//! - multi-packet: RDMA WRITE bandwidth of 2-, 4- and 16-packet messages
+//! - multi-packet: RDMA WRITE bandwidth of 2-, 4-, 8- and 16-packet messages
 //!   against one-packet messages, at MTU 4096; and the same ratio for bare
 //!   datagrams sent in the device's packet sequence, which shows what the
 //!   kernel's UDP path alone costs messages of several packets.
@@ -521,7 +521,7 @@ fn multi_packet(rounds: usize) {
         let run = |messages| udp.run_messages(messages, packets, UNACKED_PACKETS, &mut bufs);
         MULTI_BYTES as f64 / warmed_seconds(run, MULTI_BYTES / (packets * 4096)) / 1e9
     };
-    for size in [8192, 16_384, 65_536] {
+    for size in [8192, 16_384, 32_768, 65_536] {
         let packets = size / 4096;
         let mut device_rounds = Vec::new();
         let mut bare_rounds = Vec::new();
