@@ -25,7 +25,7 @@ mod read_reply;
 mod region;
 mod requester;
 #[cfg(test)]
-pub(crate) use requester::{HOLD_BACK_MAX, HOLD_BACK_UNACKED};
+pub(crate) use requester::{HOLD_BACK_MAX, HOLD_BACK_UNACKED, MAX_UNACKED_PSNS, RESUME_FREE_PSNS};
 mod responder;
 mod sge;
 #[cfg(test)]

@@ -274,7 +274,9 @@ impl ReceiveRun<'_> {
             qp.respond(st, regions, pkt, out);
         } else {
             qp.run_completer(st, regions, pkt);
-            qp.run_requester(st, regions, out);
+            if st.req.resumes_on_response() {
+                qp.run_requester(st, regions, out);
+            }
         }
         Ok(())
     }

@@ -23,7 +23,10 @@ use super::sge::Sges;
 use super::{SendOp, WcOpcode, WcStatus};
 
 /// PSNs the requester may have outstanding (rxe's `RXE_MAX_UNACKED_PSNS`).
-const MAX_UNACKED_PSNS: i32 = 128;
+pub(crate) const MAX_UNACKED_PSNS: i32 = 128;
+/// Free PSNs of the window from which a response runs the requester again
+/// (a quarter of it; see `Requester::resumes_on_response`).
+pub(crate) const RESUME_FREE_PSNS: i32 = 32;
 /// Response PSNs one READ request asks for: a longer READ goes out as
 /// several requests, one per segment, each sent when the window has room.
 /// The responder then never answers more than the window at once, so READ

@@ -5,8 +5,8 @@
 //! send queue stops it.
 
 use super::{
-    HOLD_BACK_MAX, HOLD_BACK_UNACKED, MAX_PKTS_PER_ACK, MAX_UNACKED_PSNS, Requester, SendWqe,
-    read_segment_end,
+    HOLD_BACK_MAX, HOLD_BACK_UNACKED, MAX_PKTS_PER_ACK, MAX_UNACKED_PSNS, RESUME_FREE_PSNS,
+    Requester, SendWqe, read_segment_end,
 };
 use crate::rc::psn::{psn_add, psn_diff};
 use crate::rc::qp::{Peer, QpCore, QpLocked, QpState, bad_state, bth, headers};
@@ -215,6 +215,20 @@ impl Requester {
             unacked > 0
         };
         deep && self.timer.is_some() && self.sq.len() - self.cursor <= HOLD_BACK_MAX
+    }
+
+    /// Whether a response just handled runs the requester: only once
+    /// [`RESUME_FREE_PSNS`] of the window are free (always when little is
+    /// outstanding: a go-back moves `next_psn` back, which frees it). A
+    /// window reopened a few PSNs at a time (an acknowledgement per message
+    /// of several packets) would send a message per system call; waiting
+    /// for a quarter of it sends several in one, and the responses due for
+    /// the PSNs still outstanding, or the retransmit timer, run the
+    /// requester soon (32 KiB WRITEs: 0.87-0.89 -> 0.91-0.92 of the ratio
+    /// to one-packet messages that bare datagrams in their sequence reach).
+    pub(crate) fn resumes_on_response(&self) -> bool {
+        let unacked = psn_diff(self.next_psn, self.oldest_unacked);
+        unacked <= MAX_UNACKED_PSNS - RESUME_FREE_PSNS
     }
 
     /// The window of unacknowledged PSNs, then check_init_depth: a READ or

@@ -1,13 +1,17 @@
-//! Requests posted one at a time while a response is due wait for the
-//! requester's next run (doorbell batching): signaled ones while many
-//! PSNs are unacknowledged, unsignaled ones while any is. The programs are
-//! the application itself, posting as perftest does; answers are built by
-//! hand and handed to one end of a [`Sim`], and what the requester sends
-//! is counted.
+//! When the requester sends. Requests posted one at a time while a
+//! response is due wait for the requester's next run (doorbell batching):
+//! signaled ones while many PSNs are unacknowledged, unsignaled ones while
+//! any is. A full window reopened by responses sends again once a quarter
+//! of it is free. The programs are the application itself, posting as
+//! perftest does; answers are built by hand and handed to one end of a
+//! [`Sim`], and what the requester sends is counted.
 
 use super::{Schedule, Sim};
 use crate::rc::psn::psn_add;
-use crate::rc::{HOLD_BACK_MAX, HOLD_BACK_UNACKED, Outbox, SendOp, SendWr, Sge, WcStatus};
+use crate::rc::{
+    HOLD_BACK_MAX, HOLD_BACK_UNACKED, MAX_UNACKED_PSNS, Outbox, RESUME_FREE_PSNS, SendOp, SendWr,
+    Sge, WcStatus,
+};
 use crate::wire::{Opcode, PacketRepr, Syndrome};
 
 const MTU: usize = 1024;
@@ -202,4 +206,28 @@ fn held_unsignaled_requests_leave_with_the_go_back_when_every_answer_is_lost() {
         2,
         "the go-back and the held request"
     );
+}
+
+#[test]
+fn a_full_window_sends_again_once_a_quarter_of_it_is_free() {
+    let sim = Sim::new(10, MTU, 1 << 16, Schedule::clean());
+    let (window, resume) = (MAX_UNACKED_PSNS as u32, RESUME_FREE_PSNS as u32);
+    let sent = post(&sim, 0, (window + resume) as usize);
+    assert_eq!(sent.len(), window as usize, "the window's worth");
+    let first = sent[0];
+    // Acknowledgements that free less than a quarter send nothing.
+    assert_eq!(ack(&sim, psn_add(first, 7)), []);
+    assert_eq!(ack(&sim, psn_add(first, resume - 2)), []);
+    // The one that frees a quarter sends a quarter's worth, in order.
+    assert_eq!(
+        ack(&sim, psn_add(first, resume - 1)),
+        consecutive(psn_add(first, window), resume)
+    );
+    assert_eq!(ack(&sim, psn_add(first, window + resume - 1)), []);
+    let ids: Vec<u64> = sim.nodes[0]
+        .completions()
+        .iter()
+        .map(|wc| wc.wr_id)
+        .collect();
+    assert_eq!(ids, (0..u64::from(window + resume)).collect::<Vec<_>>());
 }
