@@ -30,10 +30,13 @@
 //!   kernel's UDP path alone costs messages of several packets.
 //!
 //! `cargo bench -p provider --bench small_messages` (`SMALL_ROUNDS=n`
-//! rounds, default 5; `SMALL_ONLY=latency|rate|multi` for one goal;
+//! rounds, default 5, and `SMALL_MULTI_ROUNDS` for the multi-packet
+//! comparison, default 41; `SMALL_ONLY=latency|rate|multi` for one goal;
 //! `SMALL_ONLY=latency-device` and `rate-device` run the device's side
 //! alone, to profile it; `SMALL_SIZE` sets the rate's message size, and
-//! `SMALL_SPAN` the bytes its messages take turns in, default 4096).
+//! `SMALL_SPAN` the bytes its messages take turns in, default 4096;
+//! `SMALL_PACKETS=n` measures multi-packet messages of `n` packets only,
+//! 1 to 16).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Instant;
@@ -74,7 +77,13 @@ fn main() {
         rate_device(rounds, env_number("SMALL_SIZE", 64), span);
     }
     if wanted("multi") {
-        multi_packet(rounds);
+        let packets = match std::env::var("SMALL_PACKETS") {
+            // At most 16: a message's bare sequence must fit the 64
+            // buffers of a batch.
+            Ok(_) => vec![env_number("SMALL_PACKETS", 8).clamp(1, 16)],
+            Err(_) => vec![2, 4, 8, 16],
+        };
+        multi_packet(env_number("SMALL_MULTI_ROUNDS", MULTI_ROUNDS), &packets);
     }
 }
 
@@ -120,25 +129,49 @@ fn median(values: &[f64]) -> f64 {
     Sorted::new(values.to_vec()).median()
 }
 
+/// Rounds up to which [`report`] prints one line per round; more are
+/// printed as their ratios, twelve to a line.
+const ROUNDS_LISTED: usize = 10;
+
 /// Prints one goal's rounds (each a measurement and its reference,
-/// named by `names`) and the median of their ratios.
+/// named by `names`) and the median of their ratios (with its 95 %
+/// interval when there are more than [`ROUNDS_LISTED`] rounds).
 fn report(goal: &str, unit: &str, names: (&str, &str), rounds: &[(f64, f64)]) {
     println!("{goal}:");
-    for (i, (device, reference)) in rounds.iter().enumerate() {
-        println!(
-            "  round {i}: {} {device:.2} {unit}, {} {reference:.2} {unit}, ratio {:.2}",
-            names.0,
-            names.1,
-            device / reference
-        );
-    }
     let ratios: Vec<f64> = rounds.iter().map(|(d, b)| d / b).collect();
     let devices: Vec<f64> = rounds.iter().map(|(d, _)| *d).collect();
+    if rounds.len() <= ROUNDS_LISTED {
+        for (i, (device, reference)) in rounds.iter().enumerate() {
+            println!(
+                "  round {i}: {} {device:.2} {unit}, {} {reference:.2} {unit}, ratio {:.2}",
+                names.0,
+                names.1,
+                device / reference
+            );
+        }
+    } else {
+        for (line, chunk) in ratios.chunks(12).enumerate() {
+            let listed: Vec<String> = chunk.iter().map(|r| format!("{r:.2}")).collect();
+            let from = line * 12;
+            println!(
+                "  ratios of rounds {from}-{}: {}",
+                from + chunk.len() - 1,
+                listed.join(" ")
+            );
+        }
+    }
+    let sorted = Sorted::new(ratios);
+    let interval = if rounds.len() > ROUNDS_LISTED {
+        let (low, high) = sorted.median_interval();
+        format!(" (95 % interval {low:.2}-{high:.2})")
+    } else {
+        String::new()
+    };
     println!(
-        "  median: {} {:.2} {unit}, ratio {:.2}",
+        "  median: {} {:.2} {unit}, ratio {:.2}{interval}",
         names.0,
         median(&devices),
-        median(&ratios)
+        sorted.median()
     );
 }
 
@@ -498,6 +531,12 @@ fn message_rate(rounds: usize) {
 /// Bytes per size and round in the multi-packet comparison.
 const MULTI_BYTES: usize = 64 << 20;
 
+/// Rounds of the multi-packet comparison. A round's four streams take
+/// about 20 ms each, and five rounds' medians swung from run to run
+/// (8-packet messages: 0.86-0.92 of the bare ratio in four runs of the
+/// same code); 41 rounds' medians stayed within 0.91-0.96 over fourteen.
+const MULTI_ROUNDS: usize = 41;
+
 /// The requester's window in packets.
 const UNACKED_PACKETS: usize = 128;
 
@@ -507,7 +546,7 @@ const UNACKED_PACKETS: usize = 128;
 /// run at every FIRST, while one-packet messages of equal size share runs
 /// of up to 15), so that what the kernel's UDP path costs multi-packet
 /// messages shows apart from what the device adds.
-fn multi_packet(rounds: usize) {
+fn multi_packet(rounds: usize, packet_counts: &[usize]) {
     let (a, b) = pair(false);
     let udp = BareUdp::new();
     let device = |size: usize| {
@@ -521,8 +560,8 @@ fn multi_packet(rounds: usize) {
         let run = |messages| udp.run_messages(messages, packets, UNACKED_PACKETS, &mut bufs);
         MULTI_BYTES as f64 / warmed_seconds(run, MULTI_BYTES / (packets * 4096)) / 1e9
     };
-    for size in [8192, 16_384, 32_768, 65_536] {
-        let packets = size / 4096;
+    for &packets in packet_counts {
+        let size = packets * 4096;
         let mut device_rounds = Vec::new();
         let mut bare_rounds = Vec::new();
         for round in 0..rounds {
