@@ -130,8 +130,9 @@ fn median(values: &[f64]) -> f64 {
 }
 
 /// Rounds up to which [`report`] prints one line per round; more are
-/// printed as their ratios, twelve to a line.
+/// printed as their ratios, [`RATIOS_PER_LINE`] to a line.
 const ROUNDS_LISTED: usize = 10;
+const RATIOS_PER_LINE: usize = 12;
 
 /// Prints one goal's rounds (each a measurement and its reference,
 /// named by `names`) and the median of their ratios (with its 95 %
@@ -140,7 +141,18 @@ fn report(goal: &str, unit: &str, names: (&str, &str), rounds: &[(f64, f64)]) {
     println!("{goal}:");
     let ratios: Vec<f64> = rounds.iter().map(|(d, b)| d / b).collect();
     let devices: Vec<f64> = rounds.iter().map(|(d, _)| *d).collect();
-    if rounds.len() <= ROUNDS_LISTED {
+    let many = rounds.len() > ROUNDS_LISTED;
+    if many {
+        for (line, chunk) in ratios.chunks(RATIOS_PER_LINE).enumerate() {
+            let listed: Vec<String> = chunk.iter().map(|r| format!("{r:.2}")).collect();
+            let from = line * RATIOS_PER_LINE;
+            println!(
+                "  ratios of rounds {from}-{}: {}",
+                from + chunk.len() - 1,
+                listed.join(" ")
+            );
+        }
+    } else {
         for (i, (device, reference)) in rounds.iter().enumerate() {
             println!(
                 "  round {i}: {} {device:.2} {unit}, {} {reference:.2} {unit}, ratio {:.2}",
@@ -149,19 +161,9 @@ fn report(goal: &str, unit: &str, names: (&str, &str), rounds: &[(f64, f64)]) {
                 device / reference
             );
         }
-    } else {
-        for (line, chunk) in ratios.chunks(12).enumerate() {
-            let listed: Vec<String> = chunk.iter().map(|r| format!("{r:.2}")).collect();
-            let from = line * 12;
-            println!(
-                "  ratios of rounds {from}-{}: {}",
-                from + chunk.len() - 1,
-                listed.join(" ")
-            );
-        }
     }
     let sorted = Sorted::new(ratios);
-    let interval = if rounds.len() > ROUNDS_LISTED {
+    let interval = if many {
         let (low, high) = sorted.median_interval();
         format!(" (95 % interval {low:.2}-{high:.2})")
     } else {
