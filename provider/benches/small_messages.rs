@@ -25,9 +25,11 @@
 //!   instead (each message a cache line not touched for a while, on both
 //!   ends);
 //! - multi-packet: RDMA WRITE bandwidth of 2-, 4-, 8- and 16-packet messages
-//!   against one-packet messages, at MTU 4096; and the same ratio for bare
-//!   datagrams sent in the device's packet sequence, which shows what the
-//!   kernel's UDP path alone costs messages of several packets.
+//!   against one-packet messages, at MTU 4096; and the same ratio for
+//!   datagrams sent in the device's packet sequence, once through the
+//!   device's socket layer (ICRC sealed and judged) and once through the
+//!   kernel's UDP sockets alone, which shows what the kernel's UDP path
+//!   costs messages of several packets.
 //!
 //! `cargo bench -p provider --bench small_messages` (`SMALL_ROUNDS=n`
 //! rounds, default 5, and `SMALL_MULTI_ROUNDS` for the multi-packet
@@ -46,6 +48,7 @@ use provider::{SendOp, SendWr, WcOpcode, WorkCompletion};
 
 mod harness;
 
+use harness::kernel_udp::KernelUdp;
 use harness::sorted::Sorted;
 use harness::*;
 
@@ -543,52 +546,79 @@ const MULTI_ROUNDS: usize = 41;
 const UNACKED_PACKETS: usize = 128;
 
 /// Multi-packet against one-packet RDMA WRITE bandwidth, and the same
-/// ratio for bare datagrams in the device's packet sequence (FIRST with a
-/// RETH, then MIDDLEs and a LAST 16 bytes shorter: the kernel's GSO cuts a
-/// run at every FIRST, while one-packet messages of equal size share runs
-/// of up to 15), so that what the kernel's UDP path costs multi-packet
-/// messages shows apart from what the device adds.
+/// ratio for two bare streams of datagrams in the device's packet sequence
+/// (FIRST with a RETH, then MIDDLEs and a LAST 16 bytes shorter: the
+/// kernel's GSO cuts a run at every FIRST, while one-packet messages of
+/// equal size share runs of up to 15): one through the device's socket
+/// layer (ICRC sealed and judged), one through the kernel's UDP sockets
+/// alone ([`KernelUdp`]). They show what multi-packet messages cost apart
+/// from what the device adds.
 fn multi_packet(rounds: usize, packet_counts: &[usize]) {
     let (a, b) = pair(false);
     let udp = BareUdp::new();
+    let kernel = KernelUdp::new();
     let device = |size: usize| {
         MULTI_BYTES as f64 / device_stream(&a, &b, size, MULTI_BYTES / size, REGION) / 1e9
     };
+    // The device's window: its requester has at most 128 packets
+    // unacknowledged (rxe's RXE_MAX_UNACKED_PSNS), whatever the message
+    // size; the one-packet streams have the same.
     let bare = |packets: usize| {
         let mut bufs = write_message_buffers(packets);
-        // The device's window: its requester has at most 128 packets
-        // unacknowledged (rxe's RXE_MAX_UNACKED_PSNS), whatever the
-        // message size; the one-packet run has the same.
         let run = |messages| udp.run_messages(messages, packets, UNACKED_PACKETS, &mut bufs);
-        MULTI_BYTES as f64 / warmed_seconds(run, MULTI_BYTES / (packets * 4096)) / 1e9
+        MULTI_BYTES as f64 / warmed_seconds(run, MULTI_BYTES / (packets * MTU)) / 1e9
+    };
+    let sockets_alone = |packets: usize| {
+        let mut bufs = write_message_buffers(packets);
+        let lens = write_sequence(packets);
+        let run =
+            |messages| kernel.run_lengths(&lens, messages * packets, UNACKED_PACKETS, &mut bufs);
+        MULTI_BYTES as f64 / warmed_seconds(run, MULTI_BYTES / (packets * MTU)) / 1e9
     };
     for &packets in packet_counts {
-        let size = packets * 4096;
+        let size = packets * MTU;
         let mut device_rounds = Vec::new();
         let mut bare_rounds = Vec::new();
+        let mut kernel_rounds = Vec::new();
         for round in 0..rounds {
             // Which size goes first alternates from round to round.
             let multi_first = round % 2 == 0;
-            device_rounds.push(in_order(multi_first, || device(size), || device(4096)));
+            device_rounds.push(in_order(multi_first, || device(size), || device(MTU)));
             bare_rounds.push(in_order(multi_first, || bare(packets), || bare(1)));
+            kernel_rounds.push(in_order(
+                multi_first,
+                || sockets_alone(packets),
+                || sockets_alone(1),
+            ));
         }
+        let names = ("multi-packet", "one-packet");
         let goal = format!("{packets}-packet RDMA WRITEs ({size} B)");
+        report(&goal, "GB/s", names, &device_rounds);
+        let goal = format!("bare datagrams in the sequence of {packets}-packet WRITEs");
+        report(&goal, "GB/s", names, &bare_rounds);
+        let goal = format!("the kernel's sockets alone, same sequence ({packets}-packet)");
+        report(&goal, "GB/s", names, &kernel_rounds);
+        let goal = format!("{packets}-packet messages: the device's ratio against the bare one");
         report(
             &goal,
-            "GB/s",
-            ("multi-packet", "one-packet"),
-            &device_rounds,
+            "",
+            ("device", "bare"),
+            &relative(&device_rounds, &bare_rounds),
         );
-        let goal = format!("bare datagrams in the sequence of {packets}-packet WRITEs");
-        report(&goal, "GB/s", ("multi-packet", "one-packet"), &bare_rounds);
-        let relative: Vec<(f64, f64)> = device_rounds
-            .iter()
-            .zip(&bare_rounds)
-            .map(|((dm, d1), (bm, b1))| (dm / d1, bm / b1))
-            .collect();
-        let goal = format!("{packets}-packet messages: the device's ratio against the bare one");
-        report(&goal, "", ("device", "bare"), &relative);
+        let goal = format!("{packets}-packet messages: the device's ratio against the sockets'");
+        let names = ("device", "sockets");
+        report(&goal, "", names, &relative(&device_rounds, &kernel_rounds));
     }
+}
+
+/// Per round, the multi- to one-packet ratio of `measured` and of
+/// `reference`.
+fn relative(measured: &[(f64, f64)], reference: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    measured
+        .iter()
+        .zip(reference)
+        .map(|((dm, d1), (bm, b1))| (dm / d1, bm / b1))
+        .collect()
 }
 
 /// Seconds `run(count)` takes, after an untimed `run` of a

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+pub mod kernel_udp;
 pub mod sorted;
 
 use odp::{AddressSpace, Mapping};
