@@ -8,7 +8,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{End, connect, pattern, send};
+use common::raw::{TARGET_PSN, Target, bth, packet, responses, seal, socket};
+use common::{End, LOCALHOST, connect, pattern, send};
+use provider::wire::{Opcode, PacketRepr, RethRepr, Syndrome};
 use provider::{Mtu, RecvWr, SendOp, SendWr, WcStatus};
 
 /// Two ends connected at MTU 1024 with `len` bytes each.
@@ -159,23 +161,63 @@ fn completion_queue_polls_receive_for_their_device() {
 
 #[test]
 fn a_large_received_batch_is_answered_as_it_is_handled_not_only_at_its_end() {
+    // The peer is a requester that asks for an acknowledgement in every
+    // packet, as kernel rxe's does at every message's end: 128 64-byte
+    // WRITEs (rxe's window), one datagram each.
+    let sock = socket(LOCALHOST);
+    let me = sock.local_addr().unwrap();
+    let t = Target::new(me, 1 << 16, Mtu::Mtu1024);
+    let dev = t.ctx.local_addr();
+    // The target's application claims its socket (as a memory-polling
+    // loop does), so that the requests pile up in the socket and are
+    // handled in batches of up to 64 by its next calls instead of one by
+    // one by its progress thread.
+    t.ctx.progress();
+    let messages: u32 = 128;
+    for k in 0..messages {
+        let psn = TARGET_PSN + k;
+        let opcode = Opcode::RC_RDMA_WRITE_ONLY;
+        let mut h = PacketRepr::new(bth(opcode, t.qp.qp_num(), psn, 64), &[7; 64]);
+        h.reth = Some(RethRepr {
+            va: t.mr.addr() + u64::from(k) * 64,
+            rkey: t.mr.rkey(),
+            len: 64,
+        });
+        sock.send_to(&seal(me, dev, packet(h)), dev).unwrap();
+    }
+    let start = Instant::now();
+    while t.ctx.stats().rx_packets < u64::from(messages) {
+        assert!(start.elapsed() < Duration::from_secs(10), "no progress");
+        if t.ctx.progress() == 0 {
+            std::thread::yield_now();
+        }
+    }
+    // However the socket split them into batches, at least one answer
+    // left per 32 packets handled (the peer's window slides while the
+    // rest of a batch is handled); answers only at a batch's end would be
+    // two.
+    let acks = responses(&sock);
+    assert!(
+        acks.len() >= messages.div_ceil(32) as usize,
+        "{} acknowledgements for {messages} packets",
+        acks.len()
+    );
+    let ack = Syndrome::Ack { credits: 31 };
+    assert!(acks.iter().all(|a| a.decode() == ack), "{acks:?}");
+}
+
+#[test]
+fn a_post_of_a_window_of_writes_asks_twice_and_each_ask_is_answered() {
     let (a, b) = pair(1 << 20);
-    // B's application claims its socket (as a memory-polling loop does), so
-    // that the requests pile up in the socket and are handled as one batch
-    // by B's next call instead of one by one by B's progress thread.
     b.ctx.progress();
     let messages: u64 = 128; // rxe's window of unacknowledged packets
     post_small_writes(&a, &b, messages);
     progress_until(&b, || b.ctx.stats().rx_packets == messages);
     assert_eq!(a.wait().status, WcStatus::Success);
-    // Every packet asked for an acknowledgement; however the socket split
-    // them into batches, at least one answer left per 32 packets handled
-    // (the peer's window slides while the rest of a batch is handled).
-    let acks = b.ctx.stats().tx_packets;
-    assert!(
-        acks >= messages.div_ceil(32),
-        "{acks} acknowledgements for {messages} packets"
-    );
+    // The 64th packet asks (half of what was outstanding) and the last
+    // (nothing queued behind it); B answers each as it handles it, not
+    // both at once at its batch's end.
+    assert_eq!(b.ctx.stats().tx_packets, 2, "B's acknowledgements");
     assert_eq!(a.ctx.stats().tx_packets, messages, "A retransmitted");
 }
 

@@ -39,8 +39,13 @@ pub(crate) const READ_SEGMENT_PSNS: u32 = 64;
 pub(crate) fn read_segment_end(k: u32, npsn: u32) -> u32 {
     ((k / READ_SEGMENT_PSNS + 1) * READ_SEGMENT_PSNS).min(npsn)
 }
-/// Packets between acknowledgement requests within one message.
+/// Packets at most between acknowledgement requests (rxe's
+/// `RXE_MAX_PKT_PER_ACK`).
 const MAX_PKTS_PER_ACK: u32 = 64;
+/// Payload bytes at most between acknowledgement requests: a quarter of
+/// the window of 4 KiB packets, where a response costs little next to the
+/// bytes it lets go (see `Requester::ack_req`).
+const MAX_BYTES_PER_ACK: usize = 128 << 10;
 /// Unacknowledged PSNs from which a signaled request posted alone may
 /// wait for the requester's next run (see `Requester::may_hold_back`): a
 /// ping-pong has fewer in flight, so its posts always leave at once.
@@ -129,7 +134,10 @@ pub(crate) struct Requester {
     timer: Option<Instant>,
     /// When an RNR wait ends.
     rnr_until: Option<Instant>,
+    /// SEND and WRITE packets, and their payload bytes, since the last
+    /// packet that asked for an acknowledgement.
     pkts_since_ack_req: u32,
+    bytes_since_ack_req: usize,
     timeout: Option<Duration>,
     retry_cnt: u8,
     rnr_retry: u8,

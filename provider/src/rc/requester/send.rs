@@ -5,8 +5,8 @@
 //! send queue stops it.
 
 use super::{
-    HOLD_BACK_MAX, HOLD_BACK_UNACKED, MAX_PKTS_PER_ACK, MAX_UNACKED_PSNS, RESUME_FREE_PSNS,
-    Requester, SendWqe, read_segment_end,
+    HOLD_BACK_MAX, HOLD_BACK_UNACKED, MAX_BYTES_PER_ACK, MAX_PKTS_PER_ACK, MAX_UNACKED_PSNS,
+    RESUME_FREE_PSNS, Requester, SendWqe, read_segment_end,
 };
 use crate::rc::psn::{psn_add, psn_diff};
 use crate::rc::qp::{Peer, QpCore, QpLocked, QpState, bad_state, bth, headers};
@@ -139,8 +139,14 @@ impl QpCore {
         update_wqe_psn(w, psn, peer.mtu);
         let k = psn_diff(psn, w.first_psn) as u32;
         let last = is_last_packet(w, k);
-        let ack_req = req.ack_req(last);
-        let packet = init_req_packet(&req.sq[req.cursor], peer, psn, k, ack_req);
+        let remaining = w.npsn - k;
+        let mut packet = init_req_packet(&req.sq[req.cursor], peer, psn, k);
+        match packet.payload {
+            Some((_, len)) => packet.headers.bth.ack_req = req.ack_req(remaining, len),
+            // A READ or atomic request always asks: its response
+            // acknowledges every PSN before it.
+            None => req.asked_for_ack(),
+        }
         req.next_psn = packet.next_psn;
         // finish_packet: the payload is gathered from local memory.
         let result = match packet.payload {
@@ -193,9 +199,10 @@ impl Requester {
     /// Whether a request posted alone may wait in the send queue for the
     /// requester's next run instead of leaving now (doorbell batching for
     /// programs that post one work request at a time, as perftest does).
-    /// Only while a response to earlier PSNs is due (their last packet
-    /// asks for one) and runs the requester, or the retransmit timer does
-    /// if that is lost; and only while at most [`HOLD_BACK_MAX`] requests
+    /// Only while a response to earlier PSNs is due and runs the requester
+    /// (see [`Self::ack_req`]: what went out last asks for one when the
+    /// queue ran dry, and a full window holds an ask that frees a quarter
+    /// of it), or the retransmit timer does if that is lost; and only while at most [`HOLD_BACK_MAX`] requests
     /// would wait, so a burst leaves in sends of one more than that. A
     /// post of several requests never waits (its program batched them),
     /// and a request waits:
@@ -248,15 +255,46 @@ impl Requester {
         ReqStep::SendPacket
     }
 
-    /// Whether the packet asks for an acknowledgement: a request's last,
-    /// and every `MAX_PKTS_PER_ACK`th.
-    fn ack_req(&mut self, last: bool) -> bool {
+    /// Whether a SEND or WRITE packet (`remaining` packets of its request
+    /// from this one on, `payload` bytes) asks for an acknowledgement.
+    /// Each response costs a datagram both ways (64-byte WRITEs that all
+    /// asked, answered every 32 packets, spent a quarter of the posting
+    /// thread's time receiving them), so packets ask only as often as the
+    /// program and the window need:
+    /// - the last packet of the last request queued: its program may be
+    ///   waiting for this completion;
+    /// - once half the PSNs outstanding have gone by since the last ask
+    ///   (those unacknowledged, the rest of this request and one for each
+    ///   request queued behind it; at most the window): a program that
+    ///   keeps `n` requests posted hears after `n / 2` and posts again
+    ///   while the rest travel;
+    /// - at least every [`MAX_PKTS_PER_ACK`] packets and
+    ///   [`MAX_BYTES_PER_ACK`] bytes.
+    ///
+    /// A full window then always holds an ask within its last
+    /// [`MAX_PKTS_PER_ACK`] PSNs, whose response frees at least
+    /// [`RESUME_FREE_PSNS`] and so runs the requester again.
+    fn ack_req(&mut self, remaining: u32, payload: usize) -> bool {
         self.pkts_since_ack_req += 1;
-        let ack_req = last || self.pkts_since_ack_req >= MAX_PKTS_PER_ACK;
+        self.bytes_since_ack_req += payload;
+        let queued_after = (self.sq.len() - self.cursor - 1) as u32;
+        let last_queued = remaining == 1 && queued_after == 0;
+        let outstanding =
+            (self.unacked_psns() as u32 + remaining + queued_after).min(MAX_UNACKED_PSNS as u32);
+        let spacing = (outstanding / 2).clamp(1, MAX_PKTS_PER_ACK);
+        let ack_req = last_queued
+            || self.pkts_since_ack_req >= spacing
+            || self.bytes_since_ack_req >= MAX_BYTES_PER_ACK;
         if ack_req {
-            self.pkts_since_ack_req = 0;
+            self.asked_for_ack();
         }
         ack_req
+    }
+
+    /// A packet just asked for an acknowledgement.
+    fn asked_for_ack(&mut self) {
+        self.pkts_since_ack_req = 0;
+        self.bytes_since_ack_req = 0;
     }
 
     /// update_state: after a request's last packet it is transmitted (a
@@ -307,7 +345,7 @@ fn is_last_packet(w: &SendWqe, k: u32) -> bool {
 }
 
 /// init_req_packet: the headers of packet `k` of `w`, at `psn`.
-fn init_req_packet(w: &SendWqe, peer: &Peer, psn: u32, k: u32, ack_req: bool) -> ReqPacket {
+fn init_req_packet(w: &SendWqe, peer: &Peer, psn: u32, k: u32) -> ReqPacket {
     let mtu = peer.mtu;
     match w.op {
         SendOp::Read { remote_addr, rkey } => read_request(w, peer, psn, k, remote_addr, rkey),
@@ -343,7 +381,7 @@ fn init_req_packet(w: &SendWqe, peer: &Peer, psn: u32, k: u32, ack_req: bool) ->
             let offset = k as usize * mtu;
             let seg = (w.len as usize - offset.min(w.len as usize)).min(mtu);
             ReqPacket {
-                headers: send_or_write_headers(w, target, imm, peer, psn, k, seg, ack_req),
+                headers: send_or_write_headers(w, target, imm, peer, psn, k, seg),
                 payload: Some((offset as u64, seg)),
                 next_psn: psn_add(psn, 1),
             }
@@ -427,8 +465,7 @@ fn next_opcode(write: bool, first: bool, last: bool, imm: bool) -> Opcode {
 }
 
 /// The headers of packet `k` (of `w.npsn`) of a SEND or RDMA WRITE to
-/// `target` (`None` for a SEND).
-#[allow(clippy::too_many_arguments)]
+/// `target` (`None` for a SEND), not yet asking for an acknowledgement.
 fn send_or_write_headers(
     w: &SendWqe,
     target: WriteTarget,
@@ -437,11 +474,10 @@ fn send_or_write_headers(
     psn: u32,
     k: u32,
     seg: usize,
-    ack_req: bool,
 ) -> PacketRepr<'static> {
     let (first, last) = (k == 0, k + 1 >= w.npsn);
     let opcode = next_opcode(target.is_some(), first, last, imm.is_some());
-    let mut h = headers(bth(peer, opcode, psn, seg, ack_req));
+    let mut h = headers(bth(peer, opcode, psn, seg, false));
     if let (true, Some((va, rkey))) = (first, target) {
         h.reth = Some(RethRepr {
             va,

@@ -11,6 +11,7 @@
 
 mod workload;
 
+mod ack_req_tests;
 mod hold_back_tests;
 mod loss;
 mod ordering_tests;
