@@ -148,27 +148,37 @@ impl Outbox {
     /// the later acknowledgement covers everything the earlier one did, and
     /// nothing for that queue pair was queued between them.
     pub(crate) fn push_ack(&mut self, peer: &Peer, headers: &PacketRepr<'_>) {
-        let previous = self
-            .packets
-            .iter()
-            .rposition(|q| q.dest == peer.addr && q.dest_qp == headers.bth.dest_qp);
-        if let Some(i) = previous
-            && self.packets[i].coalescable
-            && let Some(aeth) = headers.aeth
-        {
-            // Both are plain ACKs: a BTH and an AETH (checked when the
-            // first was appended; a stream's receiver replaces one per
-            // packet, so this one is written without checking again).
-            debug_assert_eq!(headers.header_len(), Ok(BthRepr::LEN + AethRepr::LEN));
-            let bytes = &mut self.arena[self.packets[i].bytes.clone()];
-            headers.bth.emit(&mut bytes[..BthRepr::LEN]);
-            aeth.emit(&mut bytes[BthRepr::LEN..]);
+        if self.replace_ack(peer, headers) {
             return;
         }
         self.push_headers(peer, headers);
         if let Some(last) = self.packets.last_mut() {
             last.coalescable = true;
         }
+    }
+
+    /// Replaces the plain ACK queued last for the queue pair of `headers`
+    /// (also a plain ACK) by it, if the last packet queued for that queue
+    /// pair is one; returns whether it did. Nothing is queued otherwise.
+    pub(crate) fn replace_ack(&mut self, peer: &Peer, headers: &PacketRepr<'_>) -> bool {
+        let previous = self
+            .packets
+            .iter()
+            .rposition(|q| q.dest == peer.addr && q.dest_qp == headers.bth.dest_qp);
+        let Some(i) = previous.filter(|&i| self.packets[i].coalescable) else {
+            return false;
+        };
+        let Some(aeth) = headers.aeth else {
+            return false;
+        };
+        // Both are plain ACKs: a BTH and an AETH (checked when the first
+        // was appended; a stream's receiver replaces one per packet, so
+        // this one is written without checking again).
+        debug_assert_eq!(headers.header_len(), Ok(BthRepr::LEN + AethRepr::LEN));
+        let bytes = &mut self.arena[self.packets[i].bytes.clone()];
+        headers.bth.emit(&mut bytes[..BthRepr::LEN]);
+        aeth.emit(&mut bytes[BthRepr::LEN..]);
+        true
     }
 
     /// Appends the headers, a zeroed payload of `payload_len` bytes, the

@@ -472,15 +472,28 @@ impl QpCore {
         Ok(mr)
     }
 
-    /// acknowledge: the ACK a SEND or WRITE packet asked for.
+    /// acknowledge: the ACK a SEND or WRITE packet asked for. One that did
+    /// not ask still brings an ACK queued for its queue pair (and not yet
+    /// sent) up to its PSN: when it leaves, it covers everything handled,
+    /// not only up to the last packet that asked (requesters ask once in
+    /// many packets, see `Requester::ack_req`).
     fn acknowledge(&self, st: &mut QpLocked, peer: &Peer, pkt: &PacketRepr<'_>, out: &mut Outbox) {
         st.resp.epsn = psn_add(pkt.bth.psn, 1);
         if pkt.bth.opcode.is_last() {
             st.resp.next_msn();
         }
+        let syndrome = Syndrome::Ack { credits: 31 };
+        let h = ack(
+            peer,
+            Opcode::RC_ACKNOWLEDGE,
+            pkt.bth.psn,
+            syndrome,
+            st.resp.msn,
+        );
         if pkt.bth.ack_req {
-            let syndrome = Syndrome::Ack { credits: 31 };
-            send_ack(out, peer, pkt.bth.psn, syndrome, st.resp.msn);
+            out.push_ack(peer, &h);
+        } else {
+            out.replace_ack(peer, &h);
         }
     }
 

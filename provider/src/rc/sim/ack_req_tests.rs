@@ -49,6 +49,11 @@ impl Sent {
 /// Posts `count` signaled RDMA WRITEs of `len` bytes from node 0 as one
 /// post; returns what the requester sent.
 fn post(sim: &Sim, count: usize, len: usize) -> Sent {
+    Sent::of(&mut post_out(sim, count, len))
+}
+
+/// [`post`], returning the requester's outbox itself.
+fn post_out(sim: &Sim, count: usize, len: usize) -> Outbox {
     let n = &sim.nodes[0];
     let sge = [Sge {
         addr: n.mem.addr() as u64,
@@ -69,7 +74,7 @@ fn post(sim: &Sim, count: usize, len: usize) -> Sent {
         .collect();
     let mut out = Outbox::default();
     n.qp.post_send(&n.regions, &wrs, &mut out).unwrap();
-    Sent::of(&mut out)
+    out
 }
 
 /// Hands node 0 the ACK of `psn`; returns what it sent in reply.
@@ -155,4 +160,53 @@ fn a_full_window_always_holds_an_ask_whose_answer_runs_the_requester() {
         posted as i32 - 1,
         "the last request queued asks"
     );
+}
+
+/// The packets of `out`, re-emitted with the AckReq bit only where
+/// `asks(k)` holds for the `k`th.
+fn with_asks(out: &mut Outbox, asks: impl Fn(usize) -> bool) -> Vec<Vec<u8>> {
+    out.packets_mut()
+        .enumerate()
+        .map(|(k, (_, _, b))| {
+            let mut h = PacketRepr::parse(b).unwrap();
+            h.bth.ack_req = asks(k);
+            let mut bytes = vec![0u8; h.len().unwrap()];
+            h.emit(&mut bytes).unwrap();
+            bytes
+        })
+        .collect()
+}
+
+/// The PSNs of the ACKs in `out`.
+fn ack_psns(out: &mut Outbox) -> Vec<u32> {
+    out.packets_mut()
+        .map(|(_, _, b)| PacketRepr::parse(b).unwrap())
+        .filter(|p| p.bth.opcode == Opcode::RC_ACKNOWLEDGE)
+        .map(|p| p.bth.psn)
+        .collect()
+}
+
+#[test]
+fn an_acknowledgement_not_yet_sent_covers_what_was_handled_after_the_ask() {
+    let sim = Sim::new(25, 1024, 1 << 16, Schedule::clean());
+    let mut sent = post_out(&sim, 8, 64);
+    let first = Sent::of(&mut sent).first();
+    // Only the first of a run of eight asks: the ACK it queued is brought
+    // up to the last one handled, so that it acknowledges all eight.
+    let bytes = with_asks(&mut sent, |k| k == 0);
+    let run: Vec<PacketRepr<'_>> = bytes
+        .iter()
+        .map(|b| PacketRepr::parse(b).unwrap())
+        .collect();
+    let mut answer = sim.request_run(&run);
+    assert_eq!(ack_psns(&mut answer), [psn_add(first, 7)]);
+    // Packets that do not ask, with no ACK queued, queue none.
+    let mut sent = post_out(&sim, 4, 64);
+    let bytes = with_asks(&mut sent, |_| false);
+    let run: Vec<PacketRepr<'_>> = bytes
+        .iter()
+        .map(|b| PacketRepr::parse(b).unwrap())
+        .collect();
+    let mut answer = sim.request_run(&run);
+    assert_eq!(ack_psns(&mut answer), []);
 }

@@ -401,6 +401,20 @@ impl Sim {
         out
     }
 
+    /// Hands node 1 the request packets `requests` (from node 0, built by
+    /// hand) as one received run, as a batch from the socket is handled;
+    /// returns what node 1 queued in answer.
+    pub(crate) fn request_run(&self, requests: &[PacketRepr<'_>]) -> Outbox {
+        let (from, to) = (&self.nodes[0], &self.nodes[1]);
+        let mut out = Outbox::default();
+        let mut run = to.qp.receive_run();
+        for pkt in requests {
+            run.receive(&to.regions, from.addr.ip(), to.addr.ip(), pkt, &mut out)
+                .unwrap();
+        }
+        out
+    }
+
     /// Posts on `node` through `post`, then transmits what it produced.
     pub(crate) fn post(&mut self, node: usize, post: impl FnOnce(&Node, &mut Outbox)) {
         let mut out = Outbox::default();
