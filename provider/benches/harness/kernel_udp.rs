@@ -77,29 +77,17 @@ impl KernelUdp {
     /// `bufs.len()` rounded down to whole cycles, at most `window` in
     /// flight; waits until all arrived.
     pub fn run_lengths(&self, lens: &[usize], packets: usize, window: usize, bufs: &mut [Vec<u8>]) {
-        let cycle = lens.len();
-        let batch_len = bufs.len() / cycle * cycle;
-        let start = self.received.load(Ordering::Acquire) as usize;
-        let mut sent = 0;
-        while sent < packets {
-            let n = (packets - sent).min(batch_len);
-            while sent + n - (self.received.load(Ordering::Acquire) as usize - start) > window {
-                std::thread::yield_now();
-            }
-            let mut iovs: Vec<libc::iovec> = bufs[..n]
+        super::windowed(&self.received, lens, packets, window, bufs, |batch| {
+            let mut iovs: Vec<libc::iovec> = batch
                 .iter_mut()
                 .enumerate()
                 .map(|(i, b)| libc::iovec {
                     iov_base: b.as_mut_ptr().cast(),
-                    iov_len: lens[i % cycle],
+                    iov_len: lens[i % lens.len()],
                 })
                 .collect();
             self.send(&mut iovs);
-            sent += n;
-        }
-        while (self.received.load(Ordering::Acquire) as usize) < start + packets {
-            std::thread::yield_now();
-        }
+        });
     }
 
     /// Sends one datagram per iovec, in the GSO runs the device's socket

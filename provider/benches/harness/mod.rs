@@ -298,26 +298,44 @@ impl BareUdp {
     /// of a batch is sent with length `lens[i % lens.len()]`), at most
     /// `window` in flight, and waits until all arrived.
     fn run_lengths(&self, lens: &[usize], packets: usize, window: usize, bufs: &mut [Vec<u8>]) {
-        let cycle = lens.len();
-        let batch_len = bufs.len() / cycle * cycle;
-        let start = self.received.load(Ordering::Acquire) as usize;
-        let mut sent = 0;
-        while sent < packets {
-            let n = (packets - sent).min(batch_len);
-            while sent + n - (self.received.load(Ordering::Acquire) as usize - start) > window {
-                std::thread::yield_now();
-            }
-            let mut batch: Vec<OutPacket<'_>> = bufs[..n]
+        let received = &self.received;
+        windowed(received, lens, packets, window, bufs, |batch| {
+            let mut batch: Vec<OutPacket<'_>> = batch
                 .iter_mut()
                 .enumerate()
-                .map(|(i, b)| OutPacket::new(self.dest, &mut b[..lens[i % cycle]]))
+                .map(|(i, b)| OutPacket::new(self.dest, &mut b[..lens[i % lens.len()]]))
                 .collect();
             send_all(&self.tx, &mut batch);
-            sent += n;
-        }
-        while (self.received.load(Ordering::Acquire) as usize) < start + packets {
+        });
+    }
+}
+
+/// Sends `packets` datagrams in batches of `bufs.len()` rounded down to
+/// whole cycles of `lens` (`send` sends one batch's buffers, buffer `i`
+/// with length `lens[i % lens.len()]`), at most `window` ahead of what
+/// `received` counts; waits until `received` counts all of them.
+pub fn windowed(
+    received: &AtomicU64,
+    lens: &[usize],
+    packets: usize,
+    window: usize,
+    bufs: &mut [Vec<u8>],
+    mut send: impl FnMut(&mut [Vec<u8>]),
+) {
+    let cycle = lens.len();
+    let batch_len = bufs.len() / cycle * cycle;
+    let start = received.load(Ordering::Acquire) as usize;
+    let mut sent = 0;
+    while sent < packets {
+        let n = (packets - sent).min(batch_len);
+        while sent + n - (received.load(Ordering::Acquire) as usize - start) > window {
             std::thread::yield_now();
         }
+        send(&mut bufs[..n]);
+        sent += n;
+    }
+    while (received.load(Ordering::Acquire) as usize) < start + packets {
+        std::thread::yield_now();
     }
 }
 

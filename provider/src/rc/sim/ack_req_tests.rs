@@ -5,7 +5,7 @@
 
 use super::{Schedule, Sim};
 use crate::rc::psn::{psn_add, psn_diff};
-use crate::rc::{MAX_UNACKED_PSNS, Outbox, SendOp, SendWr, Sge};
+use crate::rc::{MAX_UNACKED_PSNS, Outbox};
 use crate::wire::{Opcode, PacketRepr, Syndrome};
 
 /// The packets of one send: their PSNs and whether each asks.
@@ -54,27 +54,7 @@ fn post(sim: &Sim, count: usize, len: usize) -> Sent {
 
 /// [`post`], returning the requester's outbox itself.
 fn post_out(sim: &Sim, count: usize, len: usize) -> Outbox {
-    let n = &sim.nodes[0];
-    let sge = [Sge {
-        addr: n.mem.addr() as u64,
-        length: len as u32,
-        lkey: n.key,
-    }];
-    let wrs: Vec<SendWr<'_>> = (0..count as u64)
-        .map(|i| SendWr {
-            wr_id: i,
-            op: SendOp::Write {
-                remote_addr: sim.nodes[1].mem.addr() as u64,
-                rkey: sim.nodes[1].key,
-            },
-            sg_list: &sge,
-            signaled: true,
-            solicited: false,
-        })
-        .collect();
-    let mut out = Outbox::default();
-    n.qp.post_send(&n.regions, &wrs, &mut out).unwrap();
-    out
+    sim.post_writes(0, count, len, true)
 }
 
 /// Hands node 0 the ACK of `psn`; returns what it sent in reply.

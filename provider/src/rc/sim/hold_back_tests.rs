@@ -9,8 +9,7 @@
 use super::{Schedule, Sim};
 use crate::rc::psn::psn_add;
 use crate::rc::{
-    HOLD_BACK_MAX, HOLD_BACK_UNACKED, MAX_UNACKED_PSNS, Outbox, RESUME_FREE_PSNS, SendOp, SendWr,
-    Sge, WcStatus,
+    HOLD_BACK_MAX, HOLD_BACK_UNACKED, MAX_UNACKED_PSNS, Outbox, RESUME_FREE_PSNS, WcStatus,
 };
 use crate::wire::{Opcode, PacketRepr, Syndrome};
 
@@ -30,27 +29,7 @@ fn post_unsignaled(sim: &Sim, first_wr_id: u64, count: usize) -> Vec<u32> {
 }
 
 fn post_as(sim: &Sim, first_wr_id: u64, count: usize, signaled: bool) -> Vec<u32> {
-    let n = &sim.nodes[0];
-    let sge = [Sge {
-        addr: n.mem.addr() as u64,
-        length: LEN as u32,
-        lkey: n.key,
-    }];
-    let wrs: Vec<SendWr<'_>> = (0..count as u64)
-        .map(|i| SendWr {
-            wr_id: first_wr_id + i,
-            op: SendOp::Write {
-                remote_addr: sim.nodes[1].mem.addr() as u64,
-                rkey: sim.nodes[1].key,
-            },
-            sg_list: &sge,
-            signaled,
-            solicited: false,
-        })
-        .collect();
-    let mut out = Outbox::default();
-    n.qp.post_send(&n.regions, &wrs, &mut out).unwrap();
-    psns(&mut out)
+    psns(&mut sim.post_writes(first_wr_id, count, LEN, signaled))
 }
 
 fn psns(out: &mut Outbox) -> Vec<u32> {

@@ -30,7 +30,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::clock::{Clock, ManualClock};
-use super::{DEFAULT_PKEY, Outbox, Peer, QpCore, Regions};
+use super::{DEFAULT_PKEY, Outbox, Peer, QpCore, Regions, SendOp, SendWr, Sge};
 use crate::net::{IcrcVerdict, Ipv4IdPolicy, seal, verify};
 use crate::rc::{AccessFlags, Region, WorkCompletion};
 use crate::verbs::{CompletionQueue, MrInner};
@@ -398,6 +398,40 @@ impl Sim {
             .receive_run()
             .receive(&to.regions, from.addr.ip(), to.addr.ip(), &parsed, &mut out)
             .unwrap();
+        out
+    }
+
+    /// Posts `count` RDMA WRITEs of `len` bytes each (work request IDs
+    /// from `first_wr_id`) from node 0 to the start of node 1's memory, as
+    /// one post, signaled or not; returns what the requester queued, not
+    /// transmitted.
+    pub(crate) fn post_writes(
+        &self,
+        first_wr_id: u64,
+        count: usize,
+        len: usize,
+        signaled: bool,
+    ) -> Outbox {
+        let n = &self.nodes[0];
+        let sge = [Sge {
+            addr: n.mem.addr() as u64,
+            length: len as u32,
+            lkey: n.key,
+        }];
+        let wrs: Vec<SendWr<'_>> = (0..count as u64)
+            .map(|i| SendWr {
+                wr_id: first_wr_id + i,
+                op: SendOp::Write {
+                    remote_addr: self.nodes[1].mem.addr() as u64,
+                    rkey: self.nodes[1].key,
+                },
+                sg_list: &sge,
+                signaled,
+                solicited: false,
+            })
+            .collect();
+        let mut out = Outbox::default();
+        n.qp.post_send(&n.regions, &wrs, &mut out).unwrap();
         out
     }
 
