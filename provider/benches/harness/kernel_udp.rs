@@ -154,17 +154,17 @@ impl Drop for KernelUdp {
 
 /// One GSO send: `count` datagrams of `seg` bytes, the last possibly
 /// shorter.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Run {
-    pub seg: usize,
-    pub count: usize,
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    seg: usize,
+    count: usize,
 }
 
 /// The device socket layer's GSO plan for datagrams of `lens`: a run
 /// takes the next datagram while it is no longer than the run's first
 /// (a shorter one ends the run), up to [`MAX_GSO_SEGMENTS`] and
 /// [`MAX_GSO_BYTES`].
-pub fn plan_runs(lens: impl IntoIterator<Item = usize>) -> Vec<Run> {
+fn plan_runs(lens: impl IntoIterator<Item = usize>) -> Vec<Run> {
     let mut runs: Vec<Run> = Vec::new();
     let mut closed = true;
     let mut bytes = 0;

@@ -298,8 +298,7 @@ impl BareUdp {
     /// of a batch is sent with length `lens[i % lens.len()]`), at most
     /// `window` in flight, and waits until all arrived.
     fn run_lengths(&self, lens: &[usize], packets: usize, window: usize, bufs: &mut [Vec<u8>]) {
-        let received = &self.received;
-        windowed(received, lens, packets, window, bufs, |batch| {
+        windowed(&self.received, lens, packets, window, bufs, |batch| {
             let mut batch: Vec<OutPacket<'_>> = batch
                 .iter_mut()
                 .enumerate()

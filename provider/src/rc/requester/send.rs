@@ -202,8 +202,9 @@ impl Requester {
     /// Only while a response to earlier PSNs is due and runs the requester
     /// (see [`Self::ack_req`]: what went out last asks for one when the
     /// queue ran dry, and a full window holds an ask that frees a quarter
-    /// of it), or the retransmit timer does if that is lost; and only while at most [`HOLD_BACK_MAX`] requests
-    /// would wait, so a burst leaves in sends of one more than that. A
+    /// of it), or the retransmit timer does if that is lost; and only
+    /// while at most [`HOLD_BACK_MAX`] requests would wait, so a burst
+    /// leaves in sends of one more than that. A
     /// post of several requests never waits (its program batched them),
     /// and a request waits:
     /// - if `signaled`, while [`HOLD_BACK_UNACKED`] PSNs or more are
